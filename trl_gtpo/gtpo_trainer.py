@@ -1,0 +1,241 @@
+"""GTPOTrainer: GRPOTrainer with a multi-turn code interpreter and turn-level advantages."""
+
+import torch
+from accelerate.utils import gather_object
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.trainer.utils import get_config_model_id
+
+from .gtpo_config import GTPOConfig
+from .sandbox.base import CodeExecutor
+from .tool_loop import CodeInterpreterLoop, Trajectory
+from .turn_generation import TurnGenerator
+from .turns import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
+
+
+class GTPOTrainer(GRPOTrainer):
+    """
+    Trainer for Group Turn Policy Optimization (GTPO, https://arxiv.org/abs/2511.14846).
+
+    GTPO trains multi-turn tool-integrated reasoning. Two things change w.r.t. [`GRPOTrainer`]:
+
+    - Generation. Unless `tools`, `environment_factory` or `rollout_func` is given (TRL's own multi-turn paths, which
+      keep working unchanged), the model runs a code interpreter: it writes ```python blocks, each runs in the
+      trajectory's own sandboxed Python session, its output is appended as tool tokens (masked from the loss), and the
+      model goes on, for up to `max_turns` turns. Every turn goes through TRL's `_generate_single_turn`, so the
+      transformers, vLLM colocate and vLLM server backends all work. It is installed as TRL's `rollout_func`.
+    - Advantages. Each turn gets a reward (format penalty; the outcome reward and the shaping reward on the final
+      turn), each turn's advantage is its discounted return normalized over the group's turns, and every token of a
+      turn gets its turn's advantage: a (B, T) tensor that TRL's loss takes as is.
+
+    Everything else (reward functions, loss types, KL, vLLM weight sync, DeepSpeed, PEFT, logging) is GRPOTrainer's.
+
+    Args:
+        executor (`CodeExecutor`, *optional*):
+            What runs the model's code. If None, built from `args` (`tool_executor`, or the local sandbox pool).
+        Every other argument is [`GRPOTrainer`]'s.
+    """
+
+    _tag_names = ["trl", "gtpo"]
+
+    def __init__(self, model, reward_funcs=None, args: GTPOConfig | None = None, executor: CodeExecutor | None = None, **kwargs):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = GTPOConfig(f"{model_name.split('/')[-1]}-GTPO")
+        elif not isinstance(args, GTPOConfig):
+            raise TypeError(
+                f"GTPOTrainer needs `args` to be a GTPOConfig, got {type(args).__name__}. GTPOConfig takes every "
+                "GRPOConfig argument: replace `GRPOConfig(...)` by `GTPOConfig(...)`."
+            )
+        super().__init__(model, reward_funcs, args=args, **kwargs)
+        self._executor = executor
+        self._trajectories: list[Trajectory] | None = None  # this process's rollouts of the current batch
+        self._rewards_per_func: torch.Tensor | None = None  # gathered rewards of the current batch
+        self._similarity = None
+        if self.rollout_func is None and not self.tools and self.environment_factories is None:
+            self.rollout_func = self._code_interpreter_rollout
+            self.add_callback(_CloseExecutorAtTrainEnd(self))
+
+    @property
+    def executor(self) -> CodeExecutor:
+        """The code executor, started on first use (so processes that never run code start no workers)."""
+        if self._executor is None:
+            from .sandbox import make_executor
+
+            self._executor = make_executor(self.args)
+        return self._executor
+
+    # ------------------------------------------------------------------ generation
+
+    def _code_interpreter_rollout(self, prompts: list, trainer=None) -> dict:
+        """TRL `rollout_func`: the multi-turn code-interpreter loop over TRL's own single-turn generation."""
+        prompt_ids, images, _ = self._tokenize_prompts(prompts)
+        if images:
+            raise ValueError("GTPOTrainer's code interpreter takes text prompts only; the dataset has images.")
+        loop = CodeInterpreterLoop(
+            self._tokenizer,
+            self.executor,
+            max_turns=self.args.max_turns,
+            max_completion_length=self.max_completion_length,
+            stop_marker=self.args.turn_stop_marker,
+            eos_token_ids=self.eos_token_ids,
+            keep_in_step=self._any_process_live if self.accelerator.num_processes > 1 else None,
+        )
+        trajectories = loop.run([list(ids) for ids in prompt_ids], TurnGenerator(self, loop.stop_strings))
+        self._trajectories = trajectories
+        self._log_tool_metrics(trajectories)
+        logprobs = [t.logprobs for t in trajectories] if trajectories[0].logprobs is not None else None
+        return {
+            "prompt_ids": [list(ids) for ids in prompt_ids],
+            "completion_ids": [t.completion_ids for t in trajectories],
+            "logprobs": logprobs,
+            "env_mask": [t.tool_mask for t in trajectories],
+        }
+
+    def _any_process_live(self, live: bool) -> bool:
+        flags = self.accelerator.gather(torch.tensor([int(live)], device=self.accelerator.device))
+        return bool(flags.sum().item())
+
+    # ------------------------------------------------------------------ advantages
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Overrides GRPOTrainer._calculate_rewards only to keep the gathered per-function rewards: GTPO turns them into
+        # turn rewards in `_generate_and_score_completions` below.
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        # Overrides GRPOTrainer._generate_and_score_completions to replace its (B,) trajectory advantages by GTPO's
+        # (B, T) turn-level advantages. TRL 1.16 computes advantages inline there, so this is the narrowest hook.
+        self._trajectories = None
+        output = super()._generate_and_score_completions(inputs)
+        output["advantages"] = self._turn_level_advantages(output)
+        return output
+
+    def _turn_level_advantages(self, output: dict) -> torch.Tensor:
+        mode = "train" if self.model.training else "eval"
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        device = self.accelerator.device
+        num_local = output["completion_ids"].shape[0]
+        local = slice(self.accelerator.process_index * num_local, (self.accelerator.process_index + 1) * num_local)
+
+        # Outcome reward r_out: GRPO's weighted sum of the reward functions; NaN when every function returned None.
+        rewards_per_func = self._rewards_per_func
+        outcome = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+
+        mask = output["completion_mask"] * output.get("tool_mask", torch.ones_like(output["completion_mask"]))
+        index, num_turns = turn_index(mask)
+        width = max(1, int(self.accelerator.gather(num_turns.max().reshape(1)).max().item()))
+
+        format_rewards = self._format_rewards(num_turns, width) if self._trajectories is not None else None
+        shaping = self._shaping_rewards(outcome, group_size) if self._trajectories is not None else None
+        rewards = turn_rewards(
+            num_turns, outcome[local], width, format_rewards, shaping[local] if shaping is not None else None
+        )
+        returns = self.accelerator.gather(discounted_returns(rewards, self.args.gamma))
+        advantages = normalize_returns(returns, group_size, self.args.turn_advantage_scope, self.scale_rewards)
+        self._log_turn_metrics(mode, advantages, self.accelerator.gather(rewards), shaping, format_rewards, num_turns)
+        return token_advantages(advantages[local], index)
+
+    def _format_rewards(self, num_turns: torch.Tensor, width: int) -> torch.Tensor:
+        """GTPO.md part 1: `format_penalty` on a turn with a malformed tool call, and on the final turn of a trajectory
+        that makes no tool call. Aligned with the turns read off the mask (turns with tokens)."""
+        penalty = self.args.format_penalty
+        rewards = torch.zeros(len(self._trajectories), width, device=num_turns.device)
+        for i, trajectory in enumerate(self._trajectories):
+            turns = [turn for turn in trajectory.turns if turn.num_tokens > 0][: int(num_turns[i])]
+            for j, turn in enumerate(turns):
+                rewards[i, j] += 0.0 if turn.well_formed else penalty
+            if turns and trajectory.num_tool_calls == 0:
+                rewards[i, len(turns) - 1] += penalty
+        return rewards
+
+    def _shaping_rewards(self, outcome: torch.Tensor, group_size: int) -> torch.Tensor | None:
+        """GTPO.md part 3, over the whole batch (every process): failed trajectories get alpha * mean similarity of
+        their code to the code of their group's successful trajectories."""
+        if self.args.shaping_alpha == 0.0:
+            return None
+        from .shaping import batch_shaping_rewards, make_similarity
+
+        if self._similarity is None:
+            self._similarity = make_similarity(self.args.shaping_similarity, self.args.shaping_embedding_model)
+        codes = gather_object([trajectory.code for trajectory in self._trajectories])
+        shaping = batch_shaping_rewards(
+            outcome.tolist(),
+            codes,
+            group_size,
+            alpha=self.args.shaping_alpha,
+            success_threshold=self.args.shaping_success_threshold,
+            similarity=self._similarity,
+        )
+        return torch.tensor(shaping, dtype=torch.float32, device=outcome.device)
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_tool_metrics(self, trajectories: list[Trajectory]) -> None:
+        mode = "train" if self.model.training else "eval"
+        stats = torch.tensor(
+            [
+                [
+                    len(t.turns),
+                    t.num_tool_calls,
+                    t.num_tool_errors,
+                    sum(turn.status == "timeout" for turn in t.turns),
+                    t.stop_reason == "max_turns",
+                ]
+                for t in trajectories
+            ],
+            dtype=torch.float32,
+            device=self.accelerator.device,
+        )
+        stats = self.accelerator.gather(stats)
+        metrics = self._metrics[mode]
+        metrics["turns/mean"].append(stats[:, 0].mean().item())
+        metrics["turns/max"].append(stats[:, 0].max().item())
+        metrics["tools/calls_per_trajectory"].append(stats[:, 1].mean().item())
+        metrics["tools/errors_per_trajectory"].append(stats[:, 2].mean().item())
+        metrics["tools/timeouts"].append(stats[:, 3].sum().item())
+        metrics["turns/frac_max_turns"].append(stats[:, 4].mean().item())
+        # One readable line per trajectory in the completions table: each turn's tool call and how it went.
+        self._log_completion_extra("tool_calls", [_describe_turns(t) for t in trajectories])
+
+    def _log_turn_metrics(self, mode, advantages, rewards, shaping, format_rewards, num_turns) -> None:
+        metrics = self._metrics[mode]
+        for j in range(advantages.shape[1]):
+            column = advantages[:, j]
+            if (~torch.isnan(column)).any():
+                metrics[f"advantages/turn_{j + 1}/mean"].append(torch.nanmean(column).item())
+        if shaping is not None:
+            metrics["shaping/mean"].append(shaping.mean().item())
+            metrics["shaping/frac_shaped"].append((shaping > 0).float().mean().item())
+        if format_rewards is not None:
+            real = torch.arange(format_rewards.shape[1], device=num_turns.device) < num_turns.unsqueeze(1)
+            violations = self.accelerator.gather(((format_rewards < 0) & real).sum().float().reshape(1)).sum()
+            turns = self.accelerator.gather(num_turns.sum().float().reshape(1)).sum()
+            metrics["format/violations_per_turn"].append((violations / turns.clamp(min=1)).item())
+        # TRL logged one advantage per trajectory; show the turn advantages beside it.
+        turn_advantages = [
+            " ".join(f"{value:+.2f}" for value in row if value == value) for row in advantages.tolist()
+        ]
+        self._logs["extra"]["turn_advantages"].extend(turn_advantages)
+
+
+def _describe_turns(trajectory: Trajectory) -> str:
+    parts = []
+    for j, turn in enumerate(trajectory.turns, start=1):
+        call = turn.status or ("no call" if turn.code is None else "not run")
+        parts.append(f"T{j}: {call}{'' if turn.well_formed else ' (malformed)'}")
+    return " | ".join(parts) + f" | end: {trajectory.stop_reason}"
+
+
+class _CloseExecutorAtTrainEnd(TrainerCallback):
+    """Stops the sandbox workers when training ends (they are restarted if the trainer is used again)."""
+
+    def __init__(self, trainer: GTPOTrainer):
+        self.trainer = trainer
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.trainer._executor is not None:
+            self.trainer._executor.close()
+            self.trainer._executor = None

@@ -1,0 +1,111 @@
+"""A tiny random chat model and a byte-level tokenizer built in code: for tests, benchmarks and smoke runs, offline.
+
+The tokenizer round-trips any text exactly (byte-level BPE), so scripted completions can be encoded and the code
+interpreter's masks checked token by token.
+"""
+
+import os
+
+_CORPUS = [
+    "Let me compute this with Python.\n```python\nprint(512 * 389)\n```\n```output\n199168\n```\n",
+    "The answer is \\boxed{199168}.",
+    "```python\nx = 3\ny = x ** 2 + 1\nprint(y)\n```\n",
+    "def f(n):\n    return sum(range(n))\nprint(f(10))\n",
+    "import math\nprint(math.factorial(5) % 7)\n",
+    "What is 12 + 30? Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "Traceback (most recent call last):\nZeroDivisionError: division by zero\nNameError: name 'x' is not defined\n",
+    "0123456789 + - * / = ( ) [ ] { } , . : ; ' \" # % < > !",
+]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_tiny_tokenizer(vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_tiny_model(path: str, **kwargs) -> str:
+    """Build the tiny model and tokenizer and `save_pretrained` both to `path`, so the real loading code is used."""
+    os.makedirs(path, exist_ok=True)
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_model(tokenizer, **kwargs).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+TOOL_USE_EXAMPLE = (
+    [{"role": "user", "content": "What is 6 * 7?"}],
+    "Let me compute.\n```python\nprint(6 * 7)\n```\n```output\n42\n```\nThe answer is \\boxed{42}.",
+)
+
+
+def teach(model, tokenizer, examples=(TOOL_USE_EXAMPLE,), steps: int = 150, lr: float = 3e-3, seed: int = 0):
+    """Overfit the tiny model on a few (prompt messages, completion) pairs, so that sampling from it really writes
+    code blocks: end-to-end tests then exercise real generation, stop strings and the sandbox."""
+    import torch
+
+    torch.manual_seed(seed)
+    batch = []
+    for messages, completion in examples:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        completion_ids = tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]
+        labels = [-100] * len(prompt_ids) + completion_ids
+        batch.append((torch.tensor([prompt_ids + completion_ids]), torch.tensor([labels])))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        input_ids, labels = batch[step % len(batch)]
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return loss.item()

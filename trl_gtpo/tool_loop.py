@@ -1,0 +1,227 @@
+"""The multi-turn code-interpreter loop, written against a `generate_turn` callable and a `CodeExecutor`.
+
+It knows nothing of trainers or backends: the trainer passes TRL's own `_generate_single_turn` (through
+`turn_generation.TurnGenerator`), tests pass a scripted generator. Token ids are only ever concatenated, never
+re-tokenized, so the tool mask and the sampling log-probs stay aligned with what the model saw.
+"""
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .code_blocks import code_blocks, tool_output_text, turn_end
+from .sandbox.base import CodeCall, CodeExecutor, ExecutionResult
+
+# generate_turn(prompt_ids_per_trajectory, max_new_tokens) -> (new_ids_per_trajectory, logprobs_per_trajectory | None)
+GenerateTurn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list[float]] | None]]
+
+NO_CODE_MESSAGE = "No ```python block to run: write the code in a ```python block, then close it with ```."
+
+
+@dataclass
+class Turn:
+    """One model turn and the tool call that ended it (if any)."""
+
+    code: str | None = None  # the turn's last ```python block (run or not), None if it wrote none
+    output: str | None = None  # what the model was shown
+    status: str | None = None  # ExecutionResult.status, "no_code" for a stop marker without code, None if not run
+    well_formed: bool = True  # False: an unclosed ```python block, code that does not parse, or a marker w/o code
+    num_tokens: int = 0  # model tokens of the turn
+
+
+@dataclass
+class Trajectory:
+    """A finished rollout: completion tokens with their tool mask (1 = model, 0 = tool) and what each turn did."""
+
+    completion_ids: list[int] = field(default_factory=list)
+    tool_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    turns: list[Turn] = field(default_factory=list)
+    stop_reason: str = ""  # "eos", "max_turns", "budget"
+
+    @property
+    def num_tool_calls(self) -> int:
+        return sum(turn.status is not None for turn in self.turns)
+
+    @property
+    def num_tool_errors(self) -> int:
+        return sum(turn.status not in (None, "ok") for turn in self.turns)
+
+    @property
+    def code(self) -> str:
+        """All code written over all turns (run or not): what reward shaping compares."""
+        return "\n".join(turn.code for turn in self.turns if turn.code)
+
+
+@dataclass
+class _Rollout:
+    prompt_ids: list[int]
+    session_id: str
+    trajectory: Trajectory
+    turn_ids: list[int] = field(default_factory=list)  # tokens of the current turn so far
+    turn_logprobs: list[float] = field(default_factory=list)
+    pending_text: str = ""  # text of a turn whose code is running; its output block is appended after the call
+    done: bool = False
+
+
+class CodeInterpreterLoop:
+    """Runs trajectories turn by turn until EOS, `max_turns` or the completion budget.
+
+    All live trajectories generate together each turn; the code blocks that end their turns run in one executor call
+    (in parallel). A turn ends at a closed ```python block, at the stop marker, or at EOS; the tokens generated past
+    that point are cut, so a backend that does not honour stop strings still yields the same trajectories.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        executor: CodeExecutor,
+        *,
+        max_turns: int,
+        max_completion_length: int,
+        stop_marker: str = "```output",
+        eos_token_ids: Sequence[int] = (),
+        keep_in_step: Callable[[bool], bool] | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.executor = executor
+        self.max_turns = max_turns
+        self.max_completion_length = max_completion_length
+        self.stop_marker = stop_marker
+        self.eos_token_ids = set(eos_token_ids)
+        # Distributed runs: returns True while any process still has a live trajectory. Collective backends
+        # (ZeRO-3 parameter gathering, vLLM server mode) need every process to generate the same number of times.
+        self.keep_in_step = keep_in_step
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """Strings a backend may stop at. A closing fence is usually followed by a newline; the rest is cut after."""
+        return [self.stop_marker, "\n```\n"]
+
+    def run(self, prompt_ids: list[list[int]], generate_turn: GenerateTurn) -> list[Trajectory]:
+        rollouts = [_Rollout(list(ids), uuid.uuid4().hex, Trajectory()) for ids in prompt_ids]
+        try:
+            while True:
+                live = [r for r in rollouts if not r.done]
+                if self.keep_in_step is not None:
+                    if not self.keep_in_step(bool(live)):
+                        break
+                    if not live:  # other processes still generate: take part in the collective with a dummy call
+                        generate_turn([rollouts[0].prompt_ids], 1)
+                        continue
+                elif not live:
+                    break
+                self._step(live, generate_turn)
+        finally:
+            for rollout in rollouts:
+                self.executor.close_session(rollout.session_id)
+        return [r.trajectory for r in rollouts]
+
+    def _step(self, live: list[_Rollout], generate_turn: GenerateTurn) -> None:
+        room = [self.max_completion_length - len(r.trajectory.completion_ids) - len(r.turn_ids) for r in live]
+        inputs = [r.prompt_ids + r.trajectory.completion_ids + r.turn_ids for r in live]
+        new_ids, new_logprobs = generate_turn(inputs, max(room))
+        calls: list[tuple[_Rollout, CodeCall]] = []
+        for k, rollout in enumerate(live):
+            budget = room[k]
+            if new_logprobs is not None and rollout.trajectory.logprobs is None:
+                rollout.trajectory.logprobs = []
+            ids = list(new_ids[k][:budget])
+            logprobs = list(new_logprobs[k][:budget]) if new_logprobs is not None else None
+            call = self._extend_turn(rollout, ids, logprobs)
+            if call is not None:
+                calls.append((rollout, call))
+        if calls:
+            results = self._execute([call for _, call in calls])
+            for (rollout, _), result in zip(calls, results, strict=True):
+                self._append_output(rollout, result)
+
+    def _extend_turn(self, rollout: _Rollout, ids: list[int], logprobs: list[float] | None) -> CodeCall | None:
+        """Add freshly generated tokens to the current turn; return the code to run if the turn ended with a call."""
+        cut = self._turn_cut(rollout.turn_ids, ids)
+        if cut is not None:
+            ids = ids[:cut]
+            logprobs = logprobs[:cut] if logprobs is not None else None
+        rollout.turn_ids += ids
+        if logprobs is not None:
+            rollout.turn_logprobs += logprobs
+        text = self.tokenizer.decode(rollout.turn_ids, skip_special_tokens=True)
+        blocks = code_blocks(text)
+        trajectory = rollout.trajectory
+        used = len(trajectory.completion_ids) + len(rollout.turn_ids)
+
+        if cut is not None:  # the turn ended with a tool call
+            turn = Turn(code=blocks[-1].code if blocks else None, well_formed=bool(blocks) and blocks[-1].well_formed)
+            if len(trajectory.turns) + 1 >= self.max_turns or used >= self.max_completion_length:
+                # No turn would follow: the code is not run.
+                self._close_turn(rollout, turn, stop_reason="max_turns" if used < self.max_completion_length else "budget")
+                return None
+            self._close_turn(rollout, turn, stop_reason=None)
+            if not blocks:
+                turn.status, turn.output = "no_code", NO_CODE_MESSAGE
+                self._append_tool_tokens(rollout, tool_output_text(text, NO_CODE_MESSAGE, self.stop_marker))
+                return None
+            rollout.pending_text = text
+            return CodeCall(rollout.session_id, blocks[-1].code)
+
+        hit_eos = bool(ids) and ids[-1] in self.eos_token_ids
+        if hit_eos or used >= self.max_completion_length or not ids:
+            turn = Turn(code=blocks[-1].code if blocks else None, well_formed=not (blocks and not blocks[-1].closed))
+            self._close_turn(rollout, turn, stop_reason="eos" if hit_eos else "budget")
+        # Otherwise the backend stopped at a string that did not end the turn (e.g. a plain ``` block): go on.
+        return None
+
+    def _turn_cut(self, turn_ids: list[int], ids: list[int]) -> int | None:
+        """Fewest of the new tokens whose text ends the turn, or None if they do not end it."""
+        decode = self.tokenizer.decode
+        if turn_end(decode(turn_ids + ids, skip_special_tokens=True), self.stop_marker) is None:
+            return None
+        low, high = 1, len(ids)  # binary search: the turn end, once in the text, stays in longer prefixes
+        while low < high:
+            middle = (low + high) // 2
+            if turn_end(decode(turn_ids + ids[:middle], skip_special_tokens=True), self.stop_marker) is None:
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+    def _close_turn(self, rollout: _Rollout, turn: Turn, stop_reason: str | None) -> None:
+        trajectory = rollout.trajectory
+        trajectory.completion_ids += rollout.turn_ids
+        trajectory.tool_mask += [1] * len(rollout.turn_ids)
+        if trajectory.logprobs is not None:
+            trajectory.logprobs += rollout.turn_logprobs
+        turn.num_tokens = len(rollout.turn_ids)
+        trajectory.turns.append(turn)
+        rollout.turn_ids, rollout.turn_logprobs = [], []
+        if stop_reason is not None:
+            trajectory.stop_reason = stop_reason
+            rollout.done = True
+
+    def _append_output(self, rollout: _Rollout, result: ExecutionResult) -> None:
+        turn = rollout.trajectory.turns[-1]
+        turn.output, turn.status = result.output, result.status
+        self._append_tool_tokens(rollout, tool_output_text(rollout.pending_text, result.output, self.stop_marker))
+
+    def _append_tool_tokens(self, rollout: _Rollout, text: str) -> None:
+        trajectory = rollout.trajectory
+        room = self.max_completion_length - len(trajectory.completion_ids)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)[:room]
+        trajectory.completion_ids += ids
+        trajectory.tool_mask += [0] * len(ids)
+        if trajectory.logprobs is not None:
+            trajectory.logprobs += [0.0] * len(ids)
+        if len(trajectory.completion_ids) >= self.max_completion_length:
+            trajectory.stop_reason, rollout.done = "budget", True
+
+    def _execute(self, calls: list[CodeCall]) -> list[ExecutionResult]:
+        """Run one turn's code; an executor failure becomes an error message for those trajectories, never a crash."""
+        try:
+            results = self.executor.run(calls)
+        except Exception as error:  # a broken executor must not kill training
+            message = f"SandboxError: the code could not be run ({type(error).__name__}: {error})"
+            return [ExecutionResult(output=message, status="crash") for _ in calls]
+        if len(results) != len(calls):
+            message = f"SandboxError: the executor returned {len(results)} results for {len(calls)} calls"
+            return [ExecutionResult(output=message, status="crash") for _ in calls]
+        return results
