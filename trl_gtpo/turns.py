@@ -15,11 +15,10 @@ def turn_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     padding tokens; `num_turns` (B,) counts the turns of each trajectory.
     """
     mask = mask.bool()
-    previous = torch.zeros_like(mask)
-    previous[:, 1:] = mask[:, :-1]
-    starts = mask & ~previous
-    index = torch.cumsum(starts.long(), dim=1) - 1
-    index = torch.where(mask, index, torch.full_like(index, -1))
+    starts = mask.clone()
+    starts[:, 1:] &= ~mask[:, :-1]
+    # A float cumsum is several times faster than an integer one on CPU, and exact for these small counts.
+    index = torch.cumsum(starts.float(), dim=1).mul_(mask).sub_(1).long()
     return index, starts.sum(dim=1)
 
 
@@ -94,8 +93,7 @@ def normalize_returns(returns: torch.Tensor, group_size: int, scope: str = "grou
 
 def token_advantages(advantages: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Broadcast (B, K) turn advantages to (B, T) tokens: every token of turn j gets A_ij, other tokens 0."""
-    if advantages.shape[1] == 0:
-        return torch.zeros(index.shape, dtype=torch.float32, device=index.device)
-    gathered = torch.gather(advantages, 1, index.clamp(min=0, max=advantages.shape[1] - 1))
-    gathered = torch.where(index >= 0, gathered, torch.zeros_like(gathered))
-    return torch.nan_to_num(gathered, nan=0.0)
+    # Column 0 of the padded table is "no turn": tool tokens and padding (index -1) read a 0 from it.
+    table = torch.nan_to_num(advantages, nan=0.0)
+    table = torch.cat([torch.zeros_like(table[:, :1]), table], dim=1)
+    return torch.gather(table, 1, index + 1)

@@ -1,0 +1,96 @@
+"""The whole reward-to-advantage path through GTPOTrainer on scripted rollouts: outcome reward, format penalties,
+shaping and discounted returns, checked against values computed by hand."""
+
+import pytest
+import torch
+from datasets import Dataset
+
+import trl_gtpo.gtpo_trainer as gtpo_trainer_module
+from trl_gtpo.shaping import lexical_similarity_matrix
+from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42, make_args
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = {
+    # success after one tool call
+    "A": ["[A]\n```python\nprint(6 * 7)\n```\n", "The answer is \\boxed{42}.<EOS>"],
+    # failure with exactly A's code: shaped
+    "B": ["[B]\n```python\nprint(6 * 7)\n```\n", "The answer is \\boxed{41}.<EOS>"],
+    # success without any tool call: format penalty on its only (final) turn
+    "C": ["[C] The answer is \\boxed{42}.<EOS>"],
+    # failure whose code does not parse: format penalty on turn 1, shaped by its similarity to A's code
+    "D": ["[D]\n```python\nprint(6 *\n```\n", "The answer is \\boxed{0}.<EOS>"],
+}
+
+
+class TaggedScripts:
+    """`generate_turn` replaying SCRIPTS; trajectories share one prompt, so each is told apart by its [tag]."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.remaining = {tag: list(segments) for tag, segments in SCRIPTS.items()}
+        self.unassigned = list(SCRIPTS)
+
+    def __call__(self, prompt_ids, max_new_tokens):
+        outputs = []
+        for ids in prompt_ids:
+            text = self.tokenizer.decode(ids)
+            tag = next((t for t in SCRIPTS if f"[{t}]" in text), None) or self.unassigned.pop(0)
+            segment = self.remaining[tag].pop(0) if self.remaining[tag] else "<EOS>"
+            new = self.tokenizer.encode(segment.replace("<EOS>", ""), add_special_tokens=False)
+            if segment.endswith("<EOS>"):
+                new.append(self.tokenizer.eos_token_id)
+            outputs.append(new[:max_new_tokens])
+        return outputs, None
+
+
+def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch):
+    gamma, alpha, penalty = 0.9, 0.5, -0.1
+    args = make_args(
+        tmp_path, max_steps=1, gamma=gamma, shaping_alpha=alpha, format_penalty=penalty, max_completion_length=96
+    )
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=boxed_42, args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4})
+    )
+    scripted = TaggedScripts(trainer.processing_class)
+    monkeypatch.setattr(gtpo_trainer_module, "TurnGenerator", lambda trainer, stop_strings: scripted)
+    trainer.train()
+
+    record = trainer.records[0]
+    tokenizer = trainer.processing_class
+    rows = {}
+    for i, trajectory in enumerate(record["trajectories"]):
+        tag = next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(trajectory.completion_ids))
+        rows[tag] = i
+    assert sorted(rows) == ["A", "B", "C", "D"]
+
+    similarity_d = float(lexical_similarity_matrix(["print(6 *"], ["print(6 * 7)"])[0, 0])
+    assert 0.0 < similarity_d < 1.0
+    shaping_b = alpha * (1.0 + 0.0) / 2  # mean similarity over the successes A (identical code) and C (no code)
+    shaping_d = alpha * (similarity_d + 0.0) / 2
+    turn_rewards = {
+        "A": [0.0, 1.0],
+        "B": [0.0, shaping_b],
+        "C": [1.0 + penalty],
+        "D": [penalty, shaping_d],
+    }
+    returns = {tag: [r[0] + gamma * r[1], r[1]] if len(r) == 2 else r for tag, r in turn_rewards.items()}
+    values = torch.tensor([value for tag in "ABCD" for value in returns[tag]])
+    mean, std = values.mean(), values.std()
+
+    advantages, mask = record["gtpo"], record["mask"]
+    for tag, row in rows.items():
+        index = (mask[row] == 1).nonzero().flatten()
+        # the first token of each turn: turns are maximal runs of model tokens
+        starts = [index[0].item()] + [b.item() for a, b in zip(index[:-1], index[1:]) if b != a + 1]
+        assert len(starts) == len(returns[tag]), tag
+        for start, value in zip(starts, returns[tag]):
+            expected = (value - mean) / (std + 1e-4)
+            assert advantages[row, start].item() == pytest.approx(expected.item(), abs=1e-5), tag
+
+    turns_d = record["trajectories"][rows["D"]].turns
+    assert not turns_d[0].well_formed and turns_d[0].status == "error"
+    logs = trainer.state.log_history[0]
+    assert logs["shaping/frac_shaped"] == pytest.approx(0.5)
+    assert logs["shaping/mean"] == pytest.approx((shaping_b + shaping_d) / 4, abs=1e-6)
+    assert logs["format/violations_per_turn"] == pytest.approx(2 / 7)
