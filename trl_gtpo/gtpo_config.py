@@ -131,7 +131,10 @@ class GTPOConfig(GRPOConfig):
     )
     tool_executor_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Keyword arguments passed to the `tool_executor` factory (a dict or a JSON string)."},
+        metadata={
+            "help": "Keyword arguments (a dict or a JSON string) passed to the `tool_executor` factory, or, without "
+            "one, to the local `SandboxPool` (e.g. {\"preload\": [\"numpy\", \"sympy\"]})."
+        },
     )
 
     def __post_init__(self):

@@ -1,0 +1,497 @@
+"""Adversarial tests of the local code sandbox (`trl_gtpo.sandbox.SandboxPool`).
+
+Each hostile snippet must end within its (small) timeout with a clear message, leave the test process, its files and
+the pool unharmed, and the next call must work. No timing assertions: behaviour only (status, output, side effects).
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+import types
+import uuid
+
+import psutil
+import pytest
+
+from trl_gtpo.sandbox import CodeCall, CodeExecutor, ExecutionResult, SandboxPool, make_executor
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
+
+TIMEOUT = 2.0
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET = "gtpo-fake-secret-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def pool():
+    os.environ["GTPO_FAKE_SECRET_TOKEN"] = SECRET  # set before the workers start: they must not inherit it
+    try:
+        p = SandboxPool(2, timeout=TIMEOUT, memory_limit_mb=512, max_output_chars=1024, preload=("math",))
+    finally:
+        del os.environ["GTPO_FAKE_SECRET_TOKEN"]
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module", params=["hooks", "userns"])
+def fallback_pool(request):
+    """The layers an unprivileged trainer gets: "hooks" is only the portable layer (audit hook + rlimits), as on a
+    machine that allows no namespaces; "userns" adds namespaces through a user namespace, without a uid change."""
+    os.environ["GTPO_FAKE_SECRET_TOKEN"] = SECRET
+    try:
+        p = SandboxPool(1, timeout=TIMEOUT, memory_limit_mb=512, preload=("math",), isolation=request.param)
+    finally:
+        del os.environ["GTPO_FAKE_SECRET_TOKEN"]
+    yield p
+    p.close()
+
+
+def run(pool: SandboxPool, code: str, session: str | None = None) -> ExecutionResult:
+    return pool.run([CodeCall(session or uuid.uuid4().hex, code)])[0]
+
+
+def assert_healthy(pool: SandboxPool, session: str | None = None) -> None:
+    """The pool (and, if given, the session) still runs code."""
+    result = run(pool, "6 * 7", session)
+    assert (result.status, result.output) == ("ok", "42\n")
+
+
+def assert_refused(result: ExecutionResult, what: str) -> None:
+    assert result.status in ("error", "limit"), result
+    assert "PermissionError: sandbox:" in result.output and what in result.output, result.output
+
+
+# ---- the REPL contract --------------------------------------------------------------------------------------------
+
+
+def test_repl_output_format(pool):
+    assert run(pool, "1 + 1").output == "2\n"
+    assert run(pool, "print('a')\nNone").output == "a\n"
+    result = run(pool, "x = 1\ny = 0\nx / y")
+    assert result.status == "error"
+    assert result.output == (
+        "Traceback (most recent call last):\n"
+        '  File "<stdin>", line 3, in <module>\n'
+        "ZeroDivisionError: division by zero\n"
+    )
+    result = run(
+        pool, "import sys\nprint('out')\nprint('err', file=sys.stderr)\ndef f():\n    raise ValueError('bad')\nf()"
+    )
+    assert result.output.startswith("out\nerr\nTraceback (most recent call last):\n")
+    assert result.output.endswith('  File "<stdin>", line 5, in f\nValueError: bad\n')
+    result = run(pool, "1 +")
+    assert result.status == "error" and "SyntaxError" in result.output and "<stdin>" in result.output
+
+
+def test_session_state_persists_and_is_isolated(pool):
+    a, b = f"a-{uuid.uuid4().hex}", f"b-{uuid.uuid4().hex}"
+    pool.run([CodeCall(a, "x = 'from a'"), CodeCall(b, "x = 'from b'")])
+    results = pool.run([CodeCall(a, "x"), CodeCall(b, "x")])
+    assert [r.output for r in results] == ["'from a'\n", "'from b'\n"]
+    # module state is per session too: each session is its own process
+    run(pool, "import math\nmath.pi = 3", a)
+    assert run(pool, "import math\nmath.pi", b).output.startswith("3.14159")
+    pool.close_session(a)
+    result = run(pool, "x", a)
+    assert result.status == "error" and "NameError" in result.output
+    pool.close_session(a)
+    pool.close_session(b)
+
+
+def test_more_sessions_than_workers(pool):
+    sessions = [f"many-{i}-{uuid.uuid4().hex}" for i in range(7)]
+    pool.run([CodeCall(s, f"v = {i}") for i, s in enumerate(sessions)])
+    results = pool.run([CodeCall(s, "v * 10") for s in reversed(sessions)])
+    assert [r.output for r in results] == [f"{i * 10}\n" for i in reversed(range(7))]
+    for s in sessions:
+        pool.close_session(s)
+
+
+def test_least_recently_used_session_is_dropped_past_the_cap():
+    with SandboxPool(1, timeout=TIMEOUT, preload=(), max_sessions_per_worker=2) as p:
+        p.run([CodeCall(s, f"v = {s!r}") for s in ("a", "b")])
+        p.run([CodeCall("a", "v"), CodeCall("c", "v = 'c'")])  # "b" is the least recently used
+        results = p.run([CodeCall(s, "v") for s in ("a", "b", "c")])
+        assert [r.output for r in results][::2] == ["'a'\n", "'c'\n"]
+        assert results[1].output.startswith("[note:") and "NameError" in results[1].output
+
+
+def test_calls_of_one_run_overlap(pool):
+    code = "import time\nt0 = time.time()\ntime.sleep(0.5)\nprint(t0, time.time())"
+    results = pool.run([CodeCall(f"par-{i}-{uuid.uuid4().hex}", code) for i in range(2)])
+    (s0, e0), (s1, e1) = [tuple(map(float, r.output.split())) for r in results]
+    assert max(s0, s1) < min(e0, e1), "the two calls ran one after the other"
+
+
+def test_fresh_namespace_without_persistent_sessions():
+    with SandboxPool(1, timeout=TIMEOUT, preload=(), persistent_sessions=False) as p:
+        p.run([CodeCall("s", "x = 1\nimport math\nmath.pi = 3")])
+        result = p.run([CodeCall("s", "import math\nprint(math.pi)\nx")])[0]
+        assert result.output.startswith("3.14159") and "NameError" in result.output
+
+
+# ---- hostile code -------------------------------------------------------------------------------------------------
+
+
+def test_infinite_loop(pool):
+    session = uuid.uuid4().hex
+    run(pool, "kept = 5", session)
+    result = run(pool, "while True:\n    pass", session)
+    assert result.status == "timeout"
+    assert result.output.startswith(f"TimeoutError: code ran longer than {TIMEOUT:g} s and was stopped")
+    assert run(pool, "kept", session).output == "5\n"  # interrupted, not killed: the session lives on
+
+
+def test_loop_that_swallows_the_interrupt(pool):
+    session = uuid.uuid4().hex
+    code = "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass"
+    result = run(pool, code, session)
+    assert result.status == "timeout" and result.output.startswith("TimeoutError: code ran longer than")
+    assert_healthy(pool, session)
+
+
+def test_memory_bomb(pool):
+    result = run(pool, "b = bytearray(2 ** 40)")
+    assert result.status == "limit" and "MemoryError" in result.output and "512 MiB" in result.output
+    result = run(pool, "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2 ** 20))")
+    assert result.status in ("limit", "timeout"), result
+    assert_healthy(pool)
+
+
+def test_fork_bomb(pool):
+    result = run(pool, "import os\nwhile True:\n    os.fork()")
+    assert result.status == "limit"
+    assert_refused(result, "creating processes")
+    assert_refused(run(pool, "import subprocess\nsubprocess.run(['true'])"), "creating processes")
+    assert_refused(run(pool, "import ctypes\nctypes.CDLL(None).fork()"), "fork()")
+    assert_healthy(pool)
+
+
+def test_cpu_time_is_limited_per_call(pool):
+    code = (
+        "import resource\nu = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "print(u.ru_utime + u.ru_stime, resource.getrlimit(resource.RLIMIT_CPU)[0])"
+    )
+    used, soft = map(float, run(pool, code).output.split())
+    assert 0 < soft <= used + TIMEOUT + 2
+
+
+def test_process_and_thread_caps_are_set_by_the_kernel(pool):
+    if "own unprivileged uid" not in " ".join(pool.isolation_layers):
+        pytest.skip("no uid of its own per session on this machine (not root): RLIMIT_NPROC would be shared")
+    out = run(pool, "import os, resource\nprint(os.getuid(), resource.getrlimit(resource.RLIMIT_NPROC)[0])").output
+    uid, nproc = map(int, out.split())
+    assert uid != os.getuid() and nproc <= 9
+
+
+def test_threads_that_never_end(pool):
+    session = uuid.uuid4().hex
+    spin = "import threading\ndef spin():\n    while True:\n        pass\n"
+    result = run(pool, spin + "threading.Thread(target=spin).start()\nprint('started')", session)
+    assert (result.status, result.output) == ("ok", "started\n")
+    assert_healthy(pool, session)
+    result = run(pool, "t = threading.Thread(target=spin)\nt.start()\nt.join()", session)
+    assert result.status == "timeout"
+    result = run(
+        pool,
+        "import threading, time\nfor _ in range(50):\n    threading.Thread(target=time.sleep, args=(60,)).start()",
+    )
+    assert result.status == "limit" and "threads" in result.output
+    pool.close_session(session)
+    assert_healthy(pool)
+
+
+def test_huge_output(pool):
+    result = run(pool, "print('x' * 100_000_000)")
+    assert result.status == "limit"
+    assert "[output truncated: 100000001 chars, showing the first" in result.output
+    assert len(result.output) < 1024 + 200
+    result = run(pool, "import os\nos.write(1, b'y' * 10_000_000)\nprint('done')")  # raw fd writes go nowhere
+    assert result.output.endswith("done\n")
+    assert_healthy(pool)
+
+
+def test_killing_the_parent(pool):
+    workers = pool.worker_pids()
+    assert_refused(run(pool, "import os\nos.kill(os.getppid(), 9)"), "signals")
+    assert_refused(run(pool, "import os\nos.killpg(0, 9)"), "signals")
+    assert_refused(run(pool, f"import os\nos.kill({os.getpid()}, 9)"), "signals")
+    assert pool.worker_pids() == workers and all(psutil.pid_exists(p) for p in workers)
+    assert_healthy(pool)
+
+
+def test_files_outside_the_workdir(pool, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    repo_file = os.path.join(REPO, "pyproject.toml")
+    with open(repo_file, "rb") as f:
+        repo_before = f.read()
+    attempts = [
+        f"open({str(victim)!r}, 'w').write('pwned')",
+        f"import os\nos.remove({str(victim)!r})",
+        f"import os\nos.rename({str(victim)!r}, 'stolen.txt')",
+        f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')",
+        f"open({repo_file!r}, 'a').write('# pwned')",
+        f"import shutil\nshutil.rmtree({REPO!r})",
+    ]
+    for code in attempts:
+        result = run(pool, code)
+        assert result.status == "error", (code, result)
+    assert victim.read_text() == "precious" and sorted(os.listdir(tmp_path)) == ["victim.txt"]
+    with open(repo_file, "rb") as f:
+        assert f.read() == repo_before
+    # ... while its own working directory is writable, private, and gone with the session
+    session = uuid.uuid4().hex
+    result = run(
+        pool, "import os\nopen('notes.txt', 'w').write('hi')\nprint(open('notes.txt').read(), os.getcwd())", session
+    )
+    assert result.output.startswith("hi ")
+    workdir = result.output.split()[1]
+    assert "notes.txt" not in run(pool, f"import os\nos.listdir({workdir!r})").output  # another session
+    pool.close_session(session)
+    assert not os.path.exists(os.path.join(workdir, "notes.txt"))
+
+
+def test_secrets_are_not_visible(pool):
+    code = (
+        "import os\nprint(dict(os.environ))\n"
+        "try:\n    print(open('/proc/self/environ', 'rb').read())\nexcept OSError as e:\n    print(e)\n"
+        f"print(open('/proc/{os.getpid()}/environ', 'rb').read())"
+    )
+    result = run(pool, code)
+    assert SECRET not in result.output and "GTPO_FAKE_SECRET_TOKEN" not in result.output
+    assert result.status == "error"  # the trainer's /proc entry is out of reach
+    home = os.path.expanduser("~")
+    result = run(pool, f"import os\nprint(os.listdir({home!r}))")
+    assert result.status == "error" or result.output.strip() in ("[]", "['.pyenv']")  # hidden, or empty
+
+
+def test_network(pool):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    try:
+        result = run(
+            pool, f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.send(b'x')"
+        )
+        assert_refused(result, "network")
+        result = run(pool, "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:1', timeout=1)")
+        assert result.status == "error"
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+    assert_healthy(pool)
+
+
+def test_sys_exit(pool):
+    session = uuid.uuid4().hex
+    run(pool, "kept = 1", session)
+    result = run(pool, "print('bye')\nimport sys\nsys.exit()", session)
+    assert (result.status, result.output) == ("ok", "bye\nSystemExit: 0\n")
+    result = run(pool, "import sys\nsys.exit(3)", session)
+    assert (result.status, result.output) == ("error", "SystemExit: 3\n")
+    assert run(pool, "kept", session).output == "1\n"
+    result = run(pool, "import os\nos._exit(0)", session)  # no exception to catch: the process is gone
+    assert result.status == "crash" and "variables are lost" in result.output
+    assert_healthy(pool, session)
+    assert "NameError" in run(pool, "kept", session).output
+
+
+def test_segfault(pool):
+    session = uuid.uuid4().hex
+    result = run(pool, "import ctypes\nctypes.string_at(0)", session)
+    assert result.status == "crash" and "SIGSEGV" in result.output
+    assert "Fatal Python error: Segmentation fault" in result.output  # native output shown after a crash
+    assert result.output.endswith('File "<stdin>", line 2 in <module>')
+    assert_healthy(pool, session)
+
+
+def test_deep_recursion(pool):
+    result = run(pool, "def f(n):\n    return f(n + 1)\nf(0)")
+    assert result.status == "error" and result.output.endswith("RecursionError: maximum recursion depth exceeded\n")
+    assert len(result.output.splitlines()) < 12  # only the last lines of the traceback
+    result = run(pool, "import sys\nsys.setrecursionlimit(10 ** 7)\ndef f(n):\n    return f(n + 1)\nf(0)")
+    assert result.status in ("error", "crash", "timeout", "limit"), result
+    assert_healthy(pool)
+
+
+def test_input_does_not_hang(pool):
+    result = run(pool, "input('name? ')")
+    assert result.status == "error" and result.output.endswith("EOFError: EOF when reading a line\n")
+
+
+def test_importing_a_huge_module(pool):
+    for module in ("sympy", "torch"):
+        result = run(pool, f"import {module}\nprint({module}.__version__)")
+        # torch under a 512 MiB address space: an ImportError, or its OpenBLAS calling exit() (a "crash")
+        assert result.status in ("ok", "error", "timeout", "limit", "crash"), result
+        if result.status == "timeout":
+            assert result.output.startswith("TimeoutError")
+        if result.status == "crash":
+            assert result.output.startswith("SandboxCrash:")
+    assert_healthy(pool)
+
+
+def test_without_root(fallback_pool, tmp_path):
+    """Without a uid change (and maybe without namespaces), files, network, signals and processes are still refused."""
+    hooks_pool = fallback_pool
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for code in (f"open({str(victim)!r}, 'w')", f"import os\nos.remove({str(victim)!r})"):
+        result = run(hooks_pool, code)  # refused, or (private /tmp) not even there
+        assert result.status == "error" and ("writing outside" in result.output or "FileNotFound" in result.output)
+    assert_refused(run(hooks_pool, f"open({os.path.join(REPO, 'pyproject.toml')!r}, 'a')"), "writing outside")
+    assert_refused(run(hooks_pool, "import os\nos.kill(os.getppid(), 9)"), "signals")
+    assert_refused(run(hooks_pool, "import socket\nsocket.socket()"), "network")
+    assert_refused(run(hooks_pool, "import os\nos.fork()"), "creating processes")
+    assert_refused(run(hooks_pool, f"print(open('/proc/{os.getpid()}/environ').read())"), "other processes")
+    assert_refused(run(hooks_pool, f"import os\nos.listdir({os.path.expanduser('~')!r})"), "reading")
+    result = run(hooks_pool, "import os\nprint(dict(os.environ))")
+    assert SECRET not in result.output
+    assert victim.read_text() == "precious"
+    assert_healthy(hooks_pool)
+
+
+# ---- pool life cycle ----------------------------------------------------------------------------------------------
+
+
+def test_dead_worker_is_replaced():
+    with SandboxPool(1, timeout=TIMEOUT, preload=()) as p:
+        run(p, "x = 1", "s")
+        (old,) = p.worker_pids()
+        os.kill(old, 9)
+        deadline = time.monotonic() + 10
+        while psutil.Process(old).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        result = run(p, "x", "s")
+        assert result.output.startswith("[note:") and "NameError" in result.output  # told its state is gone
+        assert p.worker_pids() != [old]
+        assert_healthy(p, "s")
+
+
+def test_falls_back_to_the_portable_layer_when_namespaces_fail(monkeypatch):
+    start_all = SandboxPool._start_all
+    calls = []
+
+    def fail_first(self):
+        calls.append(self._config["namespaces"])
+        if len(calls) == 1:
+            raise RuntimeError("a sandbox worker failed to start (simulated)")
+        start_all(self)
+
+    monkeypatch.setattr(SandboxPool, "_start_all", fail_first)
+    with pytest.warns(UserWarning, match="retrying without namespaces"):
+        p = SandboxPool(1, timeout=TIMEOUT, preload=())
+    with p:
+        assert calls == ["auto", "off"]
+        assert not any("namespace" in layer for layer in p.isolation_layers)
+        assert_healthy(p)
+        assert_refused(run(p, "import socket\nsocket.socket()"), "network")
+
+
+def test_memory_limit_below_the_worker_footprint_is_refused():
+    with pytest.raises(ValueError, match="tool_memory_limit_mb"):
+        SandboxPool(1, memory_limit_mb=64, preload=("math",))
+
+
+def test_close_leaves_no_process():
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    p = SandboxPool(2, timeout=TIMEOUT, preload=())
+    p.run(
+        [
+            CodeCall(f"s{i}", "import threading, time\nthreading.Thread(target=time.sleep, args=(600,)).start()")
+            for i in range(4)
+        ]
+    )
+    spawned = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
+    assert len(spawned) >= 2 + 4
+    p.close()
+    still = [c for c in spawned if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert still == []
+    with pytest.raises(RuntimeError):
+        p.run([CodeCall("s0", "1")])
+
+
+# ---- make_executor ------------------------------------------------------------------------------------------------
+
+
+class _FakeExecutor:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def run(self, calls):
+        return [ExecutionResult("fake") for _ in calls]
+
+    def close_session(self, session_id):
+        pass
+
+    def close(self):
+        pass
+
+
+def fake_factory(args, **kwargs):
+    return _FakeExecutor(**kwargs)
+
+
+def not_an_executor_factory(args, **kwargs):
+    return object()
+
+
+def _args(**overrides):
+    fields = dict(
+        tool_timeout=TIMEOUT,
+        tool_memory_limit_mb=256,
+        max_tool_output_chars=64,
+        tool_pool_size=1,
+        persistent_tool_sessions=True,
+        tool_executor=None,
+        tool_executor_kwargs=None,
+    )
+    return types.SimpleNamespace(**{**fields, **overrides})
+
+
+def test_make_executor_builds_the_pool():
+    executor = make_executor(_args(tool_executor_kwargs=json.dumps({"preload": []})))
+    try:
+        assert isinstance(executor, SandboxPool) and isinstance(executor, CodeExecutor)
+        assert executor.size == 1 and executor.max_output_chars == 64
+        assert run(executor, "print('z' * 100)").output.startswith("z" * 20)
+    finally:
+        executor.close()
+
+
+def test_make_executor_user_factory():
+    executor = make_executor(_args(tool_executor=f"{__name__}.fake_factory", tool_executor_kwargs={"url": "u"}))
+    assert isinstance(executor, _FakeExecutor) and executor.kwargs == {"url": "u"}
+    with pytest.raises(ValueError, match="tool_executor=.*cannot be imported"):
+        make_executor(_args(tool_executor="no_such_module_xyz.factory"))
+    with pytest.raises(ValueError, match="has no callable"):
+        make_executor(_args(tool_executor=f"{__name__}.no_such_factory"))
+    with pytest.raises(ValueError, match="not a dotted import path"):
+        make_executor(_args(tool_executor="factory"))
+    with pytest.raises(ValueError, match="not a CodeExecutor"):
+        make_executor(_args(tool_executor=f"{__name__}.not_an_executor_factory"))
+    with pytest.raises(ValueError, match="tool_executor_kwargs.*not valid JSON"):
+        make_executor(_args(tool_executor=f"{__name__}.fake_factory", tool_executor_kwargs="{bad"))
+    with pytest.raises(ValueError, match="tool_executor_kwargs"):
+        make_executor(_args(tool_executor_kwargs={"no_such_option": 1}))
+
+
+def test_make_executor_with_gtpo_config(tmp_path):
+    pytest.importorskip("trl")
+    from trl_gtpo.gtpo_config import GTPOConfig
+
+    args = GTPOConfig(
+        output_dir=str(tmp_path),
+        tool_executor=f"{__name__}.fake_factory",
+        tool_executor_kwargs='{"url": "u"}',
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+    )
+    assert make_executor(args).kwargs == {"url": "u"}

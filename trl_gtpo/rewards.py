@@ -1,0 +1,411 @@
+"""Outcome reward functions with TRL's reward-function signature `f(completions, **kwargs) -> list[float | None]`.
+
+[`math_answer_reward`] compares the final answer of each completion with the dataset column `answer` through
+math-verify; [`final_answer`] is the answer extraction it uses (public: the evaluation script uses it too).
+
+Completions of this project are tool-integrated: the model's prose, its ```python code blocks and the interpreter's
+```output blocks, in turns. The final answer is what the model itself writes, never what its code or the interpreter
+prints: the last `\\boxed{...}` of the prose, else the last plain number of the prose that follows the last output
+block.
+
+Thread safety: math-verify bounds its parsing and comparison with `signal.alarm`, which only works on the main thread
+(elsewhere it raises). [`math_answer_reward`] uses that timeout only on the main thread (and only when no other alarm
+is pending, which it would clobber); in any other thread (a `ThreadPoolExecutor`, `asyncio.to_thread`, an async
+reward loop) it turns the signal timeout off and bounds the work itself: answers are cut at a few hundred characters
+and, on either path, an answer whose value would have more than ~40,000 digits (`9^{9^{9}}`, `(10^{6})!`,
+`\\prod_{k=1}^{10^{9}} k`, ...) is rejected before sympy tries to evaluate it. Such an answer is never a correct
+answer to a math problem, and evaluating it could take minutes and gigabytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+import signal
+import threading
+from collections.abc import Sequence
+
+__all__ = ["final_answer", "math_answer_reward", "reference_answer"]
+
+# --------------------------------------------------------------------------------------------------------------------
+# Extraction of the final answer
+# --------------------------------------------------------------------------------------------------------------------
+
+# Roles whose messages are tool results, not model text: their content is treated like an ```output block.
+_MODEL_ROLES = ("assistant", "model")
+# A \boxed{...} whose content runs longer than this is not an answer (and scanning is bounded).
+_MAX_BOXED_CHARS = 2_000
+
+_NUMBER_RE = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?")
+_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+
+
+def _message_text(content) -> str:
+    """Text of a message's content: a string, or a list of parts like {"type": "text", "text": ...}."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "".join(parts)
+    return str(content)
+
+
+def _completion_text(completion) -> str:
+    """A completion as one text: a string as is; a conversation's messages in order, tool messages as ```output."""
+    if completion is None:
+        return ""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if isinstance(completion, (list, tuple)):
+        chunks = []
+        for message in completion:
+            if isinstance(message, str):
+                chunks.append(message)
+                continue
+            if not isinstance(message, dict):
+                continue
+            text = _message_text(message.get("content"))
+            if message.get("role", "assistant") in _MODEL_ROLES:
+                chunks.append(text)
+            else:  # tool / user / system text inside a completion: not the model's own words
+                chunks.append(f"\n```output\n{text}\n```\n")
+        return "\n".join(chunks)
+    return str(completion)
+
+
+def _segments(text: str) -> list[tuple[str, str]]:
+    """Split `text` into ("prose" | "code" | "output", chunk) segments along ``` fences.
+
+    A fence whose info string starts with "output" opens an output block; any other fence (```python, ```py, bare
+    ```) opens a code block. A block runs to the next ``` or, if unclosed (a truncated completion), to the end.
+    """
+    segments = []
+    position = 0
+    while True:
+        start = text.find("```", position)
+        if start < 0:
+            segments.append(("prose", text[position:]))
+            return segments
+        segments.append(("prose", text[position:start]))
+        end_of_info = text.find("\n", start + 3)
+        if end_of_info < 0:
+            end_of_info = len(text)
+        info = text[start + 3 : end_of_info].strip().lower()
+        close = text.find("```", end_of_info)
+        kind = "output" if info.startswith("output") else "code"
+        if close < 0:
+            segments.append((kind, text[end_of_info:]))
+            return segments
+        segments.append((kind, text[end_of_info:close]))
+        position = close + 3
+
+
+def _boxed_content(text: str, index: int) -> str | None:
+    """Content of the \\boxed / \\fbox command at `index`, or None if it is not a complete one."""
+    match = re.compile(r"\\(?:boxed|fbox)").match(text, index)
+    if match is None:
+        return None
+    position = match.end()
+    if position < len(text) and text[position].isalpha():  # e.g. \boxedtext: another command
+        return None
+    while position < len(text) and text[position] in " \t":
+        position += 1
+    if position >= len(text):
+        return None
+    if text[position] != "{":  # "\boxed 5": the argument runs to the next space or $
+        argument = re.match(r"[^\s$]+", text[position:])
+        return argument.group(0) if argument else None
+    depth = 0
+    limit = min(len(text), position + _MAX_BOXED_CHARS)
+    i = position
+    while i < limit:
+        char = text[i]
+        if char == "\\":
+            i += 2  # an escaped character (\{, \}, \\) never opens or closes
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[position + 1 : i].strip() or None
+        i += 1
+    return None  # unbalanced (truncated) or too long
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last complete, non-empty \\boxed{...} (or \\fbox{...}) of `text`."""
+    end = len(text)
+    while end > 0:
+        index = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        if index < 0:
+            return None
+        content = _boxed_content(text, index)
+        if content is not None:
+            return content
+        end = index
+    return None
+
+
+def final_answer(text) -> str | None:
+    """The final answer written in a completion, or None.
+
+    `text` is a completion: a string, or a list of chat messages (tool messages count as interpreter output).
+    The answer is, in order of preference:
+
+    1. the content of the last complete `\\boxed{...}` (balanced braces; `\\fbox` too) in the model's prose, i.e.
+       outside ```python code blocks and ```output blocks;
+    2. else the last plain number (`72`, `-3`, `1,234` returned as `1234`, `0.5`, `3/4`) of the prose after the last
+       ```output block (numbers in code and in tool outputs are never taken: they are not the model's answer).
+
+    Returns the answer text (stripped), or None if there is none.
+    """
+    text = _completion_text(text)
+    if not text:
+        return None
+    segments = _segments(text)
+    prose = "\n".join(chunk for kind, chunk in segments if kind == "prose")
+    boxed = _last_boxed(prose)
+    if boxed is not None:
+        return boxed
+    last_output = max((i for i, (kind, _) in enumerate(segments) if kind == "output"), default=-1)
+    tail = "\n".join(chunk for kind, chunk in segments[last_output + 1 :] if kind == "prose")
+    tail = tail.replace("\u2212", "-")  # unicode minus
+    numbers = _NUMBER_RE.findall(tail)
+    if not numbers:
+        return None
+    number = numbers[-1]
+    return number.replace(",", "") if _THOUSANDS_RE.match(number) else number
+
+
+def reference_answer(answer) -> str | None:
+    """The reference answer of a dataset row as text: GSM8K's "... #### 72" gives "72" (commas dropped); anything
+    else is stripped and kept. None or empty gives None."""
+    if answer is None:
+        return None
+    if isinstance(answer, float) and math.isnan(answer):
+        return None
+    text = str(answer).strip()
+    if "####" in text:
+        text = text.rsplit("####", 1)[1].strip().replace(",", "")
+    return text or None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Verification with math-verify
+# --------------------------------------------------------------------------------------------------------------------
+
+#: Seconds math-verify may spend parsing / comparing one answer, where its signal-based timeout can be used.
+MATH_VERIFY_TIMEOUT_SECONDS = 5
+# Answers longer than this (after extraction) are not parsed: wrong by construction, and parsing cost grows with size.
+_MAX_ANSWER_CHARS = 512
+_MAX_REFERENCE_CHARS = 2_048
+# An expression whose value may need more bits than this (~40,000 decimal digits) is not evaluated.
+_MAX_VALUE_BITS = 1 << 17
+
+
+class _TimeoutDisabledFilter(logging.Filter):
+    """Drops math-verify's "Timeout is disabled ..." warning: off the main thread we bound the work ourselves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout is disabled")
+
+
+@functools.lru_cache(maxsize=1)
+def _math_verify():
+    """Import math-verify once, and silence its warning about the timeout we turn off on purpose."""
+    import math_verify
+
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_TimeoutDisabledFilter())
+    return math_verify
+
+
+def _signal_timeout_usable() -> bool:
+    """Whether math-verify's `signal.alarm` timeout can be used here: POSIX, main thread, no alarm already pending."""
+    if os.name != "posix" or threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        return signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _value_bits(node, depth: int = 0) -> float:
+    """An upper bound on the number of bits of the value of a (not yet evaluated) sympy expression; inf if unbounded.
+
+    Only magnitudes matter: symbols count as small, containers (sets, tuples, relations, matrices) as their largest
+    element. Powers, factorials, binomials, exp and sums/products over ranges are what can explode.
+    """
+    import sympy
+
+    if depth > 200:
+        return math.inf
+    if isinstance(node, str):
+        return 1.0
+    if isinstance(node, sympy.MatrixBase):
+        return max((_value_bits(x, depth + 1) for x in node), default=1.0)
+    if not isinstance(node, sympy.Basic):
+        return 1.0
+    if node.is_Integer:
+        return float(max(int(node).bit_length(), 1))
+    if node.is_Rational:
+        return float(max(int(node.p).bit_length(), int(node.q).bit_length(), 1))
+    if node.is_Float:
+        try:
+            return max(math.log2(abs(float(node))), 1.0) if node != 0 else 1.0
+        except (OverflowError, ValueError):
+            return math.inf
+    if not node.args:  # symbols, pi, E, I, oo, ...
+        return 2.0
+
+    def size(value_bits: float) -> float:  # an upper bound of |value| from its bits
+        return 2.0**value_bits if value_bits < 1000 else math.inf
+
+    args_bits = [_value_bits(arg, depth + 1) for arg in node.args]
+    if isinstance(node, sympy.Add):
+        return max(args_bits) + math.log2(len(args_bits)) + 1
+    if isinstance(node, sympy.Mul):
+        return sum(args_bits)
+    if isinstance(node, sympy.Pow):
+        base_bits, exponent = args_bits[0], node.args[1]
+        if exponent.is_Number:
+            try:
+                exponent_size = abs(float(exponent))
+            except (OverflowError, ValueError):
+                exponent_size = math.inf
+        else:
+            exponent_size = size(args_bits[1])
+        return base_bits * max(exponent_size, 1.0)
+    factorials = (sympy.factorial, sympy.factorial2, sympy.subfactorial, sympy.gamma, sympy.RisingFactorial)
+    if isinstance(node, (*factorials, sympy.FallingFactorial)):
+        bits = max(args_bits)
+        return size(bits) * bits
+    if isinstance(node, sympy.binomial):
+        return size(args_bits[0])
+    if isinstance(node, sympy.exp):
+        return size(args_bits[0]) * 1.5
+    if isinstance(node, (sympy.Sum, sympy.Product, sympy.Integral, sympy.Limit)):
+        return size(max(args_bits)) * max(args_bits)  # bounded by the range of the limits times the term
+    return max(args_bits) + 1
+
+
+def _cheap(parsed: list) -> bool:
+    """Whether every parsed expression is small enough to be compared (see `_value_bits`)."""
+    try:
+        return all(_value_bits(expression) <= _MAX_VALUE_BITS for expression in parsed)
+    except RecursionError:
+        return False
+
+
+def _normalize_answer(text: str) -> str:
+    text = text.strip().replace("\u2212", "-")
+    while len(text) >= 2 and text[0] == "$" and text[-1] == "$":  # $...$ / $$...$$ around an answer
+        text = text[1:-1].strip()
+    if _THOUSANDS_RE.match(text):  # 1,234 -> 1234 (math-verify would read "1,234" as a set)
+        text = text.replace(",", "")
+    return text
+
+
+def _parse(text: str, use_signal: bool) -> list:
+    """math-verify parse of an answer (wrapped in \\boxed{} unless already a LaTeX environment); [] on failure."""
+    math_verify = _math_verify()
+    if "\\boxed" not in text and "\\fbox" not in text and "$" not in text:
+        text = "\\boxed{" + text + "}"
+    try:
+        parsed = math_verify.parse(
+            text,
+            parsing_timeout=MATH_VERIFY_TIMEOUT_SECONDS if use_signal else None,
+            raise_on_error=False,
+        )
+    except BaseException as error:  # math-verify's TimeoutException is a BaseException
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+        return []
+    return parsed if parsed and _cheap(parsed) else []
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_reference(reference: str, use_signal: bool) -> tuple:
+    return tuple(_parse(reference, use_signal))
+
+
+def _answer_is_correct(prediction: str, reference: str, use_signal: bool) -> bool:
+    gold = list(_parse_reference(reference, use_signal))
+    if not gold:
+        return False
+    parsed = _parse(prediction, use_signal)
+    if not parsed:
+        return False
+    try:
+        return bool(
+            _math_verify().verify(
+                gold,
+                parsed,
+                timeout_seconds=MATH_VERIFY_TIMEOUT_SECONDS if use_signal else None,
+                raise_on_error=False,
+            )
+        )
+    except BaseException as error:
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+        return False
+
+
+def math_answer_reward(completions: Sequence, answer: Sequence, **kwargs) -> list[float | None]:
+    """1.0 if the final answer of a completion equals the reference answer, else 0.0 (TRL reward function).
+
+    Args:
+        completions: the completions, as strings or as lists of chat messages (conversational data).
+        answer: the dataset column `answer`, one reference per completion: GSM8K's "... #### 72", or a bare answer
+            ("72", "\\frac{1}{2}", "$x=3$", "\\{1,2\\}", "5 cm", ...).
+        **kwargs: the other columns and TRL's extra arguments (ignored).
+
+    Returns:
+        One value per completion: 1.0 (equal per math-verify: 0.5 == \\frac12, 3/4 == \\dfrac{3}{4}, 1,234 == 1234,
+        5\\text{ cm} == 5, {1,2} == {2,1}, ...), 0.0 (wrong, or no answer found, or the answer does not parse), or
+        None when the reference itself is missing or unparsable (the row cannot be scored; TRL treats None as NaN).
+
+    Safe in any thread and inside event loops (see the module docstring); never raises on bad input.
+    """
+    if isinstance(answer, (str, bytes)) or answer is None or not hasattr(answer, "__len__"):
+        answer = [answer] * len(completions)
+    if len(answer) != len(completions):
+        raise ValueError(f"math_answer_reward got {len(completions)} completions but {len(answer)} answers.")
+    use_signal = _signal_timeout_usable()
+    rewards: list[float | None] = []
+    for completion, reference in zip(completions, answer, strict=True):
+        reference_text = reference_answer(reference)
+        if reference_text is not None:
+            reference_text = _normalize_answer(reference_text)
+        if not reference_text or len(reference_text) > _MAX_REFERENCE_CHARS:
+            rewards.append(None)
+            continue
+        if not _parse_reference(reference_text, use_signal):
+            rewards.append(None)
+            continue
+        try:
+            prediction = final_answer(completion)
+        except Exception:  # defensive: malformed completion objects
+            prediction = None
+        if prediction is None:
+            rewards.append(0.0)
+            continue
+        prediction = _normalize_answer(prediction)
+        if not prediction or len(prediction) > _MAX_ANSWER_CHARS:
+            rewards.append(0.0)
+            continue
+        rewards.append(1.0 if _answer_is_correct(prediction, reference_text, use_signal) else 0.0)
+    return rewards
