@@ -5,7 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-import trl_gtpo.gtpo_trainer as gtpo_trainer_module
+import trl_gtpo.rollout as rollout_module
 from trl_gtpo.shaping import lexical_similarity_matrix
 from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42, make_args
 
@@ -53,7 +53,7 @@ def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch
         model=tiny_model_path, reward_funcs=boxed_42, args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4})
     )
     scripted = TaggedScripts(trainer.processing_class)
-    monkeypatch.setattr(gtpo_trainer_module, "TurnGenerator", lambda trainer, stop_strings: scripted)
+    monkeypatch.setattr(rollout_module, "TurnGenerator", lambda trainer, stop_strings: scripted)
     trainer.train()
 
     record = trainer.records[0]

@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
-from trl import GRPOConfig
+from trl import GRPOConfig, GRPOTrainer
 
 from trl_gtpo import GTPOConfig, GTPOTrainer
+from trl_gtpo.rollout import CodeInterpreterRollout
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +21,9 @@ def boxed_42(completions, **kwargs):
     return [1.0 if "\\boxed{42}" in completion[0]["content"] else 0.0 for completion in completions]
 
 
-def make_args(tmp_path, **overrides):
-    values = dict(
+def trl_args(tmp_path, **overrides) -> dict:
+    """Arguments every GRPOConfig takes, sized for the CPU."""
+    return dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
         num_generations=4,
@@ -33,11 +35,11 @@ def make_args(tmp_path, **overrides):
         bf16=False,
         use_cpu=True,
         save_strategy="no",
-        tool_timeout=5.0,
-        tool_pool_size=2,
-    )
-    values.update(overrides)
-    return GTPOConfig(**values)
+    ) | overrides
+
+
+def make_args(tmp_path, **overrides):
+    return GTPOConfig(**(trl_args(tmp_path, tool_timeout=5.0, tool_pool_size=2) | overrides))
 
 
 class RecordingGTPOTrainer(GTPOTrainer):
@@ -77,7 +79,7 @@ def test_trains_multi_turn_with_turn_level_advantages(tool_using_model_path, tmp
     assert ran and all(t.turns[0].output.strip() == "42" for t in ran)  # the code really ran in the sandbox
     changed = any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
     assert changed
-    assert trainer._executor is None  # the sandbox was shut down at the end of training
+    assert trainer._code_interpreter._executor is None  # the sandbox was shut down at the end of training
 
 
 def test_single_turn_without_format_and_shaping_rewards_equals_grpo(tiny_model_path, tmp_path):
@@ -160,3 +162,17 @@ def test_a_grpo_user_script_runs_after_swapping_the_class_names(tool_using_model
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TRAINED GTPOTrainer 1" in result.stdout
+
+
+def test_plain_grpo_trainer_runs_the_same_code_interpreter(tool_using_model_path, tmp_path):
+    """The GRPO baseline of the comparisons: TRL's GRPOTrainer with GTPO's code interpreter as its rollout_func."""
+    rollout = CodeInterpreterRollout(make_args(tmp_path, max_steps=1))
+    grpo_args = GRPOConfig(**trl_args(tmp_path, max_steps=1))
+    trainer = GRPOTrainer(
+        model=tool_using_model_path, reward_funcs=boxed_42, args=grpo_args,
+        train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}), rollout_func=rollout, callbacks=[rollout.callback()],
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["turns/mean"] > 1.0
+    assert any(turn.status == "ok" for t in rollout.last_trajectories for turn in t.turns)
+    assert rollout._executor is None

@@ -2,14 +2,13 @@
 
 import torch
 from accelerate.utils import gather_object
-from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .gtpo_config import GTPOConfig
 from .sandbox.base import CodeExecutor
-from .tool_loop import CodeInterpreterLoop, Trajectory
-from .turn_generation import TurnGenerator
+from .rollout import CodeInterpreterRollout
+from .tool_loop import Trajectory
 from .turns import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
 
 
@@ -48,53 +47,18 @@ class GTPOTrainer(GRPOTrainer):
                 "GRPOConfig argument: replace `GRPOConfig(...)` by `GTPOConfig(...)`."
             )
         super().__init__(model, reward_funcs, args=args, **kwargs)
-        self._executor = executor
-        self._trajectories: list[Trajectory] | None = None  # this process's rollouts of the current batch
         self._rewards_per_func: torch.Tensor | None = None  # gathered rewards of the current batch
         self._similarity = None
+        self._code_interpreter: CodeInterpreterRollout | None = None
         if self.rollout_func is None and not self.tools and self.environment_factories is None:
-            self.rollout_func = self._code_interpreter_rollout
-            self.add_callback(_CloseExecutorAtTrainEnd(self))
+            self._code_interpreter = CodeInterpreterRollout(args, executor)
+            self.rollout_func = self._code_interpreter
+            self.add_callback(self._code_interpreter.callback())
 
     @property
-    def executor(self) -> CodeExecutor:
-        """The code executor, started on first use (so processes that never run code start no workers)."""
-        if self._executor is None:
-            from .sandbox import make_executor
-
-            self._executor = make_executor(self.args)
-        return self._executor
-
-    # ------------------------------------------------------------------ generation
-
-    def _code_interpreter_rollout(self, prompts: list, trainer=None) -> dict:
-        """TRL `rollout_func`: the multi-turn code-interpreter loop over TRL's own single-turn generation."""
-        prompt_ids, images, _ = self._tokenize_prompts(prompts)
-        if images:
-            raise ValueError("GTPOTrainer's code interpreter takes text prompts only; the dataset has images.")
-        loop = CodeInterpreterLoop(
-            self._tokenizer,
-            self.executor,
-            max_turns=self.args.max_turns,
-            max_completion_length=self.max_completion_length,
-            stop_marker=self.args.turn_stop_marker,
-            eos_token_ids=self.eos_token_ids,
-            keep_in_step=self._any_process_live if self.accelerator.num_processes > 1 else None,
-        )
-        trajectories = loop.run([list(ids) for ids in prompt_ids], TurnGenerator(self, loop.stop_strings))
-        self._trajectories = trajectories
-        self._log_tool_metrics(trajectories)
-        logprobs = [t.logprobs for t in trajectories] if trajectories[0].logprobs is not None else None
-        return {
-            "prompt_ids": [list(ids) for ids in prompt_ids],
-            "completion_ids": [t.completion_ids for t in trajectories],
-            "logprobs": logprobs,
-            "env_mask": [t.tool_mask for t in trajectories],
-        }
-
-    def _any_process_live(self, live: bool) -> bool:
-        flags = self.accelerator.gather(torch.tensor([int(live)], device=self.accelerator.device))
-        return bool(flags.sum().item())
+    def _trajectories(self) -> list[Trajectory] | None:
+        """This process's code-interpreter trajectories of the current batch (None on TRL's other rollout paths)."""
+        return self._code_interpreter.last_trajectories if self._code_interpreter is not None else None
 
     # ------------------------------------------------------------------ advantages
 
@@ -107,7 +71,8 @@ class GTPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         # Overrides GRPOTrainer._generate_and_score_completions to replace its (B,) trajectory advantages by GTPO's
         # (B, T) turn-level advantages. TRL 1.16 computes advantages inline there, so this is the narrowest hook.
-        self._trajectories = None
+        if self._code_interpreter is not None:
+            self._code_interpreter.last_trajectories = None
         output = super()._generate_and_score_completions(inputs)
         output["advantages"] = self._turn_level_advantages(output)
         return output
@@ -173,33 +138,6 @@ class GTPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ logging
 
-    def _log_tool_metrics(self, trajectories: list[Trajectory]) -> None:
-        mode = "train" if self.model.training else "eval"
-        stats = torch.tensor(
-            [
-                [
-                    len(t.turns),
-                    t.num_tool_calls,
-                    t.num_tool_errors,
-                    sum(turn.status == "timeout" for turn in t.turns),
-                    t.stop_reason == "max_turns",
-                ]
-                for t in trajectories
-            ],
-            dtype=torch.float32,
-            device=self.accelerator.device,
-        )
-        stats = self.accelerator.gather(stats)
-        metrics = self._metrics[mode]
-        metrics["turns/mean"].append(stats[:, 0].mean().item())
-        metrics["turns/max"].append(stats[:, 0].max().item())
-        metrics["tools/calls_per_trajectory"].append(stats[:, 1].mean().item())
-        metrics["tools/errors_per_trajectory"].append(stats[:, 2].mean().item())
-        metrics["tools/timeouts"].append(stats[:, 3].sum().item())
-        metrics["turns/frac_max_turns"].append(stats[:, 4].mean().item())
-        # One readable line per trajectory in the completions table: each turn's tool call and how it went.
-        self._log_completion_extra("tool_calls", [_describe_turns(t) for t in trajectories])
-
     def _log_turn_metrics(self, mode, advantages, rewards, shaping, format_rewards, num_turns) -> None:
         metrics = self._metrics[mode]
         for j in range(advantages.shape[1]):
@@ -219,23 +157,3 @@ class GTPOTrainer(GRPOTrainer):
             " ".join(f"{value:+.2f}" for value in row if value == value) for row in advantages.tolist()
         ]
         self._logs["extra"]["turn_advantages"].extend(turn_advantages)
-
-
-def _describe_turns(trajectory: Trajectory) -> str:
-    parts = []
-    for j, turn in enumerate(trajectory.turns, start=1):
-        call = turn.status or ("no call" if turn.code is None else "not run")
-        parts.append(f"T{j}: {call}{'' if turn.well_formed else ' (malformed)'}")
-    return " | ".join(parts) + f" | end: {trajectory.stop_reason}"
-
-
-class _CloseExecutorAtTrainEnd(TrainerCallback):
-    """Stops the sandbox workers when training ends (they are restarted if the trainer is used again)."""
-
-    def __init__(self, trainer: GTPOTrainer):
-        self.trainer = trainer
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.trainer._executor is not None:
-            self.trainer._executor.close()
-            self.trainer._executor = None

@@ -15,7 +15,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from datasets import Dataset  # noqa: E402
 
-import trl_gtpo.gtpo_trainer as gtpo_trainer_module  # noqa: E402
+import trl_gtpo.rollout as rollout_module  # noqa: E402
 from test_reward_path import SCRIPTS, TaggedScripts  # noqa: E402
 from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42  # noqa: E402
 from trl_gtpo import GTPOConfig  # noqa: E402
@@ -33,7 +33,7 @@ def main(model_dir: str, out_dir: str, per_device_batch: int):
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
     scripted = TaggedScripts(trainer.processing_class)
     scripted.unassigned = list(SCRIPTS)[rank * per_device_batch : (rank + 1) * per_device_batch]
-    gtpo_trainer_module.TurnGenerator = lambda trainer, stop_strings: scripted
+    rollout_module.TurnGenerator = lambda trainer, stop_strings: scripted
     trainer.train()
 
     record = trainer.records[0]

@@ -1,0 +1,121 @@
+"""The code interpreter as a TRL `rollout_func`, usable by GTPOTrainer and by plain GRPOTrainer alike.
+
+GTPOTrainer installs one when no `tools`, `environment_factory` or `rollout_func` is given. Passing one to TRL's
+`GRPOTrainer(rollout_func=CodeInterpreterRollout(args))` gives GRPO with the same multi-turn tool use: the baseline
+GTPO is compared against (benchmarks/compare_grpo_gtpo.py).
+"""
+
+import torch
+from transformers import TrainerCallback
+
+from .sandbox.base import CodeExecutor
+from .tool_loop import CodeInterpreterLoop, Trajectory
+from .turn_generation import TurnGenerator
+
+
+class CodeInterpreterRollout:
+    """`rollout_func(prompts, trainer)`: runs the multi-turn code-interpreter loop over the trainer's own
+    single-turn generation (`_generate_single_turn`, any backend) and returns TRL's rollout dict with `env_mask`.
+
+    `args` is a GTPOConfig (its `max_turns`, `turn_stop_marker` and sandbox settings are read). The trajectories of
+    the last call stay in `last_trajectories` (this process's share), for GTPO's format and shaping rewards.
+    """
+
+    def __init__(self, args, executor: CodeExecutor | None = None):
+        self.args = args
+        self._executor = executor
+        self.last_trajectories: list[Trajectory] | None = None
+
+    @property
+    def executor(self) -> CodeExecutor:
+        """Started on first use, so a process that never runs code starts no sandbox workers."""
+        if self._executor is None:
+            from .sandbox import make_executor
+
+            self._executor = make_executor(self.args)
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def callback(self) -> TrainerCallback:
+        """A callback that stops the sandbox workers when training ends (they restart if used again)."""
+        return _CloseAtTrainEnd(self)
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        prompt_ids, images, _ = trainer._tokenize_prompts(prompts)
+        if images:
+            raise ValueError("The code interpreter takes text prompts only, but the dataset has images.")
+        prompt_ids = [list(ids) for ids in prompt_ids]
+        accelerator = trainer.accelerator
+        loop = CodeInterpreterLoop(
+            trainer._tokenizer,
+            self.executor,
+            max_turns=self.args.max_turns,
+            max_completion_length=trainer.max_completion_length,
+            stop_marker=self.args.turn_stop_marker,
+            eos_token_ids=trainer.eos_token_ids,
+            keep_in_step=_any_process_live(accelerator) if accelerator.num_processes > 1 else None,
+        )
+        trajectories = loop.run(prompt_ids, TurnGenerator(trainer, loop.stop_strings))
+        self.last_trajectories = trajectories
+        _log_tool_metrics(trainer, trajectories)
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": [t.completion_ids for t in trajectories],
+            "logprobs": [t.logprobs for t in trajectories] if trajectories[0].logprobs is not None else None,
+            "env_mask": [t.tool_mask for t in trajectories],
+        }
+
+
+def _any_process_live(accelerator):
+    def keep_in_step(live: bool) -> bool:
+        flags = accelerator.gather(torch.tensor([int(live)], device=accelerator.device))
+        return bool(flags.sum().item())
+
+    return keep_in_step
+
+
+def _log_tool_metrics(trainer, trajectories: list[Trajectory]) -> None:
+    stats = torch.tensor(
+        [
+            [
+                len(t.turns),
+                t.num_tool_calls,
+                t.num_tool_errors,
+                sum(turn.status == "timeout" for turn in t.turns),
+                t.stop_reason == "max_turns",
+            ]
+            for t in trajectories
+        ],
+        dtype=torch.float32,
+        device=trainer.accelerator.device,
+    )
+    stats = trainer.accelerator.gather(stats)
+    metrics = trainer._metrics["train" if trainer.model.training else "eval"]
+    metrics["turns/mean"].append(stats[:, 0].mean().item())
+    metrics["turns/max"].append(stats[:, 0].max().item())
+    metrics["tools/calls_per_trajectory"].append(stats[:, 1].mean().item())
+    metrics["tools/errors_per_trajectory"].append(stats[:, 2].mean().item())
+    metrics["tools/timeouts"].append(stats[:, 3].sum().item())
+    metrics["turns/frac_max_turns"].append(stats[:, 4].mean().item())
+    # One readable line per trajectory in the completions table: each turn's tool call and how it went.
+    trainer._log_completion_extra("tool_calls", [_describe_turns(t) for t in trajectories])
+
+
+def _describe_turns(trajectory: Trajectory) -> str:
+    parts = []
+    for j, turn in enumerate(trajectory.turns, start=1):
+        call = turn.status or ("no call" if turn.code is None else "not run")
+        parts.append(f"T{j}: {call}{'' if turn.well_formed else ' (malformed)'}")
+    return " | ".join(parts) + f" | end: {trajectory.stop_reason}"
+
+
+class _CloseAtTrainEnd(TrainerCallback):
+    def __init__(self, rollout: CodeInterpreterRollout):
+        self.rollout = rollout
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.rollout.close()
