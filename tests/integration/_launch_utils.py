@@ -16,8 +16,8 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = REPO / "accelerate_configs"
 TRAIN_SCRIPT = HERE / "train_grpo_tiny.py"
 
-# The trainer the launch tests drive: "grpo" (TRL's GRPOTrainer) or "gtpo" (trl_gtpo.GTPOTrainer).
-TRAINER = os.environ.get("GTPO_INTEGRATION_TRAINER", "grpo")
+# The trainer the launch tests drive: "gtpo" (trl_gtpo.GTPOTrainer, the default) or "grpo" (TRL's GRPOTrainer).
+TRAINER = os.environ.get("GTPO_INTEGRATION_TRAINER", "gtpo")
 
 
 def free_port() -> int:
