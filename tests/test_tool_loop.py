@@ -156,15 +156,25 @@ def test_stop_marker_written_by_the_model_gets_the_output_and_no_code_gets_a_mes
     assert b.turns[0].status == "no_code" and not b.turns[0].well_formed
 
 
-def test_max_turns_ends_the_loop_and_the_last_code_is_not_run(tokenizer):
+def test_max_turns_ends_the_loop_and_the_last_turn_is_not_cut_at_code(tokenizer):
     executor = PythonExecutor()
     block = "```python\nprint('hi')\n```\n"
-    (trajectory,), _, _ = run(tokenizer, {"Q": [block] * 5}, executor=executor, max_turns=2)
-    assert trajectory.stop_reason == "max_turns"
+    (trajectory,), model, _ = run(tokenizer, {"Q": [block, block, "more text", " and the end.<EOS>"]}, executor=executor, max_turns=2)
+    assert len(trajectory.turns) == 2 and trajectory.stop_reason == "eos"
     assert [t.status for t in trajectory.turns] == ["ok", None]
-    assert trajectory.turns[1].code == "print('hi')"
+    assert trajectory.turns[1].code == "print('hi')"  # written, never run
     assert executor.batches == [1]
-    assert trajectory.tool_mask[-1] == 1  # it ends on model tokens: no output for the code that did not run
+    # the last turn ran on past its code block to EOS, all model tokens: no output for the code that did not run
+    runs = split_by_mask(tokenizer, trajectory)
+    assert runs[-1] == (block + "more text and the end.<|im_end|>", True)
+
+
+def test_max_turns_one_is_single_turn_generation(tokenizer):
+    executor = PythonExecutor()
+    script = ["Compute:\n```python\nprint(2)\n```\n", "so it is 2.<EOS>"]
+    (trajectory,), _, _ = run(tokenizer, {"Q": script}, executor=executor, max_turns=1)
+    assert executor.batches == [] and len(trajectory.turns) == 1 and all(trajectory.tool_mask)
+    assert tokenizer.decode(trajectory.completion_ids) == "".join(script).replace("<EOS>", "<|im_end|>")
 
 
 def test_completion_budget_is_never_exceeded(tokenizer):

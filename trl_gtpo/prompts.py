@@ -1,0 +1,69 @@
+"""The default prompt of the code-interpreter format: a system prompt and one worked example.
+
+The format (fixed by the trainer, see `trl_gtpo.code_blocks`): the model writes
+
+    ```python
+    print(512 * 389)
+    ```
+
+the trainer runs the code and appends
+
+    ```output
+    199168
+    ```
+
+and the model goes on, ending with its answer in `\\boxed{}`.
+
+A small model follows the format far more often when it has seen it once: with the system prompt alone,
+SmolLM2-135M-Instruct almost never writes a code block, while with worked examples, given as prior user/assistant
+exchanges, it writes one for most arithmetic questions. So `build_prompt` adds the examples by default.
+"""
+
+from __future__ import annotations
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a math assistant with a Python interpreter. To compute something, write Python code in a ```python "
+    "block that prints the result. The code is run and its output is shown to you in an ```output block. Then write "
+    '"The answer is \\boxed{...}" with the final answer.'
+)
+
+# Worked examples, as (user question, assistant answer) pairs. The assistant text is exactly what a trajectory looks
+# like: the model's ```python block, the ```output block the trainer appends, the model's final sentence. The second
+# example shows how to write `a^b mod m` in Python; without it the model almost never solves those.
+FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "What is 512 * 389?",
+        "```python\nprint(512 * 389)\n```\n```output\n199168\n```\nThe answer is \\boxed{199168}.",
+    ),
+    (
+        "What is 23^41 mod 97?",
+        "```python\nprint(pow(23, 41, 97))\n```\n```output\n41\n```\nThe answer is \\boxed{41}.",
+    ),
+)
+
+
+def few_shot_messages() -> list[dict[str, str]]:
+    """The worked examples as alternating user/assistant messages."""
+    messages = []
+    for question, answer in FEW_SHOT_EXAMPLES:
+        messages.append({"role": "user", "content": question})
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def build_prompt(
+    question: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, few_shot: bool = True
+) -> list[dict[str, str]]:
+    """Conversational prompt for `question`: the system prompt (left out if `system_prompt` is None or empty), the
+    worked examples as user/assistant exchanges (if `few_shot`), then the question as the last user message.
+
+    Without a system message, SmolLM2's chat template inserts its own default one ("You are a helpful AI assistant
+    named SmolLM, ...") when the prompt is rendered.
+    """
+    messages: list[dict[str, str]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    if few_shot:
+        messages.extend(few_shot_messages())
+    messages.append({"role": "user", "content": question})
+    return messages
