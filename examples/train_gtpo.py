@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from trl_gtpo import GTPOConfig
 
@@ -64,7 +64,7 @@ def load_reward_funcs(names: list[str]) -> list:
     return funcs
 
 
-def load_splits(script_args: GTPOScriptArguments, seed: int):
+def load_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig):
     from datasets import load_dataset
 
     from trl_gtpo.data import is_known_dataset, load_math_dataset
@@ -75,21 +75,24 @@ def load_splits(script_args: GTPOScriptArguments, seed: int):
         options = dict(
             system_prompt=script_args.system_prompt or DEFAULT_SYSTEM_PROMPT,
             few_shot=script_args.few_shot,
-            seed=seed,
+            seed=training_args.seed,
             difficulty=script_args.synthetic_difficulty,
         )
         train = load_math_dataset(name, script_args.dataset_train_split, limit=script_args.train_size, **options)
         test = None
-        if script_args.eval_size:
-            test = load_math_dataset(name, script_args.dataset_test_split, limit=script_args.eval_size, **options)
+        if script_args.eval_size or training_args.eval_strategy != "no":
+            size = script_args.eval_size or None
+            test = load_math_dataset(name, script_args.dataset_test_split, limit=size, **options)
         return train, test
     dataset = load_dataset(name, name=script_args.dataset_config)
     train = dataset[script_args.dataset_train_split]
     if script_args.train_size:
         train = train.select(range(min(script_args.train_size, len(train))))
     test = None
-    if script_args.eval_size and script_args.dataset_test_split in dataset:
-        test = dataset[script_args.dataset_test_split].select(range(script_args.eval_size))
+    if script_args.dataset_test_split in dataset:
+        test = dataset[script_args.dataset_test_split]
+        if script_args.eval_size:
+            test = test.select(range(min(script_args.eval_size, len(test))))
     return train, test
 
 
@@ -134,19 +137,23 @@ def main(script_args: GTPOScriptArguments, training_args: GTPOConfig, model_args
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    train_dataset, test_dataset = load_splits(script_args, training_args.seed)
+    train_dataset, test_dataset = load_splits(script_args, training_args)
     trainer = GTPOTrainer(
         model=model_path,
         reward_funcs=load_reward_funcs(script_args.reward_funcs),
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=test_dataset if training_args.eval_strategy != "no" else None,
+        quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
 
     reports = {}
-    evaluate_here = test_dataset is not None and trainer.accelerator.is_main_process
-    if evaluate_here and trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
-        print("Held-out evaluation skipped: ZeRO-3 partitions the weights. Run examples/evaluate.py on the saved model.")
+    # The before/after evaluation generates on one process; with several (DDP, ZeRO-3, FSDP) the others would wait in
+    # collectives, so there it is left to examples/evaluate.py on the saved model.
+    evaluate_here = bool(script_args.eval_size) and test_dataset is not None
+    if evaluate_here and trainer.accelerator.num_processes > 1:
+        trainer.accelerator.print("Held-out evaluation skipped with several processes: run examples/evaluate.py.")
         evaluate_here = False
     if evaluate_here:
         model = trainer.accelerator.unwrap_model(trainer.model)

@@ -53,6 +53,9 @@ class RecordingGTPOTrainer(GTPOTrainer):
                 "grpo": output["advantages"].clone(),
                 "gtpo": advantages.clone(),
                 "mask": (output["completion_mask"] * output.get("tool_mask", 1)).clone(),
+                "unmasked": torch.tensor(
+                    [m + [0] * (output["completion_ids"].shape[1] - len(m)) for m in self._turn_masks]
+                ),
                 "trajectories": self._trajectories,
             }
         )
@@ -92,7 +95,7 @@ def test_single_turn_without_format_and_shaping_rewards_equals_grpo(tiny_model_p
     trainer = RecordingGTPOTrainer(model=tiny_model_path, reward_funcs=varied, args=args, train_dataset=dataset)
     trainer.train()
     for record in trainer.records:
-        expected = record["grpo"].unsqueeze(1).expand_as(record["gtpo"]) * record["mask"]
+        expected = record["grpo"].unsqueeze(1).expand_as(record["gtpo"]) * record["unmasked"]
         torch.testing.assert_close(record["gtpo"], expected)
         assert record["grpo"].abs().sum() > 0  # the rewards did differ, so this compared something
 
@@ -176,3 +179,41 @@ def test_plain_grpo_trainer_runs_the_same_code_interpreter(tool_using_model_path
     assert trainer.state.log_history[0]["turns/mean"] > 1.0
     assert any(turn.status == "ok" for t in rollout.last_trajectories for turn in t.turns)
     assert rollout._executor is None
+
+
+def test_truncated_completions_stay_in_the_group_statistics_as_in_grpo(tiny_model_path, tmp_path):
+    """With mask_truncated_completions, TRL masks truncated completions out of the loss but keeps their rewards in the
+    group baseline; so must GTPO (one turn each, no format/shaping reward: exactly GRPO's advantages)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+
+    def rollout(prompts, trainer):
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        prompt_ids = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        body = [tokenizer.encode("x" * (i + 1)) for i in range(len(prompts))]
+        # even rows end with EOS, odd rows are cut off (truncated)
+        completions = [ids + [tokenizer.eos_token_id] if i % 2 == 0 else ids for i, ids in enumerate(body)]
+        return {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": None,
+                "env_mask": [[1] * len(c) for c in completions]}
+
+    def varied(completions, **kwargs):
+        return [float(len(completion[0]["content"]) % 3) for completion in completions]
+
+    args = make_args(tmp_path, format_penalty=0.0, shaping_alpha=0.0, max_steps=1, mask_truncated_completions=True)
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=varied, args=args, rollout_func=rollout,
+        train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+    )
+    trainer.train()
+    record = trainer.records[0]
+    truncated = record["mask"].sum(dim=1) == 0
+    assert truncated.tolist() == [False, True, False, True]
+    assert record["grpo"][truncated].abs().sum() > 0  # GRPO gives truncated rows a real advantage...
+    expected = record["grpo"].unsqueeze(1) * record["unmasked"]
+    torch.testing.assert_close(record["gtpo"], expected)  # ...and so does GTPO (their loss is masked by TRL)
+
+
+def test_executor_with_another_rollout_path_is_refused(tiny_model_path):
+    with pytest.raises(ValueError, match="`executor` together with `tools`"):
+        GTPOTrainer(model=tiny_model_path, reward_funcs=boxed_42, executor=object(), tools=[len])

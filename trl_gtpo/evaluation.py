@@ -9,13 +9,22 @@ import torch
 
 from .code_blocks import code_blocks
 from .tool_loop import CodeInterpreterLoop, Trajectory
+from .turn_generation import stop_padding_start
 
 
-def transformers_generate_turn(model, tokenizer, stop_strings, *, temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16):
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends generation: the model's generation config's EOS tokens and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    return sorted({token for token in [*eos, tokenizer.eos_token_id] if token is not None})
+
+
+def transformers_generate_turn(
+    model, tokenizer, stop_strings, *, temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16
+):
     """A `generate_turn` on plain `model.generate` (left padding, stop strings), for evaluation outside a trainer."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    eos = set(eos_token_ids(model, tokenizer))
 
     @torch.no_grad()
     def generate_turn(prompt_ids: list[list[int]], max_new_tokens: int):
@@ -38,9 +47,7 @@ def transformers_generate_turn(model, tokenizer, stop_strings, *, temperature: f
             for ids in generated:
                 end = next((k + 1 for k, token in enumerate(ids) if token in eos), len(ids))
                 ids = ids[:end]
-                while ids and ids[-1] == pad and pad not in eos:
-                    ids = ids[:-1]
-                outputs.append(ids)
+                outputs.append(ids[: stop_padding_start(ids, tokenizer, eos, stop_strings)])
         return outputs, None
 
     return generate_turn
@@ -75,21 +82,31 @@ def evaluate(
     Returns a report: `pass@1` (mean correctness of the first sample), `avg@k` (mean over all k samples), `pass@k`,
     mean turns and tool calls, and per-sample traces.
     """
-    from tqdm.auto import tqdm
-
-    from .rewards import final_answer
-
     loop = CodeInterpreterLoop(
         tokenizer,
         executor,
         max_turns=max_turns,
         max_completion_length=max_completion_length,
         stop_marker=stop_marker,
-        eos_token_ids=[tokenizer.eos_token_id],
+        eos_token_ids=eos_token_ids(model, tokenizer),
     )
     generate_turn = transformers_generate_turn(
         model, tokenizer, loop.stop_strings, temperature=temperature, batch_size=batch_size
     )
+    was_training = model.training
+    model.eval()  # after trainer.train() the model is in train mode: dropout on, and no KV cache with checkpointing
+    try:
+        results = _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, progress)
+    finally:
+        model.train(was_training)
+    return _report(results, k)
+
+
+def _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, progress) -> list["SampleResult"]:
+    from tqdm.auto import tqdm
+
+    from .rewards import final_answer
+
     results: list[SampleResult] = []
     rows = list(dataset)
     chunk_size = max(1, batch_size // k)
@@ -112,7 +129,7 @@ def evaluate(
             results.append(SampleResult(_question(row["prompt"]), str(row["answer"]), samples, correct))
         bar.update(len(chunk))
     bar.close()
-    return _report(results, k)
+    return results
 
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:

@@ -83,8 +83,9 @@ class GTPOConfig(GRPOConfig):
     max_turns: int = field(
         default=4,
         metadata={
-            "help": "Maximum number of model turns per trajectory; the code of the last turn is not run. Must be >= 1. "
-            "1 gives single-turn generation."
+            "help": "Maximum number of model turns per trajectory, i.e. at most max_turns - 1 code blocks are run. "
+            "The last turn is not ended by a code block (no turn could follow): it runs on to EOS or the completion "
+            "budget. Must be >= 1; 1 gives plain single-turn generation."
         },
     )
     turn_stop_marker: str = field(

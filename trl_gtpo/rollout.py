@@ -24,6 +24,7 @@ class CodeInterpreterRollout:
     def __init__(self, args, executor: CodeExecutor | None = None):
         self.args = args
         self._executor = executor
+        self._owns_executor = executor is None  # a user's executor is theirs to close, and is never replaced
         self.last_trajectories: list[Trajectory] | None = None
 
     @property
@@ -36,7 +37,8 @@ class CodeInterpreterRollout:
         return self._executor
 
     def close(self) -> None:
-        if self._executor is not None:
+        """Stop the sandbox workers this rollout started (a user's executor is left alone)."""
+        if self._owns_executor and self._executor is not None:
             self._executor.close()
             self._executor = None
 
@@ -47,7 +49,10 @@ class CodeInterpreterRollout:
     def __call__(self, prompts: list, trainer) -> dict:
         prompt_ids, images, _ = trainer._tokenize_prompts(prompts)
         if images:
-            raise ValueError("The code interpreter takes text prompts only, but the dataset has images.")
+            raise ValueError(
+                "The code interpreter takes text prompts only, but the dataset has images: drop the image columns, "
+                "or use TRL's own tool calling (`tools=` / `environment_factory=`), which handles images."
+            )
         prompt_ids = [list(ids) for ids in prompt_ids]
         accelerator = trainer.accelerator
         loop = CodeInterpreterLoop(

@@ -34,13 +34,10 @@ class TurnGenerator:
             )
         completion_ids = completion_ids[:count]
         logprobs = logprobs[:count] if logprobs is not None else None
-        pad = self.trainer._tokenizer.pad_token_id
-        if pad is not None and pad not in self.trainer.eos_token_ids:
-            # transformers pads the rows that stopped early (at a stop string) up to the longest row
+        if not self.trainer.use_vllm:
+            tokenizer = self.trainer._tokenizer
             for k, ids in enumerate(completion_ids):
-                end = len(ids)
-                while end and ids[end - 1] == pad:
-                    end -= 1
+                end = stop_padding_start(ids, tokenizer, self.trainer.eos_token_ids, self.stop_strings)
                 completion_ids[k] = ids[:end]
                 if logprobs is not None:
                     logprobs[k] = logprobs[k][:end]
@@ -53,9 +50,10 @@ class TurnGenerator:
             generation = trainer.vllm_generation
             saved = generation.max_completion_length, generation.generation_kwargs
             generation.max_completion_length = max_new_tokens
+            user_stop = saved[1].get("stop") or []
             generation.generation_kwargs = {
                 **saved[1],
-                "stop": self.stop_strings,
+                "stop": list(dict.fromkeys([*self.stop_strings, *user_stop])),
                 "include_stop_str_in_output": True,
             }
             try:
@@ -68,13 +66,41 @@ class TurnGenerator:
             config.max_new_tokens, config.stop_strings = max_new_tokens, self.stop_strings
             # transformers needs the tokenizer to match stop strings, and `_generate_single_turn` does not pass one.
             model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+            had_attribute, attribute = "generate" in vars(model), vars(model).get("generate")
             generate = model.generate
             model.generate = lambda *args, **kwargs: generate(*args, tokenizer=trainer._tokenizer, **kwargs)
             try:
                 yield
             finally:
-                del model.generate
+                if had_attribute:
+                    model.generate = attribute
+                else:
+                    del model.generate
                 config.max_new_tokens, config.stop_strings = saved
+
+
+def stop_padding_start(ids: list[int], tokenizer, eos_token_ids, stop_strings: list[str]) -> int:
+    """Length of `ids` without the padding transformers adds after a row that stopped at a stop string.
+
+    transformers pads such a row up to the longest row of the batch, and TRL keeps everything up to the first EOS, so
+    when the pad token is an EOS token (SmolLM2, Qwen2.5, any tokenizer without a pad token) the row ends with a pad
+    the model never sampled. It is padding when the tokens before it already end with a stop string: generation
+    stopped there, so no EOS can have been sampled after it.
+    """
+    pad = tokenizer.pad_token_id
+    end = len(ids)
+    if pad is None:
+        return end
+    if pad not in eos_token_ids:
+        while end and ids[end - 1] == pad:
+            end -= 1
+        return end
+    if end >= 2 and ids[end - 1] == pad:
+        before = tokenizer.decode(ids[: end - 1], skip_special_tokens=False)
+        earlier = tokenizer.decode(ids[: end - 2], skip_special_tokens=False)
+        if any(stop in before and stop not in earlier for stop in stop_strings):
+            return end - 1
+    return end
 
 
 def _one_request_for_all_processes(trainer) -> bool:
