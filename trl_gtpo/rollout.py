@@ -66,7 +66,7 @@ class CodeInterpreterRollout:
         )
         trajectories = loop.run(prompt_ids, TurnGenerator(trainer, loop.stop_strings))
         self.last_trajectories = trajectories
-        _log_tool_metrics(trainer, trajectories)
+        _log_tool_metrics(trainer, trajectories, loop.seconds, self.args.max_turns)
         return {
             "prompt_ids": prompt_ids,
             "completion_ids": [t.completion_ids for t in trajectories],
@@ -83,7 +83,7 @@ def _any_process_live(accelerator):
     return keep_in_step
 
 
-def _log_tool_metrics(trainer, trajectories: list[Trajectory]) -> None:
+def _log_tool_metrics(trainer, trajectories: list[Trajectory], seconds: dict[str, float], max_turns: int) -> None:
     stats = torch.tensor(
         [
             [
@@ -91,7 +91,7 @@ def _log_tool_metrics(trainer, trajectories: list[Trajectory]) -> None:
                 t.num_tool_calls,
                 t.num_tool_errors,
                 sum(turn.status == "timeout" for turn in t.turns),
-                t.stop_reason == "max_turns",
+                len(t.turns) >= max_turns,
             ]
             for t in trajectories
         ],
@@ -106,6 +106,9 @@ def _log_tool_metrics(trainer, trajectories: list[Trajectory]) -> None:
     metrics["tools/errors_per_trajectory"].append(stats[:, 2].mean().item())
     metrics["tools/timeouts"].append(stats[:, 3].sum().item())
     metrics["turns/frac_max_turns"].append(stats[:, 4].mean().item())
+    # Where the rollout's time went (this process): generation calls, and the sandbox running the code.
+    metrics["timing/generation_seconds"].append(seconds["generation"])
+    metrics["timing/tool_seconds"].append(seconds["tools"])
     # One readable line per trajectory in the completions table: each turn's tool call and how it went.
     trainer._log_completion_extra("tool_calls", [_describe_turns(t) for t in trajectories])
 

@@ -6,6 +6,7 @@ re-tokenized, so the tool mask and the sampling log-probs stay aligned with what
 """
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class CodeInterpreterLoop:
         # Distributed runs: returns True while any process still has a live trajectory. Collective backends
         # (ZeRO-3 parameter gathering, vLLM server mode) need every process to generate the same number of times.
         self.keep_in_step = keep_in_step
+        self.seconds = {"generation": 0.0, "tools": 0.0}  # where the time of the last `run` went
 
     @property
     def stop_strings(self) -> list[str]:
@@ -111,6 +113,7 @@ class CodeInterpreterLoop:
 
     def run(self, prompt_ids: list[list[int]], generate_turn: GenerateTurn) -> list[Trajectory]:
         rollouts = [_Rollout(list(ids), uuid.uuid4().hex, Trajectory()) for ids in prompt_ids]
+        self.seconds = {"generation": 0.0, "tools": 0.0}
         try:
             while True:
                 live = [r for r in rollouts if not r.done]
@@ -118,7 +121,9 @@ class CodeInterpreterLoop:
                     if not self.keep_in_step(bool(live)):
                         break
                     if not live:  # other processes still generate: take part in the collective with a dummy call
+                        start = time.perf_counter()
                         generate_turn([rollouts[0].prompt_ids], 1)
+                        self.seconds["generation"] += time.perf_counter() - start
                         continue
                 elif not live:
                     break
@@ -134,7 +139,9 @@ class CodeInterpreterLoop:
     def _step(self, live: list[_Rollout], generate_turn: GenerateTurn) -> None:
         room = [self.max_completion_length - len(r.trajectory.completion_ids) - len(r.turn_ids) for r in live]
         inputs = [r.prompt_ids + r.trajectory.completion_ids + r.turn_ids for r in live]
+        start = time.perf_counter()
         new_ids, new_logprobs = generate_turn(inputs, max(room))
+        self.seconds["generation"] += time.perf_counter() - start
         calls: list[tuple[_Rollout, CodeCall]] = []
         for k, rollout in enumerate(live):
             budget = room[k]
@@ -146,7 +153,9 @@ class CodeInterpreterLoop:
             if call is not None:
                 calls.append((rollout, call))
         if calls:
+            start = time.perf_counter()
             results = self._execute([call for _, call in calls])
+            self.seconds["tools"] += time.perf_counter() - start
             for (rollout, _), result in zip(calls, results, strict=True):
                 self._append_output(rollout, result)
 
