@@ -24,7 +24,7 @@ class GTPOScriptArguments(ScriptArguments):
     dataset_name: str | None = field(
         default="synthetic",
         metadata={
-            "help": "Data set: a packaged one ('synthetic', 'gsm8k', 'math500', 'svamp', 'asdiv', 'mawps', 'gsm_hard') "
+            "help": "Data set: a packaged one ('synthetic', 'gsm8k', 'math500', 'math', 'svamp', 'asdiv', 'mawps', 'gsm_hard') "
             "or, as in TRL, a Hub id or local path for `datasets.load_dataset` (needs `prompt` and `answer` columns)."
         },
     )

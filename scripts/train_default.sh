@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 VENV="${GTPO_VENV:-.venv}"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# accelerate launch would pin torch to 1 thread; one process may use every core.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 exec "$VENV/bin/accelerate" launch --config_file accelerate_configs/single_process.yaml examples/train_gtpo.py \
   --output_dir runs/gtpo-default \
   --dataset_name synthetic --train_size 512 --eval_size 32 \
