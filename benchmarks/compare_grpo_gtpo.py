@@ -39,7 +39,9 @@ class History(TrainerCallback):
 def train(kind: str, model_path: str, train_set, args) -> tuple[str, list[dict], float]:
     common = dict(
         output_dir=os.path.join(args.out, kind),
-        per_device_train_batch_size=args.batch,
+        per_device_train_batch_size=args.batch // args.gradient_accumulation_steps,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_checkpointing=False,
         num_generations=args.num_generations,
         max_completion_length=args.max_completion_length,
         max_steps=args.max_steps,
@@ -76,8 +78,9 @@ def held_out(model_path: str, test_set, args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     with SandboxPool() as executor:
-        return evaluate(model, tokenizer, test_set, executor, math_answer_reward, k=1, max_turns=args.max_turns,
-                        max_completion_length=args.max_completion_length, temperature=0.0, progress=False)
+        return evaluate(model, tokenizer, test_set, executor, math_answer_reward, k=args.eval_k, max_turns=args.max_turns,
+                        max_completion_length=args.max_completion_length, temperature=args.eval_temperature,
+                        progress=False)
 
 
 def plot(histories: dict, path: str) -> None:
@@ -104,14 +107,17 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model_name_or_path", default="default")
     parser.add_argument("--dataset_name", default="synthetic")
-    parser.add_argument("--max_steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--num_generations", type=int, default=8)
+    parser.add_argument("--max_steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8, help="trajectories per step")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=2)
+    parser.add_argument("--num_generations", type=int, default=4)
     parser.add_argument("--max_completion_length", type=int, default=160)
     parser.add_argument("--max_turns", type=int, default=3)
-    parser.add_argument("--learning_rate", type=float, default=2e-6)
+    parser.add_argument("--learning_rate", type=float, default=5e-6)
     parser.add_argument("--train_size", type=int, default=512)
-    parser.add_argument("--eval_size", type=int, default=64)
+    parser.add_argument("--eval_size", type=int, default=24)
+    parser.add_argument("--eval_k", type=int, default=4)
+    parser.add_argument("--eval_temperature", type=float, default=1.0, help="the training temperature: avg@k")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/compare")
     args = parser.parse_args()
@@ -132,7 +138,8 @@ def main():
     for i in range(max(len(rows) for rows in histories.values())):
         cells = [rows[i].get("rewards/math_answer_reward/mean", float("nan")) if i < len(rows) else float("nan") for rows in histories.values()]
         print(f"{i + 1:<7}" + "".join(f"{c:8.3f}" for c in cells))
-    print(f"\nHeld-out ({args.dataset_name}/test, {len(test_set)} problems, greedy):")
+    print(f"\nHeld-out ({args.dataset_name}/test, {len(test_set)} problems, {args.eval_k} samples each at "
+          f"temperature {args.eval_temperature}):")
     print(summary_table(reports))
     print("\nSeconds of training: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     turn_keys = sorted({k for r in histories["gtpo"] for k in r if k.startswith("advantages/turn_")})

@@ -10,7 +10,7 @@ bash scripts/setup_env.sh
 VENV="${GTPO_VENV:-.venv}"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1
 status=0
-"$VENV/bin/python" -m pytest -p no:cacheprovider -q -rs "$@" || status=$?
+"$VENV/bin/python" -m pytest -p no:cacheprovider -q -rs -m "not vllm" "$@" || status=$?
 if [ "${GTPO_SKIP_VLLM:-0}" != "1" ]; then
   VLLM_VENV="${GTPO_VLLM_VENV:-.venv-vllm}"
   bash .ci/setup_vllm_env.sh "$VLLM_VENV"
