@@ -47,7 +47,7 @@ def make_tiny_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def make_tiny_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+def make_tiny_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, tie_word_embeddings: bool = True):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -63,7 +63,7 @@ def make_tiny_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, seed:
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
