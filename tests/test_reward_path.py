@@ -44,6 +44,14 @@ class TaggedScripts:
         return outputs, None
 
 
+def rows_by_tag(record, tokenizer) -> dict[str, int]:
+    """Which batch row holds which scripted trajectory."""
+    rows = {}
+    for i, trajectory in enumerate(record["trajectories"]):
+        rows[next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(trajectory.completion_ids))] = i
+    return rows
+
+
 def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch):
     gamma, alpha, penalty = 0.9, 0.5, -0.1
     args = make_args(
@@ -57,11 +65,7 @@ def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch
     trainer.train()
 
     record = trainer.records[0]
-    tokenizer = trainer.processing_class
-    rows = {}
-    for i, trajectory in enumerate(record["trajectories"]):
-        tag = next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(trajectory.completion_ids))
-        rows[tag] = i
+    rows = rows_by_tag(record, trainer.processing_class)
     assert sorted(rows) == ["A", "B", "C", "D"]
 
     similarity_d = float(lexical_similarity_matrix(["print(6 *"], ["print(6 * 7)"])[0, 0])

@@ -16,7 +16,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from datasets import Dataset  # noqa: E402
 
 import trl_gtpo.rollout as rollout_module  # noqa: E402
-from test_reward_path import SCRIPTS, TaggedScripts  # noqa: E402
+from test_reward_path import SCRIPTS, TaggedScripts, rows_by_tag  # noqa: E402
 from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42  # noqa: E402
 from trl_gtpo import GTPOConfig  # noqa: E402
 
@@ -37,10 +37,8 @@ def main(model_dir: str, out_dir: str, per_device_batch: int):
     trainer.train()
 
     record = trainer.records[0]
-    tokenizer = trainer.processing_class
     rows = {}
-    for i, trajectory in enumerate(record["trajectories"]):
-        tag = next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(trajectory.completion_ids))
+    for tag, i in rows_by_tag(record, trainer.processing_class).items():
         mask = record["mask"][i]
         starts = [t for t in range(mask.shape[0]) if mask[t] == 1 and (t == 0 or mask[t - 1] == 0)]
         rows[tag] = [record["gtpo"][i, t].item() for t in starts]
