@@ -1,6 +1,6 @@
 """Finding where a turn ends, and formatting the output block, on plain text."""
 
-from trl_gtpo.code_blocks import all_code, code_blocks, tool_output_text, turn_end
+from trl_gtpo.code_blocks import code_blocks, tool_output_text, turn_end
 
 M = "```output"
 
@@ -39,7 +39,3 @@ def test_output_block_completes_what_the_model_wrote():
     assert tool_output_text("...\n```output\n", "1", M) == "1\n```\n"
     assert tool_output_text("```python\nx=1\n```\n", "", M) == "```output\n```\n"
 
-
-def test_all_code_concatenates_every_block():
-    text = "```python\na = 1\n```\n```output\n\n```\n```python\nprint(a)\n```"
-    assert all_code(text) == "a = 1\nprint(a)"

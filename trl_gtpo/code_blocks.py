@@ -95,7 +95,3 @@ def tool_output_text(turn_text: str, output: str, stop_marker: str) -> str:
     body = output.rstrip("\n")
     return f"{opener}{body}\n```\n" if body else f"{opener}```\n"
 
-
-def all_code(text: str) -> str:
-    """All code a completion wrote, block after block: what reward shaping compares."""
-    return "\n".join(block.code for block in code_blocks(text))

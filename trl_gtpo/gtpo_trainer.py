@@ -174,8 +174,8 @@ class GTPOTrainer(GRPOTrainer):
             metrics["shaping/frac_shaped"].append((shaping > 0).float().mean().item())
         if format_rewards is not None:
             real = torch.arange(format_rewards.shape[1], device=num_turns.device) < num_turns.unsqueeze(1)
-            violations = self.accelerator.gather(((format_rewards < 0) & real).sum().float().reshape(1)).sum()
-            turns = self.accelerator.gather(num_turns.sum().float().reshape(1)).sum()
+            local = torch.stack([((format_rewards < 0) & real).sum().float(), num_turns.sum().float()])
+            violations, turns = self.accelerator.gather(local.unsqueeze(0)).sum(dim=0)
             metrics["format/violations_per_turn"].append((violations / turns.clamp(min=1)).item())
         # The completions table: TRL logged GRPO's trajectory advantage, which is not what trains here. Replace it by
         # the mean of the trajectory's turn advantages, and show each turn's advantage beside it.
