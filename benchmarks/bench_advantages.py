@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from trl_gtpo.turns import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
+from trl_gtpo.advantages import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
 
 
 def make_batch(trajectories: int, turns: int, tokens: int, seed: int = 0):

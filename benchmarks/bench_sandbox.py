@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 
-from trl_gtpo.sandbox import CodeCall, SandboxPool
+from trl_gtpo.interpreter.executor import CodeCall
+from trl_gtpo.sandbox import SandboxPool
 from trl_gtpo.sandbox.pool import DEFAULT_PRELOAD
 
 SMALL = "x = sum(i * i for i in range(1000))\nprint(x)"

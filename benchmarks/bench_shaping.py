@@ -20,7 +20,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from trl_gtpo.shaping import group_shaping_rewards, lexical_similarity_matrix, make_similarity  # noqa: E402
+from trl_gtpo.shaping import group_shaping_rewards  # noqa: E402
+from trl_gtpo.similarity import lexical_similarity_matrix, make_similarity  # noqa: E402
 
 TARGET_MS = 5.0
 

@@ -19,11 +19,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  #
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from trl_gtpo import GTPOConfig, GTPOTrainer  # noqa: E402
-from trl_gtpo.data import load_math_dataset  # noqa: E402
+from trl_gtpo.demo.data import load_math_dataset  # noqa: E402
 from trl_gtpo.evaluation import evaluate, summary_table  # noqa: E402
-from trl_gtpo.models import resolve_model_name_or_path  # noqa: E402
+from trl_gtpo.demo.models import resolve_model_name_or_path  # noqa: E402
 from trl_gtpo.rewards import math_answer_reward  # noqa: E402
-from trl_gtpo.rollout import CodeInterpreterRollout  # noqa: E402
+from trl_gtpo.interpreter.rollout import CodeInterpreterRollout  # noqa: E402
 from trl_gtpo.sandbox import SandboxPool  # noqa: E402
 
 

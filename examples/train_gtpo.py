@@ -67,8 +67,8 @@ def load_reward_funcs(names: list[str]) -> list:
 def load_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig):
     from datasets import load_dataset
 
-    from trl_gtpo.data import is_known_dataset, load_math_dataset
-    from trl_gtpo.prompts import DEFAULT_SYSTEM_PROMPT
+    from trl_gtpo.demo.data import is_known_dataset, load_math_dataset
+    from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT
 
     name = script_args.dataset_name
     if is_known_dataset(name):
@@ -99,7 +99,7 @@ def load_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig):
 def evaluate_model(model, tokenizer, dataset, training_args, script_args, label: str) -> dict:
     from trl_gtpo.evaluation import evaluate, save_report
     from trl_gtpo.rewards import math_answer_reward
-    from trl_gtpo.sandbox import make_executor
+    from trl_gtpo.interpreter.executor import make_executor
 
     executor = make_executor(training_args)
     try:
@@ -127,7 +127,7 @@ def main(script_args: GTPOScriptArguments, training_args: GTPOConfig, model_args
     from packaging.version import Version
 
     from trl_gtpo import GTPOTrainer
-    from trl_gtpo.models import resolve_model_name_or_path
+    from trl_gtpo.demo.models import resolve_model_name_or_path
 
     model_path = resolve_model_name_or_path(model_args.model_name_or_path)
     training_args.model_init_kwargs = {

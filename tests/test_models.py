@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trl_gtpo import models
-from trl_gtpo.models import (
+from trl_gtpo.demo import models
+from trl_gtpo.demo.models import (
     CACHE_ENV_VAR,
     DEFAULT_MODEL_NAME,
     INSTALL_COMMAND,

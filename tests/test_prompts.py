@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from trl_gtpo.code_blocks import code_blocks, tool_output_text
-from trl_gtpo.data import last_boxed
-from trl_gtpo.prompts import DEFAULT_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, build_prompt, few_shot_messages
+from trl_gtpo.interpreter.transcript import code_blocks, tool_output_text
+from trl_gtpo.demo.data import last_boxed
+from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, build_prompt, few_shot_messages
 
 
 def test_default_prompt_is_system_examples_then_question():

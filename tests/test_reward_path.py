@@ -5,8 +5,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-import trl_gtpo.rollout as rollout_module
-from trl_gtpo.shaping import lexical_similarity_matrix
+import trl_gtpo.interpreter.rollout as rollout_module
+from trl_gtpo.similarity import lexical_similarity_matrix
 from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42, make_args
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ import uuid
 import psutil
 import pytest
 
-from trl_gtpo.sandbox import CodeCall, CodeExecutor, ExecutionResult, SandboxPool, make_executor
+from trl_gtpo.interpreter.executor import CodeCall, CodeExecutor, ExecutionResult, make_executor
+from trl_gtpo.sandbox import SandboxPool
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 

@@ -10,14 +10,13 @@ import tokenize
 import numpy as np
 import pytest
 
-from trl_gtpo import shaping
-from trl_gtpo.shaping import (
+from trl_gtpo import similarity as shaping
+from trl_gtpo.shaping import batch_shaping_rewards, group_shaping_rewards
+from trl_gtpo.similarity import (
     LEXICAL_MAX_TOKENS,
     EmbeddingSimilarity,
-    batch_shaping_rewards,
     code_tokens,
     default_embedding_model_path,
-    group_shaping_rewards,
     lexical_similarity_matrix,
     make_similarity,
 )

@@ -2,9 +2,9 @@
 
 import pytest
 
-from trl_gtpo.sandbox.base import CodeCall, ExecutionResult
+from trl_gtpo.interpreter.executor import CodeCall, ExecutionResult
 from trl_gtpo.testing import make_tiny_tokenizer
-from trl_gtpo.tool_loop import NO_CODE_MESSAGE, CodeInterpreterLoop
+from trl_gtpo.interpreter.loop import NO_CODE_MESSAGE, CodeInterpreterLoop
 
 MARKER = "```output"
 

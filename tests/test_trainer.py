@@ -10,7 +10,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_gtpo import GTPOConfig, GTPOTrainer
-from trl_gtpo.rollout import CodeInterpreterRollout
+from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trl_gtpo.turns import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
+from trl_gtpo.advantages import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
 
 nan = math.nan
 

@@ -11,13 +11,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "GTPOConfig": "gtpo_config",
     "GTPOTrainer": "gtpo_trainer",
-    "CodeInterpreterLoop": "tool_loop",
-    "Trajectory": "tool_loop",
-    "Turn": "tool_loop",
-    "CodeCall": "sandbox",
-    "CodeExecutor": "sandbox",
-    "ExecutionResult": "sandbox",
-    "make_executor": "sandbox",
+    "CodeInterpreterLoop": "interpreter.loop",
+    "Trajectory": "interpreter.loop",
+    "Turn": "interpreter.loop",
+    "CodeCall": "interpreter.executor",
+    "CodeExecutor": "interpreter.executor",
+    "ExecutionResult": "interpreter.executor",
+    "make_executor": "interpreter.executor",
     "math_answer_reward": "rewards",
 }
 

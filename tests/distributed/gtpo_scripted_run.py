@@ -15,7 +15,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from datasets import Dataset  # noqa: E402
 
-import trl_gtpo.rollout as rollout_module  # noqa: E402
+import trl_gtpo.interpreter.rollout as rollout_module  # noqa: E402
 from test_reward_path import SCRIPTS, TaggedScripts, rows_by_tag  # noqa: E402
 from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42  # noqa: E402
 from trl_gtpo import GTPOConfig  # noqa: E402

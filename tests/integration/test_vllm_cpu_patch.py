@@ -40,7 +40,7 @@ def _fake_generation(cls, mode, calls):
 def test_patch_is_idempotent_and_routes_only_cpu_colocate(vllm_generation_class, monkeypatch):
     import torch
 
-    from trl_gtpo.vllm_cpu import patch_colocate_weight_sync_for_cpu
+    from trl_gtpo._trl_compat import patch_colocate_weight_sync_for_cpu
 
     cls, calls = vllm_generation_class, vllm_generation_class.calls
     patch_colocate_weight_sync_for_cpu()

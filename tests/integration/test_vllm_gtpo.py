@@ -31,7 +31,7 @@ MAX_COMPLETION_LENGTH = 64
 
 @pytest.fixture(scope="module")
 def loop_stop_strings():
-    from trl_gtpo.tool_loop import CodeInterpreterLoop
+    from trl_gtpo.interpreter.loop import CodeInterpreterLoop
 
     return CodeInterpreterLoop(None, None, max_turns=3, max_completion_length=MAX_COMPLETION_LENGTH).stop_strings
 

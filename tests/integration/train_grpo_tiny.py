@@ -55,7 +55,7 @@ def length_reward(completions, **kwargs):
 
 def patch_vllm_cpu_colocate_weight_sync() -> None:
     """Make TRL 1.16's colocate weight sync work on vLLM's CPU backend: trl_gtpo.vllm_cpu says what and why."""
-    from trl_gtpo.vllm_cpu import patch_colocate_weight_sync_for_cpu
+    from trl_gtpo._trl_compat import patch_colocate_weight_sync_for_cpu
 
     patch_colocate_weight_sync_for_cpu()
 

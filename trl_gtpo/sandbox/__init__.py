@@ -1,7 +1,5 @@
-"""Running the model's code: the `CodeExecutor` protocol, the local hardened process pool, and the config factory."""
+"""The local hardened process pool that runs the model's code: one implementation of `CodeExecutor`."""
 
-from .base import CodeCall, CodeExecutor, ExecutionResult
-from .factory import make_executor
 from .pool import SandboxPool
 
-__all__ = ["CodeCall", "CodeExecutor", "ExecutionResult", "SandboxPool", "make_executor"]
+__all__ = ["SandboxPool"]

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .packaged import package_directories
+from ..packaged import package_directories
 
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"

@@ -1,14 +1,61 @@
-"""make_executor: the `CodeExecutor` a GTPOConfig asks for, the local SandboxPool or a user-supplied one."""
+"""The executor protocol (what the code-interpreter loop needs from whatever runs the model's code) and
+`make_executor`, which builds the one a GTPOConfig asks for.
+
+The loop only ever calls `run` (all code blocks of one turn at once, so an executor can run them in parallel),
+`close_session` (a trajectory is done: drop its Python state) and `close` (shutdown). A remote sandbox service plugs in
+by implementing these three methods; see `GTPOConfig.tool_executor`.
+"""
 
 import importlib
 import json
-from typing import TYPE_CHECKING
-
-from .base import CodeExecutor
-from .pool import SandboxPool
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ..gtpo_config import GTPOConfig
+
+
+@dataclass(frozen=True)
+class CodeCall:
+    """One code block to run in the Python session `session_id` (one session per trajectory)."""
+
+    session_id: str
+    code: str
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """What came of one `CodeCall`.
+
+    `output` is the text the model sees: stdout, then for an error the last traceback lines as the Python REPL shows
+    them, or a one-line message for a timeout or a broken limit; already cut to the configured size.
+    `status` is one of "ok", "error" (the code raised), "timeout", "limit" (memory, output, processes), "crash"
+    (the worker died).
+    """
+
+    output: str
+    status: str = "ok"
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@runtime_checkable
+class CodeExecutor(Protocol):
+    def run(self, calls: list[CodeCall]) -> list[ExecutionResult]:
+        """Run the calls (in parallel where possible) and return one result per call, in order. Never raises for a
+        failure of the code itself."""
+        ...
+
+    def close_session(self, session_id: str) -> None:
+        """Forget the Python state of `session_id`."""
+        ...
+
+    def close(self) -> None:
+        """Stop all workers; no process may outlive this call."""
+        ...
 
 
 def make_executor(args: "GTPOConfig") -> CodeExecutor:
@@ -17,6 +64,8 @@ def make_executor(args: "GTPOConfig") -> CodeExecutor:
     arguments, e.g. `{"preload": ["math"]}`)."""
     kwargs = _parse_kwargs(args.tool_executor_kwargs)
     if args.tool_executor is None:
+        from ..sandbox import SandboxPool  # the local pool: imported only when used
+
         try:
             return SandboxPool(
                 args.tool_pool_size,
@@ -37,7 +86,7 @@ def make_executor(args: "GTPOConfig") -> CodeExecutor:
         raise ValueError(
             f"GTPOConfig.tool_executor={args.tool_executor!r} returned {type(executor).__name__}, which is not a "
             "CodeExecutor: the factory must return an object with run(calls), close_session(session_id) and close() "
-            "(see trl_gtpo.sandbox.base.CodeExecutor)."
+            "(see trl_gtpo.CodeExecutor)."
         )
     return executor
 

@@ -8,9 +8,9 @@ GTPO is compared against (benchmarks/compare_grpo_gtpo.py).
 import torch
 from transformers import TrainerCallback
 
-from .sandbox.base import CodeExecutor
-from .tool_loop import CodeInterpreterLoop, Trajectory
-from .turn_generation import TurnGenerator
+from .._trl_compat import TurnGenerator
+from .executor import CodeExecutor
+from .loop import CodeInterpreterLoop, Trajectory
 
 
 class CodeInterpreterRollout:
@@ -31,7 +31,7 @@ class CodeInterpreterRollout:
     def executor(self) -> CodeExecutor:
         """Started on first use, so a process that never runs code starts no sandbox workers."""
         if self._executor is None:
-            from .sandbox import make_executor
+            from .executor import make_executor
 
             self._executor = make_executor(self.args)
         return self._executor

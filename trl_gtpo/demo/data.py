@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .packaged import package_directories
+from ..packaged import package_directories
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt
 
 
