@@ -5,7 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-import trl_gtpo.interpreter.rollout as rollout_module
+from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.similarity import lexical_similarity_matrix
 from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42, make_args
 
@@ -47,8 +47,8 @@ class TaggedScripts:
 def rows_by_tag(record, tokenizer) -> dict[str, int]:
     """Which batch row holds which scripted trajectory."""
     rows = {}
-    for i, trajectory in enumerate(record["trajectories"]):
-        rows[next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(trajectory.completion_ids))] = i
+    for i, ids in enumerate(record["completion_ids"]):
+        rows[next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(ids))] = i
     return rows
 
 
@@ -57,11 +57,11 @@ def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch
     args = make_args(
         tmp_path, max_steps=1, gamma=gamma, shaping_alpha=alpha, format_penalty=penalty, max_completion_length=96
     )
+    rollout = CodeInterpreterRollout(args, generate_turn=lambda trainer, stop_strings: TaggedScripts(trainer.processing_class))
     trainer = RecordingGTPOTrainer(
-        model=tiny_model_path, reward_funcs=boxed_42, args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4})
+        model=tiny_model_path, reward_funcs=boxed_42, args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+        rollout_func=rollout,
     )
-    scripted = TaggedScripts(trainer.processing_class)
-    monkeypatch.setattr(rollout_module, "TurnGenerator", lambda trainer, stop_strings: scripted)
     trainer.train()
 
     record = trainer.records[0]
@@ -92,7 +92,7 @@ def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch
             expected = (value - mean) / (std + 1e-4)
             assert advantages[row, start].item() == pytest.approx(expected.item(), abs=1e-5), tag
 
-    turns_d = record["trajectories"][rows["D"]].turns
+    turns_d = record["turns"][rows["D"]]
     assert not turns_d[0].well_formed and turns_d[0].status == "error"
     logs = trainer.state.log_history[0]
     assert logs["shaping/frac_shaped"] == pytest.approx(0.5)

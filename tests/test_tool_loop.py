@@ -156,25 +156,35 @@ def test_stop_marker_written_by_the_model_gets_the_output_and_no_code_gets_a_mes
     assert b.turns[0].status == "no_code" and not b.turns[0].well_formed
 
 
-def test_max_turns_ends_the_loop_and_the_last_turn_is_not_cut_at_code(tokenizer):
+def test_a_tool_call_in_the_last_allowed_turn_ends_the_trajectory_unrun(tokenizer):
     executor = PythonExecutor()
     block = "```python\nprint('hi')\n```\n"
-    (trajectory,), model, _ = run(tokenizer, {"Q": [block, block, "more text", " and the end.<EOS>"]}, executor=executor, max_turns=2)
-    assert len(trajectory.turns) == 2 and trajectory.stop_reason == "eos"
+    invented = block + "```output\nhi\n```\nThe answer is \\boxed{99}<EOS>"  # the model writes the output itself
+    (trajectory,), model, _ = run(tokenizer, {"Q": [block, invented]}, executor=executor, max_turns=2)
+    assert len(trajectory.turns) == 2 and trajectory.stop_reason == "max_turns"
     assert [t.status for t in trajectory.turns] == ["ok", None]
     assert trajectory.turns[1].code == "print('hi')"  # written, never run
     assert executor.batches == [1]
-    # the last turn ran on past its code block to EOS, all model tokens: no output for the code that did not run
+    # the last turn ends at its code block: the invented output block and answer are neither kept nor trained
     runs = split_by_mask(tokenizer, trajectory)
-    assert runs[-1] == (block + "more text and the end.<|im_end|>", True)
+    assert runs[-1][1] and runs[-1][0].rstrip("\n") == block.rstrip("\n")
+    assert "boxed" not in tokenizer.decode(trajectory.completion_ids)
 
 
-def test_max_turns_one_is_single_turn_generation(tokenizer):
+def test_max_turns_one_is_one_turn_that_ends_at_eos_or_at_its_first_tool_call(tokenizer):
     executor = PythonExecutor()
     script = ["Compute:\n```python\nprint(2)\n```\n", "so it is 2.<EOS>"]
     (trajectory,), _, _ = run(tokenizer, {"Q": script}, executor=executor, max_turns=1)
     assert executor.batches == [] and len(trajectory.turns) == 1 and all(trajectory.tool_mask)
-    assert tokenizer.decode(trajectory.completion_ids) == "".join(script).replace("<EOS>", "<|im_end|>")
+    assert trajectory.stop_reason == "max_turns" and trajectory.turns[0].status is None
+    assert tokenizer.decode(trajectory.completion_ids).rstrip("\n") == script[0].rstrip("\n")
+    (plain,), _, _ = run(tokenizer, {"Q": ["It is 2.<EOS>"]}, executor=executor, max_turns=1)
+    assert plain.stop_reason == "eos" and tokenizer.decode(plain.completion_ids) == "It is 2.<|im_end|>"
+
+
+def test_a_closed_block_that_does_not_parse_is_malformed_in_the_last_turn_too(tokenizer):
+    (trajectory,), _, _ = run(tokenizer, {"Q": ["```python\nprint(6 *\n```\n"]}, max_turns=1)
+    assert trajectory.turns[0].code == "print(6 *" and not trajectory.turns[0].well_formed
 
 
 def test_completion_budget_is_never_exceeded(tokenizer):

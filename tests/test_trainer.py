@@ -45,8 +45,9 @@ def make_args(tmp_path, **overrides):
 class RecordingGTPOTrainer(GTPOTrainer):
     """Keeps GRPO's (B,) advantages and GTPO's (B, T) ones of every batch, to compare them."""
 
-    def _turn_level_advantages(self, output):
-        advantages = super()._turn_level_advantages(output)
+    def _turn_level_advantages(self, step, output):
+        advantages = super()._turn_level_advantages(step, output)
+        masks = step.tool_masks or [[1] * len(ids) for ids in step.completion_ids]
         self.records = getattr(self, "records", [])
         self.records.append(
             {
@@ -54,9 +55,10 @@ class RecordingGTPOTrainer(GTPOTrainer):
                 "gtpo": advantages.clone(),
                 "mask": (output["completion_mask"] * output.get("tool_mask", 1)).clone(),
                 "unmasked": torch.tensor(
-                    [m + [0] * (output["completion_ids"].shape[1] - len(m)) for m in self._turn_masks]
+                    [list(m) + [0] * (output["completion_ids"].shape[1] - len(m)) for m in masks]
                 ),
-                "trajectories": self._trajectories,
+                "turns": step.extra_fields.get("turns"),
+                "completion_ids": step.completion_ids,
             }
         )
         return advantages
@@ -78,11 +80,11 @@ def test_trains_multi_turn_with_turn_level_advantages(tool_using_model_path, tmp
     advantages, mask = record["gtpo"], record["mask"]
     assert advantages.shape == mask.shape  # (B, T)
     assert (advantages[mask == 0] == 0).all()  # tool output and padding carry no advantage
-    ran = [t for t in record["trajectories"] if any(turn.status == "ok" for turn in t.turns)]
-    assert ran and all(t.turns[0].output.strip() == "42" for t in ran)  # the code really ran in the sandbox
+    ran = [turns for turns in record["turns"] if any(turn.status == "ok" for turn in turns)]
+    assert ran and all(turns[0].tool_response.strip() == "42" for turns in ran)  # the code really ran in the sandbox
     changed = any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
     assert changed
-    assert trainer._code_interpreter._executor is None  # the sandbox was shut down at the end of training
+    assert trainer.rollout_func._executor is None  # the sandbox was shut down at the end of training
 
 
 def test_single_turn_without_format_and_shaping_rewards_equals_grpo(tiny_model_path, tmp_path):
@@ -126,7 +128,7 @@ def test_user_rollout_func_with_env_mask_gets_turn_advantages(tiny_model_path, t
     )
     trainer.train()
     record = trainer.records[0]
-    assert record["trajectories"] is None  # not our loop: the user's rollout ran
+    assert record["turns"] is None  # not our loop: the user's rollout ran
     # Returns: two-turn trajectories [0.5, 1.0], one-turn ones [0.0] -> S = {0.5, 1, 0.5, 1, 0, 0}
     values = torch.tensor([0.5, 1.0, 0.5, 1.0, 0.0, 0.0])
     normalized = (torch.tensor([0.5, 1.0, 0.0]) - values.mean()) / (values.std() + 1e-4)
@@ -170,14 +172,20 @@ def test_a_grpo_user_script_runs_after_swapping_the_class_names(tool_using_model
 def test_plain_grpo_trainer_runs_the_same_code_interpreter(tool_using_model_path, tmp_path):
     """The GRPO baseline of the comparisons: TRL's GRPOTrainer with GTPO's code interpreter as its rollout_func."""
     rollout = CodeInterpreterRollout(make_args(tmp_path, max_steps=1))
+    seen_turns = []
+
+    def reward_seeing_turns(completions, turns, **kwargs):  # TRL hands the rollout's extra keys to reward functions
+        seen_turns.extend(turns)
+        return boxed_42(completions)
+
     grpo_args = GRPOConfig(**trl_args(tmp_path, max_steps=1))
     trainer = GRPOTrainer(
-        model=tool_using_model_path, reward_funcs=boxed_42, args=grpo_args,
+        model=tool_using_model_path, reward_funcs=reward_seeing_turns, args=grpo_args,
         train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}), rollout_func=rollout, callbacks=[rollout.callback()],
     )
     trainer.train()
     assert trainer.state.log_history[0]["turns/mean"] > 1.0
-    assert any(turn.status == "ok" for t in rollout.last_trajectories for turn in t.turns)
+    assert any(turn.status == "ok" for turns in seen_turns for turn in turns)
     assert rollout._executor is None
 
 

@@ -1,12 +1,177 @@
-"""One model turn through TRL's own `GRPOTrainer._generate_single_turn`, whatever the backend.
+"""The one door into TRL's private API (checked against TRL 1.16.0): every other module of trl_gtpo uses only TRL's
+public names. Each function says which TRL code it relies on; `check_trl_api` fails loudly when one of them moves.
 
-This is the only module that reaches into TRL's generation internals (the attributes a turn must set: its token
-budget and its stop strings). When TRL changes how generation is configured, this is the one place to change.
+What GTPO needs that TRL does not expose:
+- the values `GRPOTrainer._generate_and_score_completions` computes and drops: the unmasked tool masks and extra
+  fields of `_generate`, the gathered rewards of `_calculate_rewards` (`capture_step`);
+- one model turn through `_generate_single_turn`, with a per-turn token budget and stop strings (`TurnGenerator`);
+- the tokenizer, prompt tokenization, the metric dict and the completions table (`tokenizer`, `tokenize_prompts`,
+  `metrics`, `log_completion_column`, `append_logged_columns`, `replace_logged_advantages`);
+- two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`).
 """
 
+import inspect
+from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
+from trl.trainer.utils import get_config_model_id, nanstd
+
+__all__ = [
+    "StepValues",
+    "TurnGenerator",
+    "append_logged_columns",
+    "capture_step",
+    "check_trl_api",
+    "get_config_model_id",
+    "log_completion_column",
+    "metrics",
+    "nanstd",
+    "patch_colocate_weight_sync_for_cpu",
+    "replace_logged_advantages",
+    "stop_padding_start",
+    "tokenize_prompts",
+    "tokenizer",
+    "vllm_sleep_once_per_rollout",
+]
+
+# The private GRPOTrainer methods used here, with the parameters relied on (TRL 1.16.0, trl/trainer/grpo_trainer.py).
+_PRIVATE_METHODS = {
+    "_generate": ["prompts"],
+    "_calculate_rewards": ["inputs", "prompts", "completions", "completion_ids_list"],
+    "_generate_and_score_completions": ["inputs"],
+    "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations"],
+    "_tokenize_prompts": ["prompts"],
+    "_log_completion_extra": ["column", "values"],
+}
+
+
+def check_trl_api() -> None:
+    """Raise if a private GRPOTrainer method this module relies on is gone or takes other parameters."""
+    from trl import GRPOTrainer
+
+    for name, expected in _PRIVATE_METHODS.items():
+        method = getattr(GRPOTrainer, name, None)
+        if method is None:
+            raise RuntimeError(f"trl_gtpo needs GRPOTrainer.{name}, which this TRL version lacks: install trl==1.16.0.")
+        parameters = list(inspect.signature(method).parameters)[1 : len(expected) + 1]
+        if parameters != expected:
+            raise RuntimeError(
+                f"GRPOTrainer.{name} takes {parameters}, trl_gtpo expects {expected}: install trl==1.16.0 or update "
+                "trl_gtpo/_trl_compat.py."
+            )
+
+
+def tokenizer(trainer):
+    """The trainer's text tokenizer (`GRPOTrainer._tokenizer`: the processing class, or its tokenizer for a VLM)."""
+    return trainer._tokenizer
+
+
+def tokenize_prompts(trainer, prompts: list) -> tuple[list[list[int]], list | None, dict]:
+    """`GRPOTrainer._tokenize_prompts`: chat template (with the trainer's tools) + tokenization, as TRL generates."""
+    return trainer._tokenize_prompts(prompts)
+
+
+def metrics(trainer) -> dict:
+    """The metric lists of the current mode (`GRPOTrainer._metrics["train" | "eval"]`), averaged and logged by TRL."""
+    return trainer._metrics["train" if trainer.model.training else "eval"]
+
+
+def log_completion_column(trainer, column: str, values: list) -> None:
+    """Add a column (one value per local row) to the completions table, before TRL flushes it in
+    `_generate_and_score_completions` (`GRPOTrainer._log_completion_extra`, what reward functions' `log_extra` does)."""
+    trainer._log_completion_extra(column, values)
+
+
+def append_logged_columns(trainer, columns: dict[str, list]) -> None:
+    """Add columns of gathered rows (every process) to the completions table after TRL's flush: TRL keeps the rows of
+    the last generation batch in bounded deques (`GRPOTrainer._logs["extra"]`)."""
+    for column, values in columns.items():
+        trainer._logs["extra"][column].extend(values)
+
+
+def replace_logged_advantages(trainer, values: Sequence[float]) -> None:
+    """Overwrite the completions table's "advantage" of the rows TRL logged last (gathered rows, in order) by what is
+    trained. TRL's deque keeps at most `generation_batch_size` rows (`GRPOTrainer._logs["advantages"]`), so with a
+    larger eval batch only the last rows are still there: those are replaced, aligned from the end."""
+    logged = trainer._logs["advantages"]
+    count = min(len(logged), len(values))
+    for k in range(1, count + 1):
+        logged[-k] = values[-k]
+
+
+@dataclass
+class StepValues:
+    """What `GRPOTrainer._generate_and_score_completions` computed on the way, for the GTPO advantage step.
+
+    `tool_masks` are `_generate`'s per-row masks before `mask_truncated_completions` zeroes the truncated ones (a
+    truncated trajectory's turns still count in the group statistics, as its reward does in GRPO's); None when the
+    rollout had no tool calls. `extra_fields` are a `rollout_func`'s extra output keys. `rewards_per_func` is
+    `_calculate_rewards`' (N, F) gathered table; `reward_inputs` its `(inputs, prompts, completions,
+    completion_ids_list)` arguments (local rows, `inputs` already carrying the extra fields).
+    """
+
+    completions: list = field(default_factory=list)
+    completion_ids: list = field(default_factory=list)
+    tool_masks: list | None = None
+    extra_fields: dict = field(default_factory=dict)
+    rewards_per_func: torch.Tensor | None = None
+    reward_inputs: tuple = ()
+
+
+@contextmanager
+def capture_step(trainer):
+    """Read the values `_generate` and `_calculate_rewards` return inside one `_generate_and_score_completions` call.
+
+    TRL 1.16 computes the tool mask and the gathered rewards inside `_generate_and_score_completions` and returns
+    neither. Instead of overriding both methods and passing their values through trainer attributes, both are wrapped
+    on the instance for the duration of one call; the wrappers only record, and the class methods are back on exit.
+    """
+    step = StepValues()
+
+    def generate(prompts):
+        result = type(trainer)._generate(trainer, prompts)
+        # (prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images)
+        step.completion_ids, step.tool_masks, step.completions = result[1], result[2], result[3]
+        step.extra_fields = dict(result[5])
+        return result
+
+    def calculate_rewards(inputs, prompts, completions, completion_ids_list):
+        rewards = type(trainer)._calculate_rewards(trainer, inputs, prompts, completions, completion_ids_list)
+        step.rewards_per_func, step.reward_inputs = rewards, (inputs, prompts, completions, completion_ids_list)
+        return rewards
+
+    trainer._generate, trainer._calculate_rewards = generate, calculate_rewards
+    try:
+        yield step
+    finally:
+        del trainer._generate, trainer._calculate_rewards
+
+
+@contextmanager
+def vllm_sleep_once_per_rollout(trainer):
+    """Keep a sleeping vLLM colocate engine awake for all the turns of one rollout: one weight sync per step.
+
+    With `vllm_enable_sleep_mode`, TRL 1.16's `VLLMGeneration.generate` wakes the engine, re-pushes every weight
+    (`sync_weights`: level-2 sleep discards them) and puts it back to sleep at each call, so a rollout of K turns would
+    sync K times. Here the engine is woken (and synced) once, sleep mode is off while the turns run, and the engine goes
+    back to sleep once at the end, as TRL leaves it after a single-turn step.
+    """
+    generation = getattr(trainer, "vllm_generation", None) if trainer.use_vllm else None
+    if generation is None or generation.mode != "colocate" or not generation.enable_sleep_mode:
+        yield
+        return
+    if generation._llm_weights_sleeping:
+        generation.sync_weights()  # wakes the weights and pushes the current ones
+    generation.llm.wake_up(tags=["kv_cache"])
+    generation.enable_sleep_mode = False
+    try:
+        yield
+    finally:
+        generation.enable_sleep_mode = True
+        generation.llm.sleep(level=2)
+        generation._llm_weights_sleeping = True
 
 
 class TurnGenerator:

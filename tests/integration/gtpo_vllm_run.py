@@ -198,8 +198,7 @@ def main(argv=None) -> None:
     def recording_rollout(prompts, trainer_):
         result = rollout(prompts, trainer_)
         batch = []
-        for trajectory in trainer._code_interpreter.last_trajectories:
-            ids, mask = trajectory.completion_ids, trajectory.tool_mask
+        for ids, mask, records in zip(result["completion_ids"], result["env_mask"], result["turns"]):
             # the model's own turns: maximal runs of tool_mask == 1, and whether tool tokens follow each
             model_turns, start = [], None
             for t, m in enumerate(mask + [0]):
@@ -212,11 +211,11 @@ def main(argv=None) -> None:
             batch.append({
                 "completion": tokenizer.decode(ids, skip_special_tokens=True),
                 "model_turns": model_turns,
-                "stop_reason": trajectory.stop_reason,
                 "num_tokens": len(ids),
-                "turns": [{"code": turn.code, "output": turn.output, "status": turn.status,
-                           "well_formed": turn.well_formed, "num_tokens": turn.num_tokens}
-                          for turn in trajectory.turns],
+                "turns": [{"code": turn.tool_call, "output": turn.tool_response,
+                           "status": None if turn.status == "none" else turn.status,
+                           "well_formed": turn.well_formed, "num_tokens": turn.end - turn.start}
+                          for turn in records],
             })
         batches.append(batch)
         return result

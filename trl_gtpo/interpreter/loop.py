@@ -41,7 +41,7 @@ class Trajectory:
     tool_mask: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
     turns: list[Turn] = field(default_factory=list)
-    stop_reason: str = ""  # "eos" or "budget"
+    stop_reason: str = ""  # "eos", "budget" or "max_turns" (a tool call in the last allowed turn)
 
     @property
     def num_tool_calls(self) -> int:
@@ -52,12 +52,6 @@ class Trajectory:
     def num_tool_errors(self) -> int:
         """Code blocks that were run and failed (raised, timed out, broke a limit, crashed the worker)."""
         return sum(turn.status not in (None, "ok", "no_code") for turn in self.turns)
-
-    @property
-    def wrote_code(self) -> bool:
-        """Whether any turn wrote a ```python block (run or not): a trajectory that never does gets the format
-        penalty for making no tool call."""
-        return any(turn.code is not None for turn in self.turns)
 
     @property
     def code(self) -> str:
@@ -77,7 +71,7 @@ class _Rollout:
 
 
 class CodeInterpreterLoop:
-    """Runs trajectories turn by turn until EOS, `max_turns` or the completion budget.
+    """Runs trajectories turn by turn until EOS, a tool call in turn `max_turns`, or the completion budget.
 
     All live trajectories generate together each turn; the code blocks that end their turns run in one executor call
     (in parallel). A turn ends at a closed ```python block, at the stop marker, or at EOS; the tokens generated past
@@ -162,12 +156,13 @@ class CodeInterpreterLoop:
     def _extend_turn(self, rollout: _Rollout, ids: list[int], logprobs: list[float] | None) -> CodeCall | None:
         """Add freshly generated tokens to the current turn; return the code to run if the turn ended with a call.
 
-        The last allowed turn (`max_turns`) is not ended by a code block: no turn could follow, so it runs on to EOS
-        or the budget (with `max_turns=1` generation is plain single-turn generation).
+        Generation never runs on past the end of a turn (arXiv 2511.14846, section 3: a turn is one model message
+        before a tool response). A tool call in the last allowed turn (`max_turns`) ends the trajectory there: its
+        code is not run and nothing after it is generated, so a model-written ```output block is never trained as
+        if it were the tool's.
         """
         trajectory = rollout.trajectory
-        final_turn = len(trajectory.turns) + 1 >= self.max_turns
-        cut = None if final_turn else self._turn_cut(rollout.turn_ids, ids)
+        cut = self._turn_cut(rollout.turn_ids, ids)
         if cut is not None:
             ids = ids[:cut]
             logprobs = logprobs[:cut] if logprobs is not None else None
@@ -180,6 +175,9 @@ class CodeInterpreterLoop:
 
         if cut is not None:  # the turn ended with a tool call
             turn = Turn(code=blocks[-1].code if blocks else None, well_formed=bool(blocks) and blocks[-1].well_formed)
+            if len(trajectory.turns) + 1 >= self.max_turns:  # no turn could follow: the code is not run
+                self._close_turn(rollout, turn, stop_reason="max_turns")
+                return None
             if used >= self.max_completion_length:  # no room for an output: the code is not run
                 self._close_turn(rollout, turn, stop_reason="budget")
                 return None
@@ -193,7 +191,8 @@ class CodeInterpreterLoop:
 
         hit_eos = bool(ids) and ids[-1] in self.eos_token_ids
         if hit_eos or used >= self.max_completion_length or not ids:
-            turn = Turn(code=blocks[-1].code if blocks else None, well_formed=not (blocks and not blocks[-1].closed))
+            # An unclosed block (cut by EOS or the budget) or a closed one that does not parse is malformed.
+            turn = Turn(code=blocks[-1].code if blocks else None, well_formed=not blocks or blocks[-1].well_formed)
             self._close_turn(rollout, turn, stop_reason="eos" if hit_eos else "budget")
         # Otherwise the backend stopped at a string that did not end the turn (e.g. a plain ``` block): go on.
         return None

@@ -5,27 +5,43 @@ GTPOTrainer installs one when no `tools`, `environment_factory` or `rollout_func
 GTPO is compared against (benchmarks/compare_grpo_gtpo.py).
 """
 
+from collections.abc import Callable
+
 import torch
 from transformers import TrainerCallback
 
-from .._trl_compat import TurnGenerator
-from .executor import CodeExecutor
-from .loop import CodeInterpreterLoop, Trajectory
+from .. import _trl_compat as trl_private
+from ..turn_records import TurnRecord, turn_spans
+from .executor import CodeCall, CodeExecutor, ExecutionResult
+from .loop import CodeInterpreterLoop, GenerateTurn, Trajectory
 
 
 class CodeInterpreterRollout:
     """`rollout_func(prompts, trainer)`: runs the multi-turn code-interpreter loop over the trainer's own
-    single-turn generation (`_generate_single_turn`, any backend) and returns TRL's rollout dict with `env_mask`.
+    single-turn generation (`_generate_single_turn`, any backend) and returns TRL's rollout dict.
 
-    `args` is a GTPOConfig (its `max_turns`, `turn_stop_marker` and sandbox settings are read). The trajectories of
-    the last call stay in `last_trajectories` (this process's share), for GTPO's format and shaping rewards.
+    Besides TRL's keys (`prompt_ids`, `completion_ids`, `logprobs`, and `env_mask`, the tool mask) the dict has
+    `turns`: per trajectory, one `TurnRecord` per model turn. TRL hands extra keys to the reward functions as keyword
+    arguments, and GTPO's advantage step reads them for the format rule, shaping and turn rewards.
+
+    Args:
+        args: a GTPOConfig (its `max_turns`, `turn_stop_marker` and sandbox settings are read).
+        executor: what runs the code; None builds one from `args` at the first code call, so a process whose model
+            writes no code starts no sandbox workers.
+        generate_turn: `f(trainer, stop_strings) -> GenerateTurn`; None uses TRL's `_generate_single_turn`
+            (`trl_gtpo._trl_compat.TurnGenerator`). Tests pass a scripted generator here.
     """
 
-    def __init__(self, args, executor: CodeExecutor | None = None):
+    def __init__(
+        self,
+        args,
+        executor: CodeExecutor | None = None,
+        generate_turn: Callable[[object, list[str]], GenerateTurn] | None = None,
+    ):
         self.args = args
         self._executor = executor
         self._owns_executor = executor is None  # a user's executor is theirs to close, and is never replaced
-        self.last_trajectories: list[Trajectory] | None = None
+        self._generate_turn = generate_turn or trl_private.TurnGenerator
 
     @property
     def executor(self) -> CodeExecutor:
@@ -47,7 +63,7 @@ class CodeInterpreterRollout:
         return _CloseAtTrainEnd(self)
 
     def __call__(self, prompts: list, trainer) -> dict:
-        prompt_ids, images, _ = trainer._tokenize_prompts(prompts)
+        prompt_ids, images, _ = trl_private.tokenize_prompts(trainer, prompts)
         if images:
             raise ValueError(
                 "The code interpreter takes text prompts only, but the dataset has images: drop the image columns, "
@@ -55,24 +71,67 @@ class CodeInterpreterRollout:
             )
         prompt_ids = [list(ids) for ids in prompt_ids]
         accelerator = trainer.accelerator
+        tokenizer = trl_private.tokenizer(trainer)
         loop = CodeInterpreterLoop(
-            trainer._tokenizer,
-            self.executor,
+            tokenizer,
+            _StartOnFirstCall(self),
             max_turns=self.args.max_turns,
             max_completion_length=trainer.max_completion_length,
             stop_marker=self.args.turn_stop_marker,
             eos_token_ids=trainer.eos_token_ids,
             keep_in_step=_any_process_live(accelerator) if accelerator.num_processes > 1 else None,
         )
-        trajectories = loop.run(prompt_ids, TurnGenerator(trainer, loop.stop_strings))
-        self.last_trajectories = trajectories
+        with trl_private.vllm_sleep_once_per_rollout(trainer):
+            trajectories = loop.run(prompt_ids, self._generate_turn(trainer, loop.stop_strings))
         _log_tool_metrics(trainer, trajectories, loop.seconds, self.args.max_turns)
+
+        def decode(ids):
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
         return {
             "prompt_ids": prompt_ids,
             "completion_ids": [t.completion_ids for t in trajectories],
             "logprobs": [t.logprobs for t in trajectories] if trajectories[0].logprobs is not None else None,
             "env_mask": [t.tool_mask for t in trajectories],
+            "turns": [turn_records(t, decode) for t in trajectories],
         }
+
+
+def turn_records(trajectory: Trajectory, decode: Callable[[list[int]], str]) -> list[TurnRecord]:
+    """The `TurnRecord`s of a code-interpreter trajectory, one per model turn that has tokens (as the mask has)."""
+    turns = [turn for turn in trajectory.turns if turn.num_tokens > 0]
+    ids = trajectory.completion_ids
+    return [
+        TurnRecord(
+            index=k,
+            text=decode(ids[start:end]),
+            tool_call=turn.code,
+            tool_response=turn.output,
+            status=turn.status or "none",
+            start=start,
+            end=end,
+            well_formed=turn.well_formed,
+        )
+        for k, ((start, end), turn) in enumerate(zip(turn_spans(trajectory.tool_mask), turns))
+    ]
+
+
+class _StartOnFirstCall:
+    """The rollout's executor, started at the first code call (the loop closes sessions of every trajectory, also of
+    those that never ran code: nothing to close then)."""
+
+    def __init__(self, rollout: CodeInterpreterRollout):
+        self.rollout = rollout
+
+    def run(self, calls: list[CodeCall]) -> list[ExecutionResult]:
+        return self.rollout.executor.run(calls)
+
+    def close_session(self, session_id: str) -> None:
+        if self.rollout._executor is not None:
+            self.rollout._executor.close_session(session_id)
+
+    def close(self) -> None:
+        self.rollout.close()
 
 
 def _any_process_live(accelerator):
@@ -99,7 +158,7 @@ def _log_tool_metrics(trainer, trajectories: list[Trajectory], seconds: dict[str
         device=trainer.accelerator.device,
     )
     stats = trainer.accelerator.gather(stats)
-    metrics = trainer._metrics["train" if trainer.model.training else "eval"]
+    metrics = trl_private.metrics(trainer)
     metrics["turns/mean"].append(stats[:, 0].mean().item())
     metrics["turns/max"].append(stats[:, 0].max().item())
     metrics["tools/calls_per_trajectory"].append(stats[:, 1].mean().item())
@@ -110,7 +169,7 @@ def _log_tool_metrics(trainer, trajectories: list[Trajectory], seconds: dict[str
     metrics["timing/generation_seconds"].append(seconds["generation"])
     metrics["timing/tool_seconds"].append(seconds["tools"])
     # One readable line per trajectory in the completions table: each turn's tool call and how it went.
-    trainer._log_completion_extra("tool_calls", [_describe_turns(t) for t in trajectories])
+    trl_private.log_completion_column(trainer, "tool_calls", [_describe_turns(t) for t in trajectories])
 
 
 def _describe_turns(trajectory: Trajectory) -> str:

@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from trl_gtpo.advantages import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
+from trl_gtpo.advantages import (
+    AdvantageSettings,
+    TurnBatch,
+    discounted_returns,
+    normalize_returns,
+    token_advantages,
+    turn_advantages,
+    turn_index,
+    turn_rewards,
+)
 
 nan = math.nan
 
@@ -35,7 +44,7 @@ def test_turn_rewards_put_outcome_and_shaping_on_the_final_turn():
         num_turns=torch.tensor([3, 1, 2]),
         outcome=torch.tensor([1.0, 0.0, nan]),
         width=3,
-        format_rewards=torch.tensor([[0.0, -0.1, 0.0], [-0.1, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+        turn_terms=torch.tensor([[0.0, -0.1, 0.0], [-0.1, 0.0, 0.0], [0.0, 0.0, 0.0]]),
         shaping=torch.tensor([0.0, 0.25, 0.0]),
     )
     expected = torch.tensor([[0.0, -0.1, 1.0], [0.15, nan, nan], [nan, nan, nan]])
@@ -123,3 +132,80 @@ def test_truncated_completion_with_masked_tokens_has_no_turns():
 def test_group_size_must_divide_the_batch():
     with pytest.raises(ValueError, match="groups of 3"):
         normalize_returns(torch.zeros(4, 1), group_size=3)
+
+
+# ---------------------------------------------------------------------------------------------------- estimators
+
+
+def advantages_of(outcome, num_turns, group_size, estimator, turn_terms=None, gamma=0.9, scale="group"):
+    batch = TurnBatch(
+        outcome=torch.tensor(outcome), num_turns=torch.tensor(num_turns), group_size=group_size,
+        turn_terms=torch.tensor(turn_terms) if turn_terms is not None else None,
+    )
+    return turn_advantages(batch, AdvantageSettings(gamma=gamma, estimator=estimator, scale=scale)).advantages
+
+
+def test_pooled_gives_a_solved_group_unit_sized_advantages_from_the_discount_alone():
+    # The measured defect the other estimators remove: four correct 2-turn trajectories, returns [0.9, 1.0] each.
+    advantages = advantages_of([1.0] * 4, [2] * 4, 4, "pooled")
+    values = torch.tensor([0.9, 1.0] * 4)
+    expected = (torch.tensor([0.9, 1.0]) - values.mean()) / (values.std() + 1e-4)
+    torch.testing.assert_close(advantages, expected.expand(4, 2))
+    assert advantages[0, 0].item() == pytest.approx(-0.934, abs=1e-3)
+
+
+@pytest.mark.parametrize("estimator", ["trajectory", "leave_one_out"])
+def test_a_group_whose_trajectories_all_earned_the_same_gets_zero(estimator):
+    advantages = advantages_of([1.0] * 4, [2, 2, 1, 1], 4, estimator)
+    assert torch.nan_to_num(advantages, nan=0.0).abs().sum() == 0
+    assert torch.isnan(advantages[2:, 1]).all()  # the one-turn trajectories still have no second turn
+
+
+def test_trajectory_estimator_by_hand():
+    # A: two turns, correct: r = [0, 1], R = [0.9, 1.0]. B: one turn, wrong: R = [0].
+    advantages = advantages_of([1.0, 0.0], [2, 1], 2, "trajectory")
+    baseline, std = (0.9 + 0.0) / 2, torch.tensor([1.0, 0.0]).std().item()
+    expected = torch.tensor([[(0.9 - baseline) / (std + 1e-4), (1.0 - baseline) / (std + 1e-4)], [(0.0 - baseline) / (std + 1e-4), nan]])
+    torch.testing.assert_close(advantages, expected, equal_nan=True)
+    assert advantages[0, 0] > 0 and advantages[0, 1] > advantages[0, 0]  # the solving turn gets the most credit
+
+
+def test_leave_one_out_estimator_by_hand():
+    advantages = advantages_of([1.0, 0.0, 1.0], [2, 1, 1], 3, "leave_one_out")
+    std = torch.tensor([1.0, 0.0, 1.0]).std().item() + 1e-4
+    # baselines: A: mean(R_B1, R_C1) = 0.5; B: mean(0.9, 1.0) = 0.95; C: mean(0.9, 0) = 0.45
+    expected = torch.tensor([[(0.9 - 0.5) / std, (1.0 - 0.5) / std], [(0.0 - 0.95) / std, nan], [(1.0 - 0.45) / std, nan]])
+    torch.testing.assert_close(advantages, expected, equal_nan=True)
+
+
+def test_format_penalties_give_a_solved_group_signal_under_the_trajectory_estimator():
+    # Both correct; B's first turn was malformed (-0.1): totals differ, B's first turn is pushed down.
+    advantages = advantages_of([1.0, 1.0], [2, 2], 2, "trajectory", turn_terms=[[0.0, 0.0], [-0.1, 0.0]])
+    assert advantages[1, 0] < 0 < advantages[0, 0]
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_trajectory_estimator_is_exactly_grpo_with_one_turn(scale):
+    torch.manual_seed(0)
+    outcome = torch.randint(0, 2, (12,)).float() + torch.rand(12) * 0.1
+    advantages = advantages_of(outcome.tolist(), [1] * 12, 4, "trajectory", scale=scale)
+    torch.testing.assert_close(advantages[:, 0], grpo_advantages(outcome, 4, scale))
+
+
+@pytest.mark.parametrize("estimator", ["pooled", "trajectory", "leave_one_out"])
+def test_a_group_of_one_trajectory_gets_zero_advantages_as_in_grpo(estimator):
+    # num_generations_eval=1: a group of one has no baseline; TRL gives 0.
+    advantages = advantages_of([0.0, 1.0], [2, 2], 1, estimator, turn_terms=[[0.1, 0.0], [0.0, 0.0]])
+    assert advantages.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("estimator", ["trajectory", "leave_one_out"])
+def test_unscorable_trajectories_are_left_out_of_every_estimator(estimator):
+    advantages = advantages_of([1.0, nan, 0.0, 0.0], [1, 2, 1, 1], 4, estimator)
+    assert torch.isnan(advantages[1]).all()
+    assert advantages[0, 0] > 0 > advantages[2, 0]
+
+
+def test_unknown_estimator_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="pooled, trajectory, leave_one_out"):
+        AdvantageSettings(estimator="mean")

@@ -1,0 +1,129 @@
+"""Turn rewards: one value per model turn, added to the turn reward r_ij of GTPO (arXiv 2511.14846, section 3.1).
+
+A turn reward function has TRL's reward-function signature plus `turns`:
+
+    f(prompts, completions, completion_ids, turns, **kwargs) -> list[list[float | None]]
+
+`turns[i]` holds one `trl_gtpo.turn_records.TurnRecord` per model turn of trajectory i (its text, tool call, tool
+response, status, token span); `kwargs` are the dataset columns and TRL's extras (`trainer_state`, `environments`),
+as for reward functions. It returns, per trajectory, one value per turn; None means "no opinion" (0). Functions may
+be `async`. With weights w_f (`GTPOConfig.turn_reward_weights`), turn j of trajectory i gains
+sum_f w_f * f(...)[i][j].
+
+Built-in turn rewards:
+
+- [`tool_success_turn_reward`]: 1.0 for a turn whose tool call ran without error, 0.0 for one that ran and failed
+  (raised, timed out, broke a limit, crashed), None for a turn whose call did not run.
+- [`verified_answer_turn_reward`]: 1.0 for a turn whose tool call ran and whose output contains the value the final
+  answer states (the answer was computed, i.e. verified by execution), None for every other turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..turn_records import TurnRecord
+from .answer import final_answer
+
+__all__ = ["call_turn_reward_funcs", "tool_success_turn_reward", "turn_reward_table", "verified_answer_turn_reward"]
+
+_FAILED = ("error", "timeout", "limit", "crash")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
+
+
+def tool_success_turn_reward(turns: Sequence[Sequence[TurnRecord]], **kwargs) -> list[list[float | None]]:
+    """r_j = 1 if turn j's call ran and returned ("ok"), 0 if it ran and failed, None if it made no call that ran."""
+    return [
+        [1.0 if turn.status == "ok" else 0.0 if turn.status in _FAILED else None for turn in trajectory]
+        for trajectory in turns
+    ]
+
+
+def verified_answer_turn_reward(
+    completions: Sequence, turns: Sequence[Sequence[TurnRecord]], **kwargs
+) -> list[list[float | None]]:
+    """r_j = 1 if turn j's call ran and its output contains the final answer's value, else None.
+
+    The final answer is `final_answer` of the completion (the model's last `\\boxed{}` or closing number); a numeric
+    answer matches any number of the output equal to it (1e-9 relative), another answer matches as a whole word.
+    Correctness is the outcome reward's business: this rewards answers that the model computed rather than guessed.
+    """
+    rewards = []
+    for completion, trajectory in zip(completions, turns, strict=True):
+        answer = final_answer(completion)
+        rewards.append([1.0 if answer and _output_states(turn, answer) else None for turn in trajectory])
+    return rewards
+
+
+def _output_states(turn: TurnRecord, answer: str) -> bool:
+    if turn.status != "ok" or not turn.tool_response:
+        return False
+    value = _as_number(answer)
+    if value is None:
+        return re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", turn.tool_response) is not None
+    return any(
+        math.isclose(number, value, rel_tol=1e-9, abs_tol=1e-12)
+        for number in map(_as_number, _NUMBER.findall(turn.tool_response))
+        if number is not None
+    )
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text.strip().replace(",", ""))
+    except ValueError:
+        return None
+
+
+def call_turn_reward_funcs(
+    funcs: Sequence[Callable],
+    names: Sequence[str],
+    turns: Sequence[Sequence[TurnRecord]],
+    run_async: Callable | None = None,
+    **reward_kwargs,
+) -> list[list[list[float | None]]]:
+    """Call each turn reward function on the batch and check its shape; returns values[f][i][j].
+
+    `reward_kwargs` are passed as keyword arguments (prompts, completions, completion_ids, the dataset columns...);
+    `run_async(coroutine)` runs an async function's coroutine (default: `asyncio.run`).
+    """
+    results = []
+    for func, name in zip(funcs, names, strict=True):
+        values = func(turns=turns, **reward_kwargs)
+        if inspect.isawaitable(values):
+            values = (run_async or asyncio.run)(values)
+        results.append(_checked(values, name, turns))
+    return results
+
+
+def _checked(values, name: str, turns: Sequence[Sequence[TurnRecord]]) -> list[list[float | None]]:
+    if not isinstance(values, (list, tuple)) or len(values) != len(turns):
+        count = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+        raise ValueError(
+            f"Turn reward function {name!r} returned {count} values for {len(turns)} trajectories: return one list "
+            "per trajectory, with one value (float or None) per turn."
+        )
+    for i, (row, trajectory) in enumerate(zip(values, turns)):
+        if not isinstance(row, (list, tuple)) or len(row) != len(trajectory):
+            count = len(row) if isinstance(row, (list, tuple)) else type(row).__name__
+            raise ValueError(
+                f"Turn reward function {name!r} returned {count} values for trajectory {i}, which has "
+                f"{len(trajectory)} turns: return one value (float or None) per turn of `turns[{i}]`."
+            )
+    return [[None if value is None else float(value) for value in row] for row in values]
+
+
+def turn_reward_table(values: Sequence[Sequence[float | None]], width: int) -> torch.Tensor:
+    """values[i][j] as an (N, width) float tensor: None and missing turns are NaN."""
+    table = torch.full((len(values), width), math.nan)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row[:width]):
+            if value is not None:
+                table[i, j] = value
+    return table

@@ -1,0 +1,117 @@
+"""One record per model turn, the same on every multi-turn path: what turn rewards and the format rule read.
+
+A turn is a maximal run of model tokens (tool mask 1) of a completion (arXiv 2511.14846, section 3.1); the tool
+response that follows it is the run of tool tokens (mask 0) up to the next turn. The code interpreter knows more of a
+turn (its code, whether it ran and how); TRL's `tools=` path knows its JSON calls and tool messages; a `rollout_func`
+with `env_mask` gives only the spans. Each path's builder fills in what it knows.
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# Status of a turn's tool call: the code interpreter's ExecutionResult statuses, "no_code" (the model asked for a tool
+# run without code), and "none" (no call was run: the turn made none, or its call was never run).
+STATUSES = ("ok", "error", "timeout", "limit", "crash", "no_code", "none")
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One model turn.
+
+    Attributes:
+        index: the turn's number in its trajectory, from 0.
+        text: the model's own text of the turn (its tokens decoded).
+        tool_call: the call the turn made: the code of its last ```python block (run or not), or the JSON of its tool
+            calls on TRL's `tools=` path; None when it made none.
+        tool_response: what the tool answered (the interpreter's output, the tool messages' content), None if nothing.
+        status: how the call went, one of STATUSES ("none": no call was run).
+        start, end: the turn's token span [start, end) in the completion ids.
+        well_formed: False for a malformed call (an unclosed or unparsable ```python block, a marker without code).
+    """
+
+    index: int
+    text: str
+    tool_call: str | None
+    tool_response: str | None
+    status: str
+    start: int
+    end: int
+    well_formed: bool = True
+
+    @property
+    def ran(self) -> bool:
+        """Whether a tool call of this turn was run (successfully or not)."""
+        return self.status not in ("none", "no_code")
+
+
+def turn_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
+    """The [start, end) spans of the maximal runs of 1 in a tool mask: the model turns."""
+    spans, start = [], None
+    for position, value in enumerate(mask):
+        if value and start is None:
+            start = position
+        elif not value and start is not None:
+            spans.append((start, position))
+            start = None
+    if start is not None:
+        spans.append((start, len(mask)))
+    return spans
+
+
+def records_from_mask(
+    completion_ids: Sequence[int], mask: Sequence[int] | None, decode: Callable[[list[int]], str]
+) -> list[TurnRecord]:
+    """Records of a completion known only by its tool mask (a `rollout_func` with `env_mask`): the spans and texts;
+    the tokens between two turns are the tool response, and no call is known. A missing mask is one turn."""
+    mask = list(mask) if mask is not None else [1] * len(completion_ids)
+    spans = turn_spans(mask)
+    records = []
+    for k, (start, end) in enumerate(spans):
+        after = spans[k + 1][0] if k + 1 < len(spans) else len(mask)
+        response = decode(list(completion_ids[end:after])) if after > end else None
+        records.append(TurnRecord(k, decode(list(completion_ids[start:end])), None, response, "none", start, end))
+    return records
+
+
+def records_from_messages(
+    completion_ids: Sequence[int], mask: Sequence[int] | None, messages: Sequence[dict], decode
+) -> list[TurnRecord]:
+    """Records of a completion of TRL's `tools=` / `environment_factory=` path.
+
+    TRL 1.16's tool loop appends, per model turn, one assistant message (with `tool_calls` when it made any) and one
+    `tool` message per call, whose content is the tool's result or `{'error': ...}` when the call raised. The k-th
+    assistant message is the k-th turn of the mask.
+    """
+    records = records_from_mask(completion_ids, mask, decode)
+    turns: list[tuple[dict, list[dict]]] = []
+    for message in messages if isinstance(messages, (list, tuple)) else []:
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "assistant":
+            turns.append((message, []))
+        elif message.get("role") == "tool" and turns:
+            turns[-1][1].append(message)
+    enriched = []
+    for record, (message, responses) in zip(records, turns + [({}, [])] * (len(records) - len(turns))):
+        calls = message.get("tool_calls") or None
+        contents = [_content_text(response.get("content")) for response in responses]
+        failed = any(content.startswith("{'error'") for content in contents)
+        enriched.append(
+            TurnRecord(
+                record.index,
+                record.text,
+                json.dumps(calls, default=str) if calls else None,
+                "\n".join(contents) if contents else record.tool_response,
+                ("error" if failed else "ok") if calls and responses else "none",
+                record.start,
+                record.end,
+            )
+        )
+    return enriched
+
+
+def _content_text(content) -> str:
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
