@@ -1,3 +1,6 @@
+"""Fixtures: tiny models saved to disk (the helpers the trainer tests share are in tests/helpers.py: a module named
+`conftest` would be shadowed by tests/integration/conftest.py)."""
+
 import os
 
 import pytest

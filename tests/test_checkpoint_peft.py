@@ -3,7 +3,7 @@
 import pytest
 from datasets import Dataset
 
-from test_trainer import make_args
+from helpers import make_args
 from trl_gtpo import GTPOTrainer
 
 pytestmark = pytest.mark.slow

@@ -7,50 +7,9 @@ from datasets import Dataset
 
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.similarity import lexical_similarity_matrix
-from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42, make_args
+from helpers import QUESTION, SCRIPTS, RecordingGTPOTrainer, TaggedScripts, boxed_42, make_args, rows_by_tag
 
 pytestmark = pytest.mark.slow
-
-SCRIPTS = {
-    # success after one tool call
-    "A": ["[A]\n```python\nprint(6 * 7)\n```\n", "The answer is \\boxed{42}.<EOS>"],
-    # failure with exactly A's code: shaped
-    "B": ["[B]\n```python\nprint(6 * 7)\n```\n", "The answer is \\boxed{41}.<EOS>"],
-    # success without any tool call: format penalty on its only (final) turn
-    "C": ["[C] The answer is \\boxed{42}.<EOS>"],
-    # failure whose code does not parse: format penalty on turn 1, shaped by its similarity to A's code
-    "D": ["[D]\n```python\nprint(6 *\n```\n", "The answer is \\boxed{0}.<EOS>"],
-}
-
-
-class TaggedScripts:
-    """`generate_turn` replaying SCRIPTS; trajectories share one prompt, so each is told apart by its [tag]."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.remaining = {tag: list(segments) for tag, segments in SCRIPTS.items()}
-        self.unassigned = list(SCRIPTS)
-
-    def __call__(self, prompt_ids, max_new_tokens):
-        outputs = []
-        for ids in prompt_ids:
-            text = self.tokenizer.decode(ids)
-            tag = next((t for t in SCRIPTS if f"[{t}]" in text), None) or self.unassigned.pop(0)
-            segment = self.remaining[tag].pop(0) if self.remaining[tag] else "<EOS>"
-            new = self.tokenizer.encode(segment.replace("<EOS>", ""), add_special_tokens=False)
-            if segment.endswith("<EOS>"):
-                new.append(self.tokenizer.eos_token_id)
-            outputs.append(new[:max_new_tokens])
-        return outputs, None
-
-
-def rows_by_tag(record, tokenizer) -> dict[str, int]:
-    """Which batch row holds which scripted trajectory."""
-    rows = {}
-    for i, ids in enumerate(record["completion_ids"]):
-        rows[next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(ids))] = i
-    return rows
-
 
 def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch):
     gamma, alpha, penalty = 0.9, 0.5, -0.1

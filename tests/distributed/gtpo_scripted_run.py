@@ -16,8 +16,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from datasets import Dataset  # noqa: E402
 
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout  # noqa: E402
-from test_reward_path import SCRIPTS, TaggedScripts, rows_by_tag  # noqa: E402
-from test_trainer import QUESTION, RecordingGTPOTrainer, boxed_42  # noqa: E402
+from helpers import QUESTION, SCRIPTS, RecordingGTPOTrainer, TaggedScripts, boxed_42, rows_by_tag  # noqa: E402
 from trl_gtpo import GTPOConfig  # noqa: E402
 
 

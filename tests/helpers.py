@@ -1,0 +1,96 @@
+"""What the trainer tests share: CPU-sized configs, a trainer that records GRPO's and GTPO's advantages of every
+batch, and scripted code-interpreter trajectories (A-D) whose advantages the tests compute by hand."""
+
+import torch
+
+from trl_gtpo import GTPOConfig, GTPOTrainer
+
+QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
+
+
+def boxed_42(completions, **kwargs):
+    return [1.0 if "\\boxed{42}" in completion[0]["content"] else 0.0 for completion in completions]
+
+
+def trl_args(tmp_path, **overrides) -> dict:
+    """Arguments every GRPOConfig takes, sized for the CPU."""
+    return dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=64,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+    ) | overrides
+
+
+def make_args(tmp_path, **overrides):
+    return GTPOConfig(**(trl_args(tmp_path, tool_timeout=5.0, tool_pool_size=2) | overrides))
+
+
+class RecordingGTPOTrainer(GTPOTrainer):
+    """Keeps GRPO's (B,) advantages and GTPO's (B, T) ones of every batch, to compare them."""
+
+    def _turn_level_advantages(self, step, output):
+        advantages = super()._turn_level_advantages(step, output)
+        masks = step.tool_masks or [[1] * len(ids) for ids in step.completion_ids]
+        self.records = getattr(self, "records", [])
+        self.records.append(
+            {
+                "grpo": output["advantages"].clone(),
+                "gtpo": advantages.clone(),
+                "mask": (output["completion_mask"] * output.get("tool_mask", 1)).clone(),
+                "unmasked": torch.tensor(
+                    [list(m) + [0] * (output["completion_ids"].shape[1] - len(m)) for m in masks]
+                ),
+                "turns": step.extra_fields.get("turns"),
+                "completion_ids": step.completion_ids,
+            }
+        )
+        return advantages
+
+
+SCRIPTS = {
+    # success after one tool call
+    "A": ["[A]\n```python\nprint(6 * 7)\n```\n", "The answer is \\boxed{42}.<EOS>"],
+    # failure with exactly A's code: shaped
+    "B": ["[B]\n```python\nprint(6 * 7)\n```\n", "The answer is \\boxed{41}.<EOS>"],
+    # success without any tool call: format penalty on its only (final) turn
+    "C": ["[C] The answer is \\boxed{42}.<EOS>"],
+    # failure whose code does not parse: format penalty on turn 1, shaped by its similarity to A's code
+    "D": ["[D]\n```python\nprint(6 *\n```\n", "The answer is \\boxed{0}.<EOS>"],
+}
+
+
+class TaggedScripts:
+    """`generate_turn` replaying SCRIPTS; trajectories share one prompt, so each is told apart by its [tag]."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.remaining = {tag: list(segments) for tag, segments in SCRIPTS.items()}
+        self.unassigned = list(SCRIPTS)
+
+    def __call__(self, prompt_ids, max_new_tokens):
+        outputs = []
+        for ids in prompt_ids:
+            text = self.tokenizer.decode(ids)
+            tag = next((t for t in SCRIPTS if f"[{t}]" in text), None) or self.unassigned.pop(0)
+            segment = self.remaining[tag].pop(0) if self.remaining[tag] else "<EOS>"
+            new = self.tokenizer.encode(segment.replace("<EOS>", ""), add_special_tokens=False)
+            if segment.endswith("<EOS>"):
+                new.append(self.tokenizer.eos_token_id)
+            outputs.append(new[:max_new_tokens])
+        return outputs, None
+
+
+def rows_by_tag(record, tokenizer) -> dict[str, int]:
+    """Which batch row holds which scripted trajectory."""
+    rows = {}
+    for i, ids in enumerate(record["completion_ids"]):
+        rows[next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(ids))] = i
+    return rows

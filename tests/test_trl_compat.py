@@ -1,0 +1,147 @@
+"""The one door into TRL's private API: it fails loudly when TRL moves, and its fixes do what they say."""
+
+import inspect
+from types import SimpleNamespace
+
+import pytest
+import torch
+from trl import GRPOTrainer
+
+from trl_gtpo import _trl_compat as trl_private
+from trl_gtpo.interpreter.loop import CodeInterpreterLoop
+from trl_gtpo.testing import make_tiny_tokenizer
+
+
+def test_the_installed_trl_has_every_private_method_we_use():
+    trl_private.check_trl_api()
+
+
+def test_a_moved_trl_signature_fails_loudly_with_the_fix(monkeypatch):
+    def _calculate_rewards(self, inputs, prompts, completions):  # a parameter gone
+        return None
+
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", _calculate_rewards)
+    with pytest.raises(RuntimeError, match=r"GRPOTrainer._calculate_rewards takes .* install trl==1.16.0"):
+        trl_private.check_trl_api()
+    monkeypatch.undo()
+    monkeypatch.delattr(GRPOTrainer, "_tokenize_prompts")
+    with pytest.raises(RuntimeError, match="needs GRPOTrainer._tokenize_prompts"):
+        trl_private.check_trl_api()
+
+
+def test_no_other_module_imports_trl_internals():
+    import pathlib
+
+    import trl_gtpo
+
+    root = pathlib.Path(trl_gtpo.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "_trl_compat.py":
+            continue
+        text = path.read_text()
+        for needle in ("from trl.trainer", "from trl.generation", "trl.trainer.", "._metrics", "._logs", "._tokenizer",
+                       "_generate_single_turn(", "_tokenize_prompts(", "_log_completion_extra("):
+            if needle in text:
+                offenders.append(f"{path.relative_to(root)}: {needle}")
+    assert offenders == []
+
+
+def test_capture_step_records_the_values_and_restores_the_methods():
+    class Trainer:
+        def _generate(self, prompts):
+            return ("p", [[1, 2]], [[1, 0]], ["c"], None, {"turns": [[]]}, None, None)
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            return torch.ones(1, 1)
+
+    trainer = Trainer()
+    with trl_private.capture_step(trainer) as step:
+        trainer._generate(["q"])
+        trainer._calculate_rewards([{}], ["q"], ["c"], [[1, 2]])
+    assert step.tool_masks == [[1, 0]] and step.extra_fields == {"turns": [[]]} and step.completion_ids == [[1, 2]]
+    assert step.rewards_per_func.tolist() == [[1.0]] and step.reward_inputs[1] == ["q"]
+    assert "_generate" not in vars(trainer) and "_calculate_rewards" not in vars(trainer)
+
+
+def test_replace_logged_advantages_aligns_from_the_end_of_a_full_deque():
+    from collections import deque
+
+    trainer = SimpleNamespace(_logs={"advantages": deque([9.0, 9.0, 9.0], maxlen=3)})
+    trl_private.replace_logged_advantages(trainer, [1.0, 2.0, 3.0, 4.0, 5.0])  # an eval batch larger than the deque
+    assert list(trainer._logs["advantages"]) == [3.0, 4.0, 5.0]
+
+
+class FakeLLM:
+    def __init__(self):
+        self.calls = []
+
+    def wake_up(self, tags):
+        self.calls.append(("wake_up", tuple(tags)))
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+
+class FakeColocateGeneration:
+    """TRL 1.16's VLLMGeneration as far as sleep mode goes: `generate` re-syncs weights when they sleep, and sleeps
+    after each call (trl/generation/vllm_generation.py)."""
+
+    mode = "colocate"
+
+    def __init__(self):
+        self.enable_sleep_mode, self._llm_weights_sleeping, self.llm, self.syncs = True, True, FakeLLM(), 0
+
+    def sync_weights(self):
+        self.syncs += 1
+        self._llm_weights_sleeping = False
+
+    def generate(self):
+        if self.enable_sleep_mode and self._llm_weights_sleeping:
+            self.sync_weights()
+        if self.enable_sleep_mode:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.llm.sleep(level=2)
+            self._llm_weights_sleeping = True
+
+
+def test_a_multi_turn_rollout_syncs_a_sleeping_vllm_engine_once():
+    generation = FakeColocateGeneration()
+    trainer = SimpleNamespace(use_vllm=True, vllm_generation=generation)
+    for _ in range(4):  # without the fix: one sync per turn
+        generation.generate()
+    assert generation.syncs == 4
+    generation.syncs = 0
+    with trl_private.vllm_sleep_once_per_rollout(trainer):
+        for _ in range(4):
+            generation.generate()
+    assert generation.syncs == 1
+    assert generation.enable_sleep_mode and generation._llm_weights_sleeping  # asleep again, as TRL leaves it
+    assert generation.llm.calls[-2:] == [("wake_up", ("kv_cache",)), ("sleep", 2)]
+
+
+def test_the_turn_generator_sets_each_turns_budget_and_stop_strings_and_restores_them():
+    tokenizer = make_tiny_tokenizer()
+    seen = {}
+
+    class Model:
+        def generate(self, **kwargs):
+            raise AssertionError("not called")
+
+    model = Model()
+    config = SimpleNamespace(max_new_tokens=512, stop_strings=None)
+
+    def generate_single_turn(prompt_ids, images, multimodal_fields, num_generations):
+        seen.update(budget=config.max_new_tokens, stops=config.stop_strings, generate="generate" in vars(model))
+        return [[5, 6]], None
+
+    trainer = SimpleNamespace(
+        use_vllm=False, generation_config=config, _tokenizer=tokenizer, eos_token_ids=[tokenizer.eos_token_id],
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m, num_processes=1), model_wrapped=model,
+        _generate_single_turn=generate_single_turn,
+    )
+    stops = CodeInterpreterLoop(tokenizer, None, max_turns=2, max_completion_length=8).stop_strings
+    ids, _ = trl_private.TurnGenerator(trainer, stops)([[1, 2, 3]], 7)
+    assert ids == [[5, 6]] and seen == {"budget": 7, "stops": stops, "generate": True}
+    assert config.max_new_tokens == 512 and config.stop_strings is None and "generate" not in vars(model)
+    assert list(inspect.signature(trl_private.TurnGenerator.__call__).parameters) == ["self", "prompt_ids", "max_new_tokens"]

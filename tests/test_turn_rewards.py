@@ -1,0 +1,259 @@
+"""Turn rewards of the user's own (trl_gtpo.rewards.turn) on the four multi-turn paths, checked by hand."""
+
+import asyncio
+import os
+
+import pytest
+import torch
+import trl
+from datasets import Dataset
+
+from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, make_args, rows_by_tag
+from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
+from trl_gtpo.rewards.turn import call_turn_reward_funcs, tool_success_turn_reward, verified_answer_turn_reward
+from trl_gtpo.turn_records import TurnRecord, records_from_mask, records_from_messages, turn_spans
+
+
+def record(index, status="none", response=None, call=None):
+    return TurnRecord(index, f"turn {index}", call, response, status, 0, 1)
+
+
+def first_token_advantages(trainer_record, row) -> list[float]:
+    """The advantage of each turn of a row, read at the turn's first token."""
+    mask = trainer_record["unmasked"][row].tolist()
+    return [trainer_record["gtpo"][row, start].item() for start, _ in turn_spans(mask)]
+
+
+def pooled(returns_by_row: list[list[float]]) -> list[list[float]]:
+    values = torch.tensor([value for row in returns_by_row for value in row])
+    mean, std = values.mean(), values.std()
+    return [[((value - mean) / (std + 1e-4)).item() for value in row] for row in returns_by_row]
+
+
+# ------------------------------------------------------------------------------------------------ pure functions
+
+
+def test_tool_success_turn_reward_by_hand():
+    turns = [[record(0, "ok"), record(1, "error"), record(2, "none")], [record(0, "timeout"), record(1, "no_code")]]
+    assert tool_success_turn_reward(turns) == [[1.0, 0.0, None], [0.0, None]]
+
+
+def test_verified_answer_turn_reward_rewards_the_turn_whose_output_states_the_answer():
+    turns = [[record(0, "ok", "1,080.0\n"), record(1, "ok", "7"), record(2)]] * 2 + [[record(0, "error", "1080")]]
+    completions = ["So the answer is \\boxed{1080}.", "The answer is \\boxed{12}.", "\\boxed{1080}"]
+    assert verified_answer_turn_reward(completions, turns) == [[1.0, None, None], [None, None, None], [None]]
+
+
+def test_turn_reward_function_shape_errors_name_the_function_the_trajectory_and_both_counts():
+    turns = [[record(0)], [record(0), record(1)]]
+
+    def short(turns, **kwargs):
+        return [[1.0], [1.0]]
+
+    with pytest.raises(ValueError, match=r"'short' returned 1 values for trajectory 1, which has 2 turns"):
+        call_turn_reward_funcs([short], ["short"], turns)
+    with pytest.raises(ValueError, match=r"'short' returned 2 values for 3 trajectories"):
+        call_turn_reward_funcs([short], ["short"], turns + [[record(0)]])
+
+
+def test_async_turn_reward_functions_are_awaited():
+    async def later(turns, **kwargs):
+        await asyncio.sleep(0)
+        return [[0.5] * len(t) for t in turns]
+
+    assert call_turn_reward_funcs([later], ["later"], [[record(0), record(1)]]) == [[[0.5, 0.5]]]
+
+
+def test_records_from_messages_read_trl_tool_loop_output():
+    ids = list(range(10))
+    mask = [1, 1, 1, 0, 0, 1, 1, 0, 1, 1]
+    messages = [
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]},
+        {"role": "tool", "name": "f", "content": "12"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "g", "arguments": {}}}]},
+        {"role": "tool", "name": "g", "content": "{'error': 'boom'}"},
+        {"role": "assistant", "content": "done"},
+    ]
+    records = records_from_messages(ids, mask, messages, lambda t: " ".join(map(str, t)))
+    assert [(r.start, r.end) for r in records] == [(0, 3), (5, 7), (8, 10)]
+    assert [r.status for r in records] == ["ok", "error", "none"]
+    assert records[0].tool_response == "12" and '"name": "f"' in records[0].tool_call and records[2].tool_call is None
+    assert [r.text for r in records_from_mask(ids, mask, str)] == ["[0, 1, 2]", "[5, 6]", "[8, 9]"]
+
+
+# ------------------------------------------------------------------------------------ the four training paths
+
+@pytest.mark.slow
+def test_code_interpreter_turn_rewards_change_the_advantages_by_hand(tiny_model_path, tmp_path):
+    gamma = 0.5
+    args = make_args(tmp_path, max_steps=1, gamma=gamma, shaping_alpha=0.0, format_penalty=0.0, max_completion_length=96)
+    rollout = CodeInterpreterRollout(args, generate_turn=lambda trainer, stops: TaggedScripts(trainer.processing_class))
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=boxed_42, args=args, rollout_func=rollout,
+        train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}), turn_reward_funcs=[tool_success_turn_reward],
+    )
+    trainer.train()
+    trainer_record = trainer.records[0]
+    rows = rows_by_tag(trainer_record, trainer.processing_class)
+    # A: code ran (ok), then correct; B: code ran, wrong; C: no code, correct; D: code raised (error), wrong.
+    turn_rewards = {"A": [1.0, 1.0], "B": [1.0, 0.0], "C": [1.0], "D": [0.0, 0.0]}
+    returns = {tag: [r[0] + gamma * r[1], r[1]] if len(r) == 2 else r for tag, r in turn_rewards.items()}
+    expected = dict(zip("ABCD", pooled([returns[tag] for tag in "ABCD"])))
+    for tag, row in rows.items():
+        assert first_token_advantages(trainer_record, row) == pytest.approx(expected[tag], abs=1e-5), tag
+    logs = trainer.state.log_history[0]
+    assert logs["turn_rewards/tool_success_turn_reward/mean"] == pytest.approx(2 / 3)  # ok, ok, error
+
+
+@pytest.mark.slow
+def test_rollout_func_turn_rewards_and_tensor_env_masks(tiny_model_path, tmp_path):
+    """A rollout_func may return `turn_rewards` (one list per trajectory) and its `env_mask` as tensors."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    turn, tool = tokenizer.encode("abc"), tokenizer.encode(" tool says 1 ")
+
+    def rollout(prompts, trainer):
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        two_turns = turn + tool + turn + [tokenizer.eos_token_id]
+        one_turn = turn + [tokenizer.eos_token_id]
+        completions = [two_turns if i % 2 == 0 else one_turn for i in range(len(prompts))]
+        masks = [
+            torch.tensor([1] * len(turn) + [0] * len(tool) + [1] * (len(turn) + 1) if i % 2 == 0 else [1] * len(one_turn))
+            for i in range(len(prompts))
+        ]
+        turn_rewards = [[0.25, None] if i % 2 == 0 else [-0.5] for i in range(len(prompts))]
+        return {
+            "prompt_ids": [tokenizer.encode(text, add_special_tokens=False) for text in texts],
+            "completion_ids": completions, "logprobs": None, "env_mask": masks, "turn_rewards": turn_rewards,
+        }
+
+    def reward(completions, **kwargs):
+        return [1.0 if "tool" in completion[0]["content"] else 0.0 for completion in completions]
+
+    args = make_args(tmp_path, max_steps=1, gamma=0.5)
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=reward, args=args, rollout_func=rollout,
+        train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+    )
+    trainer.train()
+    # two-turn rows: r = [0.25, 1.0] -> R = [0.75, 1.0]; one-turn rows: r = [-0.5] -> R = [-0.5]
+    expected = pooled([[0.75, 1.0], [-0.5], [0.75, 1.0], [-0.5]])
+    for row in range(4):
+        assert first_token_advantages(trainer.records[0], row) == pytest.approx(expected[row], abs=1e-5)
+    assert trainer.state.log_history[0]["turn_rewards/rollout_func/mean"] == pytest.approx((0.25 - 0.5) / 2)
+
+
+def tool_calling_tokenizer(path):
+    """The tiny byte-level tokenizer with TRL's Qwen3 chat template, which renders and parses JSON tool calls."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = open(os.path.join(os.path.dirname(trl.__file__), "chat_templates", "qwen3.jinja")).read()
+    return tokenizer
+
+
+class ScriptedToolModel:
+    """`generate` of a tiny model replaced by a script: before any tool response, even rows call `multiply(3, 4)`
+    and odd rows write `odd` (by default a call of a tool that does not exist); after a tool response, every row
+    answers."""
+
+    CALL = '<tool_call>\n{"name": "multiply", "arguments": {"a": 3, "b": 4}}\n</tool_call>'
+    BAD_CALL = '<tool_call>\n{"name": "divide", "arguments": {"a": 3, "b": 0}}\n</tool_call>'
+
+    def __init__(self, model, tokenizer, odd: str = BAD_CALL):
+        self.tokenizer, self.rows, self.odd = tokenizer, 0, odd
+        model.generate = self
+
+    def __call__(self, input_ids, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=False)
+        completions = []
+        for text in texts:
+            if "<tool_response>" in text.rsplit("<|im_start|>assistant", 1)[-1] or "<tool_response>" in text[-400:]:
+                body = "The answer is 12." if "12" in text.rsplit("<tool_response>", 1)[-1] else "I could not compute it."
+            else:
+                body = self.CALL if self.rows % 2 == 0 else self.odd
+                self.rows += 1
+            completions.append(self.tokenizer.encode(body + "<|im_end|>", add_special_tokens=False))
+        width = max(map(len, completions))
+        pad = self.tokenizer.pad_token_id
+        tail = torch.tensor([ids + [pad] * (width - len(ids)) for ids in completions])
+        return torch.cat([input_ids, tail.to(input_ids.device)], dim=1)
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers.
+
+    Args:
+        a: The first factor.
+        b: The second factor.
+    """
+    return a * b
+
+
+def says_12(completions, **kwargs):
+    return [1.0 if "12" in str(completion[-1].get("content")) else 0.0 for completion in completions]
+
+
+@pytest.mark.slow
+def test_trl_tools_path_turn_rewards_by_hand(tiny_model_path, tmp_path):
+    tokenizer = tool_calling_tokenizer(tiny_model_path)
+    args = make_args(tmp_path, max_steps=1, gamma=0.5, max_completion_length=160)
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=says_12, args=args, processing_class=tokenizer, tools=[multiply],
+        train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}), turn_reward_funcs=[tool_success_turn_reward],
+    )
+    ScriptedToolModel(trainer.model, tokenizer)
+    trainer.train()
+    trainer_record = trainer.records[0]
+    # valid call: r = [1 (tool ok), 1 (says 12)] -> R = [1.5, 1]; unknown tool: r = [0 (error), 0] -> R = [0, 0]
+    completions = trainer_record["completion_ids"]
+    valid = ["multiply" in tokenizer.decode(ids) for ids in completions]
+    assert sorted(valid) == [False, False, True, True]
+    expected = pooled([[1.5, 1.0] if v else [0.0, 0.0] for v in valid])
+    for row in range(4):
+        assert first_token_advantages(trainer_record, row) == pytest.approx(expected[row], abs=1e-5)
+
+
+class CalculatorEnvironment:
+    """A TRL environment whose tool calls are rewarded per turn: 0.5 for each turn that called `multiply`."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def reset(self, **kwargs):
+        self.calls = 0
+
+    def multiply(self, a: int, b: int) -> int:
+        """Multiply two integers.
+
+        Args:
+            a: The first factor.
+            b: The second factor.
+        """
+        self.calls += 1
+        return a * b
+
+    def get_turn_rewards(self) -> list[float | None]:
+        return [0.5] * self.calls + [None]
+
+
+@pytest.mark.slow
+def test_environment_get_turn_rewards_by_hand(tiny_model_path, tmp_path):
+    tokenizer = tool_calling_tokenizer(tiny_model_path)
+    args = make_args(tmp_path, max_steps=1, gamma=0.5, max_completion_length=160)
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=says_12, args=args, processing_class=tokenizer,
+        environment_factory=CalculatorEnvironment, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+    )
+    assert [tool.__name__ for tool in trainer.tools] == ["multiply"]  # get_turn_rewards is read, not offered
+    ScriptedToolModel(trainer.model, tokenizer, odd="I think it is 7.")
+    trainer.train()
+    trainer_record = trainer.records[0]
+    valid = ["multiply" in tokenizer.decode(ids) for ids in trainer_record["completion_ids"]]
+    # a call: r = [0.5 (environment), 1 (says 12)] -> R = [1.0, 1.0]; a direct wrong answer: r = [0] -> R = [0]
+    assert sorted(valid) == [False, False, True, True]
+    expected = pooled([[1.0, 1.0] if v else [0.0] for v in valid])
+    for row in range(4):
+        assert first_token_advantages(trainer_record, row) == pytest.approx(expected[row], abs=1e-5)
+    assert trainer.state.log_history[0]["turn_rewards/environment/mean"] == pytest.approx(0.5)
