@@ -154,7 +154,6 @@ class SandboxPool:
             "namespaces": {"auto": "auto", "userns": "userns", "hooks": "off"}[isolation],
             "drop_uid": isolation == "auto",
             "workroot": self._workroot,
-            "hide": _directories_to_hide(),
         }
         # uids far above any login or container range; each worker gets a block of 65536 for its sessions
         self._uid_base = random.randrange(3_000_000_000, 4_000_000_000 - (size + 1) * 65536, 65536)
@@ -504,23 +503,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
-
-
-def _directories_to_hide() -> list[str]:
-    """Where secrets and the user's files live: home directories, the trainer's working directory (the repo, its
-    data and .env files), mounted secrets. Hidden from sessions where mount namespaces allow, refused to reads
-    otherwise."""
-    try:
-        cwd = os.getcwd()
-    except OSError:  # deleted
-        cwd = "/"
-    candidates = ["/root", "/home", os.path.expanduser("~"), cwd, "/run/secrets", "/var/run/secrets"]
-    out = []
-    for path in candidates:
-        real = os.path.realpath(path)
-        if real not in ("/", "/tmp", "/usr", "/opt", "/etc", "/var") and os.path.isdir(real) and real not in out:
-            out.append(real)
-    return out
 
 
 def _close_pipes_after_fork() -> None:
