@@ -24,6 +24,7 @@ import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, CodeExecutor, ExecutionResult, make_executor
 from trl_gtpo.sandbox import SandboxPool
+from trl_gtpo.sandbox.pool import default_size
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
@@ -481,6 +482,17 @@ def test_model_code_cannot_create_namespaces(planted):
     assert result.output.splitlines() == [eperm] * 5 + [enosys], result.output
     assert any("seccomp" in layer for layer in pool.isolation_layers)
     assert_healthy(pool)
+
+
+def test_default_size_shares_the_cores_among_local_ranks(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
+    for local, size in ((None, 8), ("1", 8), ("2", 6), ("4", 3), ("12", 1), ("32", 1)):
+        if local is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert default_size() == size, local
 
 
 # ---- pool life cycle ----------------------------------------------------------------------------------------------
