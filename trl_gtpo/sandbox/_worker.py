@@ -104,6 +104,7 @@ class Worker:
         its own pid namespace, so all its sessions die with it); the other one only waits for it."""
         if self.cfg["namespaces"] != "off":
             self._enter_namespaces()
+        sys.dont_write_bytecode = True  # the preload runs before the root is read-only: it must not write to the host
         for name in self.cfg["preload"]:
             try:
                 importlib.import_module(name)
