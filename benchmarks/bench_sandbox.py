@@ -4,7 +4,10 @@ Measures, in the same run and on the same machine:
   1. per-call latency (median, p99) of a small snippet, one call at a time: through a persistent pool session, through
      a fresh pool session per call (`persistent_sessions=False`), and through a fresh `python -c` subprocess;
   2. wall time of one turn of N trajectories (N calls in one `run`): the first turn (every session is new) and a later
-     turn (warm sessions), against the same N snippets through fresh subprocesses, as many at once as pool workers.
+     turn (warm sessions), against the same N snippets through fresh subprocesses, as many at once as pool workers;
+  3. the same under 1 and 2 training ranks on this node (each rank a process with its own pool, the two running at
+     once), with the default pool size (the rank's share of the cores) and with one worker per core in every rank
+     (what each rank started before the default followed LOCAL_WORLD_SIZE), as ratios against the 1-rank run.
 
     python benchmarks/bench_sandbox.py                       # defaults: 200 calls, 64 trajectories
     python benchmarks/bench_sandbox.py --sympy               # also a snippet that uses sympy (preloaded by the pool)
@@ -12,6 +15,8 @@ Measures, in the same run and on the same machine:
 
 import argparse
 import concurrent.futures
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -57,7 +62,10 @@ def main() -> None:
     parser.add_argument("--trajectories", type=int, default=64, help="calls in one turn")
     parser.add_argument("--pool-size", type=int, default=None, help="workers (default: one per core, at most 8)")
     parser.add_argument("--sympy", action="store_true", help="also time a snippet that imports sympy")
+    parser.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)  # one rank of section 3
     args = parser.parse_args()
+    if args.as_rank:
+        return rank_main(args)
 
     t0 = time.perf_counter()
     pool = SandboxPool(args.pool_size, preload=DEFAULT_PRELOAD)
@@ -121,6 +129,71 @@ def main() -> None:
         fresh_pool.close()
     ratio = rows[2][1] / rows[0][1]
     print(f"\nper-call median speed-up of the pool over `python -c`: {ratio:.0f}x (target >= 10x)")
+    ranks_section(args)
+
+
+def rank_main(args) -> None:
+    """One training rank: start a pool, wait for the others, time warm calls and one turn, print the numbers."""
+    pool = SandboxPool(args.pool_size, preload=DEFAULT_PRELOAD)
+    try:
+        for _ in range(5):
+            pool.run([CodeCall("latency", SMALL)])
+        print(json.dumps({"ready": True}), flush=True)
+        sys.stdin.readline()  # go: every rank starts measuring at once
+        warm = time_calls(lambda i: pool.run([CodeCall("latency", SMALL)]), args.calls)
+        sessions = [f"turn-{i}" for i in range(args.trajectories)]
+        t0 = time.perf_counter()
+        pool.run([CodeCall(s, SMALL) for s in sessions])
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        later = pool.run([CodeCall(s, SMALL) for s in sessions])
+        t_later = time.perf_counter() - t0
+        if any(r.status != "ok" for r in later):
+            raise SystemExit(f"pool calls failed: {later[:2]}")
+        print(json.dumps({"size": pool.size, "warm": quantiles(warm), "first": first, "later": t_later}), flush=True)
+    finally:
+        pool.close()
+
+
+def run_ranks(n: int, args, pool_size: int | None) -> list[dict]:
+    """Start `n` ranks (processes, LOCAL_WORLD_SIZE=n), let them measure at the same time, return their numbers."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--as-rank", "--calls", str(args.calls)]
+    cmd += ["--trajectories", str(args.trajectories)] + (["--pool-size", str(pool_size)] if pool_size else [])
+    env = dict(os.environ, LOCAL_WORLD_SIZE=str(n))
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    try:
+        for p in procs:
+            if not json.loads(p.stdout.readline() or "{}").get("ready"):
+                raise SystemExit(f"a rank failed to start its pool (exit code {p.wait()})")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        return [json.loads(p.stdout.readline()) for p in procs]
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait()
+
+
+def ranks_section(args) -> None:
+    cores = len(os.sched_getaffinity(0))
+    print(f"\n3. {args.calls} warm calls then one turn of {args.trajectories} trajectories per rank, ranks at once")
+    print(f"{'ranks':<7}{'pool size per rank':<36}{'median ms':>10}{'p99 ms':>9}{'turn s':>9}{'vs 1 rank':>14}")
+    base = None
+    for n, size, label in (
+        (1, None, "default"),
+        (2, None, "default (cores / ranks)"),
+        (2, cores, "one per core (old default)"),
+    ):
+        results = run_ranks(n, args, size)
+        med = statistics.mean(r["warm"][0] for r in results)
+        p99 = max(r["warm"][1] for r in results)
+        turn = max(r["later"] for r in results)
+        base = base or (med, turn)
+        sizes = "+".join(str(r["size"]) for r in results)
+        ratio = f"{med / base[0]:.2f}x/{turn / base[1]:.2f}x"
+        print(f"{n:<7}{label + ' = ' + sizes:<36}{med * 1e3:>10.2f}{p99 * 1e3:>9.2f}{turn:>9.3f}{ratio:>14}")
+    print("(median: mean over ranks; p99 and turn: the slowest rank; ratios: median / warm turn against 1 rank)")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,17 @@ Each hostile snippet must end within its (small) timeout with a clear message, l
 the pool unharmed, and the next call must work. No timing assertions: behaviour only (status, output, side effects).
 """
 
+import ctypes
+import errno
+import glob
 import json
 import os
+import platform
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 import types
 import uuid
@@ -17,6 +24,7 @@ import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, CodeExecutor, ExecutionResult, make_executor
 from trl_gtpo.sandbox import SandboxPool
+from trl_gtpo.sandbox.pool import default_size
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
@@ -358,6 +366,133 @@ def test_without_root(fallback_pool, tmp_path):
     assert SECRET not in result.output
     assert victim.read_text() == "precious"
     assert_healthy(hooks_pool)
+
+
+# ---- what the model can see ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["auto", "userns", "hooks"])
+def planted(request, tmp_path_factory):
+    """A pool of each isolation layer, started from a directory outside the repo, with answer keys planted where a
+    trainer keeps them: a data directory elsewhere on the host, a package's data directory in site-packages, the
+    repository checkout, the Hugging Face cache. Its interpreter is a venv whose site-packages hold `answerpkg` (with
+    the packaged data) and `okpkg` (preloaded, so it is the one package sessions may see)."""
+    secret = "gtpo-answer-key-" + uuid.uuid4().hex
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = glob.glob(str(venv / "lib" / "python3*" / "site-packages"))
+    for pkg in ("answerpkg", "okpkg"):
+        os.makedirs(os.path.join(site, pkg, "data"))
+        with open(os.path.join(site, pkg, "__init__.py"), "w") as f:
+            f.write("VALUE = 7\n")
+    scratch = tempfile.mkdtemp(prefix="gtpo-planted-", dir="/var/tmp" if os.access("/var/tmp", os.W_OK) else None)
+    keys = {
+        "data dir": os.path.join(scratch, "data", "gtpo-answer-key.jsonl"),
+        "packaged data": os.path.join(site, "answerpkg", "data", "gtpo-answer-key.json"),
+        "repository": os.path.join(REPO, f"gtpo-answer-key-{secret[-8:]}.txt"),
+        "HF cache": os.path.join(scratch, "hf", "hub", "datasets--gtpo--math", "gtpo-answer-key.txt"),
+    }
+    for path in keys.values():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(secret)
+    cwd, hf_home = os.getcwd(), os.environ.get("HF_HOME")
+    os.chdir(scratch)  # launched from elsewhere: the repo is not the working directory
+    os.environ["HF_HOME"] = os.path.join(scratch, "hf")
+    try:
+        pool = SandboxPool(
+            1, timeout=TIMEOUT, preload=("math", "okpkg"), isolation=request.param, python=str(venv / "bin" / "python")
+        )
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("HF_HOME") if hf_home is None else os.environ.update(HF_HOME=hf_home)
+    yield pool, keys, secret
+    pool.close()
+    os.remove(keys["repository"])
+    shutil.rmtree(scratch)
+
+
+def test_answer_keys_cannot_be_found_or_read(planted):
+    pool, keys, secret = planted
+    paths = sorted(keys.values())
+    code = (
+        "import glob, os\n"
+        "print('walk', [os.path.join(d, f) for d, _, fs in os.walk('/') for f in fs if 'answer-key' in f])\n"
+        "print('glob', glob.glob('/**/*answer-key*', recursive=True))\n"
+        f"for p in {paths!r}:\n"
+        "    try:\n"
+        "        print('read', open(p).read())\n"
+        "    except OSError as e:\n"
+        "        print('refused', type(e).__name__)\n"
+        f"print('exists', [os.path.exists(p) for p in {paths!r}])\n"  # os.stat: no audit event, only the kernel says
+    )
+    out = run(pool, code).output
+    assert secret not in out and "read" not in out, out
+    assert "walk []" in out and "glob []" in out and out.count("refused") == len(paths), out
+    exists = out.split("exists ")[1]
+    if "True" in exists:
+        # A layer without a mount namespace cannot hide files from native code; the pool must say so.
+        assert any("native code" in note and "os.stat()" in note for note in pool.isolation_notes), pool.isolation_notes
+    else:
+        assert exists.strip() == str([False] * len(paths))
+
+
+def test_only_preloaded_packages_are_importable(planted):
+    pool, keys, _ = planted
+    assert run(pool, "import okpkg\nokpkg.VALUE").output == "7\n"
+    result = run(pool, "import answerpkg")
+    assert result.status == "error" and ("ModuleNotFoundError" in result.output or "PermissionError" in result.output)
+    source = os.path.join(REPO, "trl_gtpo")  # the trainer's source tree, where the worker's own modules live
+    data_dir = os.path.dirname(keys["data dir"])
+    result = run(pool, f"import os\nprint(os.path.exists({source!r}), os.path.exists({data_dir!r}))")
+    hooks_only = any("native code" in note for note in pool.isolation_notes)  # see the test above
+    assert result.output == ("True True\n" if hooks_only else "False False\n"), (result, pool.isolation_notes)
+
+
+def test_model_code_cannot_create_namespaces(planted):
+    """Through native calls the audit hook cannot see (functions reached by address, not by name), unshare and clone
+    with namespace flags fail: the seccomp filter, not the hook, refuses them."""
+    pool, _, _ = planted
+    clone_nr = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
+    if clone_nr is None:
+        pytest.skip(f"no clone syscall number for {platform.machine()}")
+    if any("no seccomp filter" in note for note in pool.isolation_notes):
+        assert not any("seccomp" in layer for layer in pool.isolation_layers)
+        pytest.skip("this kernel allows no seccomp filter (reported in isolation_notes)")
+    libc = ctypes.CDLL(None)
+    address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    offsets = {name: address(getattr(libc, name)) - address(libc.getpid) for name in ("unshare", "syscall")}
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None)\n"
+        "base = ctypes.cast(libc.getpid, ctypes.c_void_p).value\n"
+        "c = ctypes.c_ulong\n"
+        f"unshare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, use_errno=True)(base + {offsets['unshare']})\n"
+        f"syscall = ctypes.CFUNCTYPE(ctypes.c_long, c, c, c, c, c, c, use_errno=True)(base + {offsets['syscall']})\n"
+        "for flag in (0x10000000, 0x00020000, 0x40000000, 0x20000000):  # NEWUSER, NEWNS, NEWNET, NEWPID\n"
+        "    print(unshare(flag), ctypes.get_errno())\n"
+        f"pid = syscall({clone_nr}, 0x10000000 | 17, 0, 0, 0, 0)  # clone(CLONE_NEWUSER | SIGCHLD)\n"
+        "if pid == 0:\n"
+        "    os._exit(0)\n"
+        "print(pid, ctypes.get_errno())\n"
+        "print(syscall(435, 0, 0, 0, 0, 0), ctypes.get_errno())  # clone3\n"
+    )
+    result = run(pool, code)
+    eperm, enosys = f"-1 {errno.EPERM}", f"-1 {errno.ENOSYS}"
+    assert result.output.splitlines() == [eperm] * 5 + [enosys], result.output
+    assert any("seccomp" in layer for layer in pool.isolation_layers)
+    assert_healthy(pool)
+
+
+def test_default_size_shares_the_cores_among_local_ranks(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
+    for local, size in ((None, 8), ("1", 8), ("2", 6), ("4", 3), ("12", 1), ("32", 1)):
+        if local is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert default_size() == size, local
 
 
 # ---- pool life cycle ----------------------------------------------------------------------------------------------

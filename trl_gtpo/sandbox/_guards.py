@@ -1,11 +1,11 @@
 """In-interpreter guards of a session process: a PEP 578 audit hook plus a few patched entry points.
 
 This is the layer that works everywhere (no privileges, no namespaces), so on a locked-down machine it is the whole
-file, network and process policy; where the kernel layers of `_isolation.py` are available it is a second line that
-also turns a forbidden action into a clear Python exception for the model ("PermissionError: sandbox: ...") instead of
-an obscure errno. Audit hooks cannot be removed once added, but native code (ctypes) can get around them; the kernel
-layers are what hold against that, so this module only makes ctypes' most obvious escapes (calling fork, kill, socket)
-fail by name.
+file (reads: the allowlist of `_view.py`), network and process policy; where the kernel layers of `_isolation.py` are
+available it is a second line that also turns a forbidden action into a clear Python exception for the model
+("PermissionError: sandbox: ...") instead of an obscure errno. Audit hooks cannot be removed once added, but native
+code (ctypes) can get around them; the kernel layers are what hold against that, so this module only makes ctypes'
+most obvious escapes (calling fork, kill, socket) fail by name.
 """
 
 import _thread
@@ -40,20 +40,29 @@ def _refuse(what: str) -> PermissionError:
     return PermissionError(f"sandbox: {what} is not allowed")
 
 
-def install(workdir: str, write_roots: list[str], hidden: list[str], keep: list[str], max_threads: int) -> None:
-    """Install the guards for the rest of this process's life. Call last: the hook also binds the caller."""
+def install(workdir: str, write_roots: list[str], view_rules: list[tuple[str, bool]], max_threads: int) -> None:
+    """Install the guards for the rest of this process's life. Call last: the hook also binds the caller.
+
+    `view_rules`: (path, readable) pairs, the longest matching path decides; anything they do not match is not
+    readable. The working directory and `write_roots` are readable too."""
     own_pid = os.getpid()
     write_roots = [os.path.realpath(p) for p in [workdir, *write_roots]]
-    hidden = [os.path.realpath(p) for p in hidden]
-    keep = [os.path.realpath(p) for p in keep]
+    rules = [(os.path.realpath(p), ok) for p, ok in view_rules]
+    rules += [(p, True) for p in [*write_roots, f"/proc/{own_pid}"]]
+    rules.sort(key=lambda rule: len(rule[0]), reverse=True)
 
     def resolve(path) -> str | None:
         if isinstance(path, int):
             return None  # an already open descriptor: it was checked when it was opened
         try:
-            return os.path.realpath(os.fsdecode(path))
+            text = os.fsdecode(path)
         except (TypeError, ValueError):
             return None
+        if not os.path.isabs(text) and ".." in text.split("/"):
+            # Resolved against the cwd here, but os.open(..., dir_fd=fd) resolves it against fd, which no audit event
+            # shows: climbing from a descriptor would reach any file.
+            raise _refuse(f"a relative path that climbs with '..' ({text})")
+        return os.path.realpath(text)
 
     def under(path: str, roots: list[str]) -> bool:
         return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
@@ -67,12 +76,12 @@ def install(workdir: str, write_roots: list[str], hidden: list[str], keep: list[
         real = resolve(path)
         if real is None:
             return
-        if under(real, hidden) and not under(real, keep) and not under(real, write_roots):
-            raise _refuse(f"reading {os.fsdecode(path)}")
         if real.startswith("/proc/"):
             head = real[6:].split("/", 1)[0]
             if head.isdigit() and int(head) != own_pid:
                 raise _refuse("inspecting other processes")
+        if not next((ok for root, ok in rules if under(real, [root])), False):
+            raise _refuse(f"reading {os.fsdecode(path)} (only the standard library, preloaded packages and {workdir})")
 
     def on_open(args) -> None:
         path, mode, flags = args
@@ -117,6 +126,10 @@ def install(workdir: str, write_roots: list[str], hidden: list[str], keep: list[
         if len(args) == 2 or args[2] is not None:
             raise _refuse("changing resource limits")
 
+    def on_sqlite(args) -> None:
+        if isinstance(args[0], (str, bytes, os.PathLike)) and os.fsdecode(args[0]) != ":memory:":
+            check_read(args[0])
+
     def on_dlsym(args) -> None:
         name = args[1] if isinstance(args[1], str) else None
         if name is not None and name in _DENIED_SYMBOLS:
@@ -158,6 +171,7 @@ def install(workdir: str, write_roots: list[str], hidden: list[str], keep: list[
         "os.killpg": on_killpg,
         "resource.setrlimit": on_rlimit,
         "resource.prlimit": on_rlimit,
+        "sqlite3.connect": on_sqlite,
         "ctypes.dlsym": on_dlsym,
         "ctypes.dlsym/handle": on_dlsym,
     }

@@ -1,4 +1,4 @@
-"""Linux kernel isolation for sandbox processes: namespaces, mounts, credentials, resource limits.
+"""Linux kernel isolation for sandbox processes: namespaces, mounts, credentials, resource limits, a seccomp filter.
 
 These are the layers that hold even against code that defeats the in-interpreter guards (`_guards.py`, e.g. through
 ctypes): a network namespace has no interface to reach, a read-only mount cannot be written, an unprivileged uid
@@ -8,7 +8,9 @@ it. Stdlib only (ctypes for the syscalls Python 3.11 lacks); imported by the wor
 """
 
 import ctypes
+import errno
 import os
+import platform
 import resource
 import stat
 
@@ -33,6 +35,22 @@ _SYS_MOUNT_SETATTR = 442  # x86_64 and aarch64 share the number (new syscalls ar
 _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 0x1
+
+_MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_ERRNO = 0x00050000
+_SECCOMP_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}  # AUDIT_ARCH_*
+_SYS_NS = {
+    "x86_64": {"clone": 56, "unshare": 272, "setns": 308, "clone3": 435},
+    "aarch64": {"clone": 220, "unshare": 97, "setns": 268, "clone3": 435},
+}
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+_CLONE_NEWTIME = 0x80
+_NS_FLAGS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -97,31 +115,9 @@ def make_mounts_private() -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def hide_directories(hide: list[str], keep: list[str]) -> list[str]:
-    """Cover each directory of `hide` (home directories, the trainer's working directory, secret mounts) with an
-    empty tmpfs, then bind the `keep` directories inside it (the Python installation) back to their own paths.
-    Returns the directories actually hidden."""
-    keep = _topmost([k for k in keep if os.path.isdir(k)])
-    hidden = []
-    for h in _topmost([h for h in hide if os.path.isdir(h) and h != "/"]):
-        if any(_within(h, k) for k in keep):
-            continue  # hiding it would hide part of the Python installation
-        inner = [k for k in keep if _within(k, h)]
-        fds = [os.open(k, os.O_PATH | os.O_DIRECTORY) for k in inner]
-        try:
-            mount("tmpfs", h, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
-            for k, fd in zip(inner, fds, strict=True):
-                os.makedirs(k, mode=0o755, exist_ok=True)
-                mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        hidden.append(h)
-    return hidden
-
-
-def make_root_readonly() -> None:
-    """Make every mount read-only (later mounts, such as a session's private tmpfs, stay writable)."""
+def make_readonly(path: str) -> None:
+    """Make the mount at `path` and every mount below it read-only (later mounts, such as a session's private tmpfs,
+    stay writable)."""
 
     class MountAttr(ctypes.Structure):
         _fields_ = [(n, ctypes.c_uint64) for n in ("attr_set", "attr_clr", "propagation", "userns_fd")]
@@ -130,7 +126,7 @@ def make_root_readonly() -> None:
     ret = _libc.syscall(
         ctypes.c_long(_SYS_MOUNT_SETATTR),
         ctypes.c_int(_AT_FDCWD),
-        b"/",
+        os.fsencode(path),
         ctypes.c_uint(_AT_RECURSIVE),
         ctypes.byref(attr),
         ctypes.c_size_t(ctypes.sizeof(attr)),
@@ -144,14 +140,93 @@ def make_root_readonly() -> None:
         entries = [line.split() for line in f]
     for fields in entries:
         target = fields[4].encode().decode("unicode_escape")
+        if not (target == path or target.startswith(path.rstrip("/") + "/")):
+            continue
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
         for opt in fields[5].split(","):
             flags |= keep_flags.get(opt, 0)
         try:
             mount(None, target, None, flags)
         except OSError:
-            if target == "/":
+            if target == path:
                 raise
+
+
+def pivot_root(new_root: str) -> None:
+    """Make the mount at `new_root` this mount namespace's root and detach the old root entirely (a chroot would
+    leave it reachable to a process that regains a capability)."""
+    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: no syscall number known for {platform.machine()}")
+    os.chdir(new_root)
+    _check(_libc.syscall(ctypes.c_long(nr), b".", b"."), "pivot_root")
+    # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves the new one.
+    _check(_libc.umount2(b".", ctypes.c_int(_MNT_DETACH)), "umount2(old root)")
+    os.chdir("/")
+
+
+def forbid_new_namespaces() -> None:
+    """Install a seccomp filter on this process and all it starts: unshare, clone and setns that would create or
+    join a namespace fail with EPERM, clone3 with ENOSYS (its flags sit in a struct a filter cannot read; glibc then
+    falls back to clone). Model code has no use for namespaces, and each new user namespace is kernel attack surface.
+    Needs no_new_privs (set first) or CAP_SYS_ADMIN."""
+    machine = platform.machine()
+    if machine not in _SECCOMP_ARCH:
+        raise OSError(errno.ENOSYS, f"seccomp filter: no syscall numbers known for {machine}")
+    nr = _SYS_NS[machine]
+    program = [
+        ("ld", 4),  # seccomp_data.arch
+        ("jeq", _SECCOMP_ARCH[machine], None, "enosys"),  # another ABI (i386 through int 0x80): refuse all of it
+        ("ld", 0),  # seccomp_data.nr
+        ("jge", 0x40000000, "enosys", None),  # x32 syscall numbers on x86_64
+        ("jeq", nr["clone3"], "enosys", None),
+        ("jeq", nr["setns"], "eperm", None),
+        ("jeq", nr["unshare"], "unshare", None),
+        ("jeq", nr["clone"], "clone", None),
+        ("ret", _SECCOMP_RET_ALLOW),
+        ("label", "unshare"),
+        ("ld", 16),  # low 32 bits of args[0], the flags (little-endian)
+        ("jset", _NS_FLAGS | _CLONE_NEWTIME, "eperm", None),
+        ("ret", _SECCOMP_RET_ALLOW),
+        ("label", "clone"),
+        ("ld", 16),
+        ("jset", _NS_FLAGS, "eperm", None),  # not CLONE_NEWTIME: clone's low byte is the exit signal
+        ("ret", _SECCOMP_RET_ALLOW),
+        ("label", "eperm"),
+        ("ret", _SECCOMP_RET_ERRNO | errno.EPERM),
+        ("label", "enosys"),
+        ("ret", _SECCOMP_RET_ERRNO | errno.ENOSYS),
+    ]
+    filters = _assemble(program)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = SockFprog(len(filters), ctypes.addressof(filters))
+    _check(_libc.prctl(_PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(prog), 0, 0), "seccomp")
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+
+
+def _assemble(program: list[tuple]) -> ctypes.Array:
+    """Classic BPF from (op, k[, jump-if-true label, jump-if-false label]) tuples; a None label falls through."""
+    labels, position = {}, 0
+    for ins in program:
+        if ins[0] == "label":
+            labels[ins[1]] = position
+        else:
+            position += 1
+    codes = {"ld": 0x20, "jeq": 0x15, "jge": 0x35, "jset": 0x45, "ret": 0x06}  # ld: BPF_LD|BPF_W|BPF_ABS
+    out = []
+    for ins in program:
+        if ins[0] == "label":
+            continue
+        after = len(out) + 1  # jumps count from the next instruction
+        jt, jf = (0 if j is None else labels[j] - after for j in (*ins[2:4], None, None)[:2])
+        out.append(_SockFilter(codes[ins[0]], jt, jf, ins[1]))
+    return (_SockFilter * len(out))(*out)
 
 
 def world_traversable(paths: list[str]) -> bool:
@@ -208,15 +283,3 @@ def cpu_limiter():
 
 def set_limit(which: int, soft: int, hard: int | None = None) -> None:
     resource.setrlimit(which, (soft, soft if hard is None else hard))
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _topmost(paths: list[str]) -> list[str]:
-    out: list[str] = []
-    for p in sorted(set(paths), key=len):
-        if not any(_within(p, q) for q in out):
-            out.append(p)
-    return out

@@ -2,10 +2,11 @@
 
 Started by `SandboxPool` as `python -I _worker.py` (by path, stdlib only: importing `trl_gtpo` would pull in torch),
 it imports the preloaded modules (numpy, sympy, ...) once, sets up the isolation every session shares (network,
-mount and pid namespaces, read-only root, hidden home directories), then serves requests from the trainer, one at a
-time. Each session runs in its own process, forked from this warm one (a few ms, no interpreter start), that then
-locks itself down further (private /tmp, its own pid namespace and uid, resource limits, audit hook) before it runs
-any model code. Between calls a session is frozen (SIGSTOP), so a thread it left running cannot eat the CPU.
+mount and pid namespaces, a read-only root that holds only the allowlist of `_view.py`), then serves requests from the
+trainer, one at a time. Each session runs in its own process, forked from this warm one (a few ms, no interpreter
+start), that then locks itself down further (private /tmp, its own pid namespace and uid, resource limits, seccomp
+filter, audit hook) before it runs any model code. Between calls a session is frozen (SIGSTOP), so a thread it left
+running cannot eat the CPU.
 
 The worker never trusts what a session sends: frames are JSON with a size cap and a deadline, and every limit that
 matters (wall-clock timeout, CPU time, output size, stray processes) is enforced from here, outside the session, where
@@ -21,6 +22,7 @@ sys.path.insert(0, _HERE)
 import _guards  # noqa: E402
 import _isolation as iso  # noqa: E402
 import _repl  # noqa: E402
+import _view  # noqa: E402
 import _wire  # noqa: E402
 
 sys.path.remove(_HERE)
@@ -47,6 +49,10 @@ _SESSION_ENV = {
     "MKL_NUM_THREADS": "1",
     "NUMEXPR_NUM_THREADS": "1",
 }
+_HOOKS_ONLY_FILES = (
+    "filesystem: the host's, with reads outside the allowlist refused by the audit hook only: native code (ctypes) can "
+    "read any file this uid can, and os.stat() tells whether a path exists (no mount namespace on this machine)"
+)
 _LOST = "its process is gone, so the session's variables are lost and its next call starts from a fresh session"
 
 
@@ -57,6 +63,7 @@ class Session:
         self.pid, self.cmd_w, self.res_r, self.native_r, self.workdir = pid, cmd_w, res_r, native_r, workdir
         self.ready = False
         self.layers: list[str] = []
+        self.notes: list[str] = []
         self.native_tail = b""  # the end of what native code wrote to fds 1 and 2: shown when the process dies
         self.drain = {native_r: self._keep_tail}
 
@@ -88,8 +95,7 @@ class Worker:
         self.sessions: dict[str, Session] = {}
         self.spare: Session | None = None
         self.counter = 0
-        self.hidden: list[str] = []
-        self.keep = _python_dirs()
+        self.view: _view.View | None = None
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
@@ -98,21 +104,25 @@ class Worker:
         its own pid namespace, so all its sessions die with it); the other one only waits for it."""
         if self.cfg["namespaces"] != "off":
             self._enter_namespaces()
-        if self.kind != "hooks":
-            self._prepare_filesystem()
-            self._probe_session_pidns()
-        # A uid of its own per session needs root (and is off when only the portable layer is asked for).
-        if os.geteuid() == 0 and self.kind != "userns" and self.cfg["drop_uid"]:
-            if iso.world_traversable(self.keep):
-                self.drop_uid = True
-                self.layers.append("own unprivileged uid per session (RLIMIT_NPROC counts only its own tasks)")
-            else:
-                self.notes.append("no uid drop: the Python installation is not readable by other users")
+        sys.dont_write_bytecode = True  # the preload runs before the root is read-only: it must not write to the host
         for name in self.cfg["preload"]:
             try:
                 importlib.import_module(name)
             except Exception as e:  # noqa: BLE001 -- a missing optional module is not an error
                 self.notes.append(f"preload {name}: {type(e).__name__}")
+        self.view = _view.View.of_this_interpreter()  # after the preload: its packages are what sessions may see
+        if self.kind != "hooks":
+            self._prepare_filesystem()
+            self._probe_session_pidns()
+        else:
+            self.notes.append(_HOOKS_ONLY_FILES)
+        # A uid of its own per session needs root (and is off when only the portable layer is asked for).
+        if os.geteuid() == 0 and self.kind != "userns" and self.cfg["drop_uid"]:
+            if iso.world_traversable(self.view.readable_dirs()):
+                self.drop_uid = True
+                self.layers.append("own unprivileged uid per session (RLIMIT_NPROC counts only its own tasks)")
+            else:
+                self.notes.append("no uid drop: the Python installation is not readable by other users")
         gc.collect()
         gc.freeze()  # keep the preloaded objects out of the collector, so forked sessions share their pages
 
@@ -138,19 +148,18 @@ class Worker:
 
     def _prepare_filesystem(self) -> None:
         iso.make_mounts_private()
-        iso.mount("proc", "/proc", "proc", iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC)
-        self.hidden = iso.hide_directories(self.cfg["hide"], self.keep)
-        iso.make_root_readonly()
-        self.layers.append("mount namespace: read-only filesystem, private /tmp per session")
-        if self.hidden:
-            self.layers.append("hidden directories: " + ", ".join(self.hidden))
+        self.view.enter()  # type: ignore[union-attr]
+        self.layers.append(
+            "mount namespace: read-only allowlist root (standard library, preloaded packages, shared libraries; the "
+            "host's tree is detached), private /tmp per session"
+        )
 
     def _probe_session_pidns(self) -> None:
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         try:
             iso.unshare(iso.CLONE_NEWPID)
         except OSError as e:
-            self.notes.append(f"no pid namespace per session ({e.strerror})")
+            self.notes.append(f"no pid namespace per session ({e.strerror}): /proc shows the worker's other sessions")
             return
         iso.setns(self.own_pidns, iso.CLONE_NEWPID)  # if this fails the worker cannot fork at all: let it fail
         self.session_pidns = True
@@ -165,7 +174,12 @@ class Worker:
             footprint_mb = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE") >> 20
         _wire.send(
             self.out_fd,
-            {"ready": True, "layers": self.layers + first.layers, "notes": self.notes, "footprint_mb": footprint_mb},
+            {
+                "ready": True,
+                "layers": self.layers + first.layers,
+                "notes": self.notes + first.notes,
+                "footprint_mb": footprint_mb,
+            },
         )
         while True:
             try:
@@ -268,7 +282,7 @@ class Worker:
             if not isinstance(msg, dict) or not msg.get("ready"):
                 self._kill(session)
                 raise RuntimeError(f"session setup failed: {msg.get('error') if isinstance(msg, dict) else msg}")
-            session.ready, session.layers = True, list(msg.get("layers", []))
+            session.ready, session.layers, session.notes = True, list(msg["layers"]), list(msg["notes"])
         return session
 
     def _spawn(self) -> Session:
@@ -330,6 +344,7 @@ def _session_main(worker: Worker, cmd_r: int, res_w: int, native_w: int, uid: in
     process dies (e.g. "Fatal Python error: Segmentation fault", or a native library giving up on memory)."""
     cfg = worker.cfg
     layers: list[str] = []
+    notes: list[str] = []
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGALRM):
             signal.signal(sig, signal.SIG_DFL)
@@ -380,6 +395,11 @@ def _session_main(worker: Worker, cmd_r: int, res_w: int, native_w: int, uid: in
             iso.drop_capabilities()
             layers.append("no capabilities")
         iso.set_no_new_privs()
+        try:
+            iso.forbid_new_namespaces()
+            layers.append("seccomp filter: unshare, clone and setns with CLONE_NEW* flags, and clone3, are refused")
+        except OSError as e:
+            notes.append(f"no seccomp filter ({e.strerror}): model code may create user namespaces (kernel permitting)")
         iso.set_pdeathsig(signal.SIGKILL)  # after the uid change, which clears it
         os.chdir(workdir)
         os.environ.clear()
@@ -389,13 +409,16 @@ def _session_main(worker: Worker, cmd_r: int, res_w: int, native_w: int, uid: in
         sys.stdin = sys.__stdin__ = io.StringIO("")  # input() raises EOFError instead of waiting forever
         sys.argv = [""]
         sys.dont_write_bytecode = True
-        _guards.install(workdir, write_roots, worker.hidden + cfg["hide"], worker.keep, cfg["max_threads"])
-        layers.append("audit hook: no processes, sockets, signals to others, writes outside the working directory")
+        _guards.install(workdir, write_roots, worker.view.rules(), cfg["max_threads"])
+        layers.append(
+            "audit hook: no processes, sockets, signals to others, reads outside the allowlist, writes outside the "
+            "working directory"
+        )
         layers.append("environment scrubbed, stdin closed")
     except BaseException as e:  # noqa: BLE001
         _wire.send(res_w, {"ready": False, "error": f"{type(e).__name__}: {e}"})
         os._exit(71)
-    _wire.send(res_w, {"ready": True, "layers": layers})
+    _wire.send(res_w, {"ready": True, "layers": layers, "notes": notes})
     # The code's globals are a real __main__ module, as in a REPL (dataclasses, pickle and typing look it up there).
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
@@ -479,28 +502,6 @@ def _grace(timeout: float) -> float:
     """How long past its timeout a session gets to stop by itself (it is interrupted at the timeout) before it is
     killed: code stuck in one long C call, or that catches the interrupt, does not stop by itself."""
     return min(3.0, 0.5 + 0.1 * timeout)
-
-
-def _python_dirs() -> list[str]:
-    """Directories a session must still be able to read: the interpreter, its standard library and site-packages.
-    Not every sys.path entry: an editable install's source tree (often the trainer's repo) stays hidden."""
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    dirs = prefixes | {os.path.dirname(sys.executable)}
-    dirs.update(
-        p
-        for p in sys.path
-        if p
-        and (
-            os.path.basename(p) in ("site-packages", "dist-packages")
-            or any(os.path.abspath(p).startswith(os.path.abspath(prefix) + "/") for prefix in prefixes)
-        )
-    )
-    out = set()
-    for d in dirs:
-        for p in (os.path.abspath(d), os.path.realpath(d)):
-            if os.path.isdir(p):
-                out.add(p)
-    return sorted(out)
 
 
 def _max_fd() -> int:

@@ -93,7 +93,9 @@ class SandboxPool:
     """Runs model-written Python in warm, isolated worker processes (see the module docstring).
 
     Args:
-        size: number of workers, i.e. calls running at once. None: one per available CPU core, at most 8.
+        size: number of workers, i.e. calls running at once. None: this process's share of the node's cores (the
+            cores it may run on divided by the training processes of the node, `LOCAL_WORLD_SIZE`), at least 1, at
+            most 8; so 8 ranks on a node do not start 8 pools of 8.
         timeout: wall-clock seconds one code block may run.
         memory_limit_mb: address-space limit of a session process.
         max_output_chars: characters of output kept for the model.
@@ -126,9 +128,9 @@ class SandboxPool:
         python: str | None = None,
     ):
         if size is None:
-            size = min(len(os.sched_getaffinity(0)), 8)
+            size = default_size()
         if size < 1:
-            raise ValueError(f"SandboxPool size={size!r}: use an integer >= 1 (or None for one worker per core)")
+            raise ValueError(f"SandboxPool size={size!r}: use an integer >= 1 (or None for this process's share of the cores)")
         if isolation not in _ISOLATION_MODES:
             raise ValueError(f"SandboxPool isolation={isolation!r}: use one of {_ISOLATION_MODES}")
         if not sys.platform.startswith("linux"):
@@ -154,7 +156,6 @@ class SandboxPool:
             "namespaces": {"auto": "auto", "userns": "userns", "hooks": "off"}[isolation],
             "drop_uid": isolation == "auto",
             "workroot": self._workroot,
-            "hide": _directories_to_hide(),
         }
         # uids far above any login or container range; each worker gets a block of 65536 for its sessions
         self._uid_base = random.randrange(3_000_000_000, 4_000_000_000 - (size + 1) * 65536, 65536)
@@ -446,6 +447,19 @@ class SandboxPool:
                         pass
 
 
+def default_size() -> int:
+    """Workers for one training process: the cores it may run on, shared with the other training processes of the
+    node (each starts its own pool, so N ranks would otherwise start N pools of one worker per core), at least 1, at
+    most 8."""
+    local = 1
+    for var in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):  # torchrun / accelerate launch; mpirun
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) >= 1:
+            local = int(value)
+            break
+    return max(1, min(len(os.sched_getaffinity(0)) // local, 8))
+
+
 def _kill_worker(worker: _Worker) -> None:
     if worker.proc.returncode is None:  # not reaped yet, so its pid (= its process group) cannot have been reused
         try:
@@ -504,23 +518,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
-
-
-def _directories_to_hide() -> list[str]:
-    """Where secrets and the user's files live: home directories, the trainer's working directory (the repo, its
-    data and .env files), mounted secrets. Hidden from sessions where mount namespaces allow, refused to reads
-    otherwise."""
-    try:
-        cwd = os.getcwd()
-    except OSError:  # deleted
-        cwd = "/"
-    candidates = ["/root", "/home", os.path.expanduser("~"), cwd, "/run/secrets", "/var/run/secrets"]
-    out = []
-    for path in candidates:
-        real = os.path.realpath(path)
-        if real not in ("/", "/tmp", "/usr", "/opt", "/etc", "/var") and os.path.isdir(real) and real not in out:
-            out.append(real)
-    return out
 
 
 def _close_pipes_after_fork() -> None:
