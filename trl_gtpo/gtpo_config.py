@@ -133,7 +133,8 @@ class GTPOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Number of warm sandbox worker processes (calls of one turn run in parallel on them). If None, "
-            "one per CPU core, at most 8."
+            "this process's share of the node's cores (the cores it may run on divided by the local processes, "
+            "LOCAL_WORLD_SIZE), at least 1 and at most 8."
         },
     )
     persistent_tool_sessions: bool = field(
