@@ -165,7 +165,9 @@ def _report(results: list[SampleResult], k: int) -> dict:
         f"pass@{k}": sum(any(r.correct) for r in results) / n,
         "mean_turns": sum(len(s["turns"]) for s in samples) / max(1, len(samples)),
         "frac_wrote_code": sum(s["wrote_code"] for s in samples) / max(1, len(samples)),
-        "mean_tool_calls": sum(sum(t["status"] is not None for t in s["turns"]) for s in samples) / max(1, len(samples)),
+        # Code that ran: a turn without code (status None) or a stop marker without code ("no_code") is no tool call.
+        "mean_tool_calls": sum(sum(t["status"] not in (None, "no_code") for t in s["turns"]) for s in samples)
+        / max(1, len(samples)),
         "problems": [asdict(r) for r in results],
     }
 
