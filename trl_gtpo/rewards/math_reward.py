@@ -22,6 +22,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
+from ..interpreter.transcript import DEFAULT_STOP_MARKER
 from .answer import _THOUSANDS_RE, final_answer, reference_answer
 
 __all__ = ["math_answer_reward"]
@@ -184,13 +185,25 @@ def _answer_is_correct(prediction: str, reference: str, use_signal: bool) -> boo
         return False
 
 
-def math_answer_reward(completions: Sequence, answer: Sequence, **kwargs) -> list[float | None]:
+def math_answer_reward(
+    completions: Sequence,
+    answer: Sequence,
+    *,
+    stop_marker: str | Sequence[str] = DEFAULT_STOP_MARKER,
+    model_turns: Sequence | None = None,
+    **kwargs,
+) -> list[float | None]:
     """1.0 if the final answer of a completion equals the reference answer, else 0.0 (TRL reward function).
 
     Args:
         completions: the completions, as strings or as lists of chat messages (conversational data).
         answer: the dataset column `answer`, one reference per completion: GSM8K's "... #### 72", or a bare answer
             ("72", "\\frac{1}{2}", "$x=3$", "\\{1,2\\}", "5 cm", ...).
+        stop_marker: the loop's GTPOConfig.turn_stop_marker, which opens the tool's output blocks; a string, or one
+            per completion (as a rollout_func's extra field arrives).
+        model_turns: optional, one list of the model's own turn texts per completion (decoded from the tokens the
+            tool mask marks as the model's); when given, the answer is read from them instead of `completions`, so
+            no tool text can ever pass for the model's.
         **kwargs: the other columns and TRL's extra arguments (ignored).
 
     Returns:
@@ -198,15 +211,15 @@ def math_answer_reward(completions: Sequence, answer: Sequence, **kwargs) -> lis
         5\\text{ cm} == 5, {1,2} == {2,1}, ...), 0.0 (wrong, or no answer found, or the answer does not parse), or
         None when the reference itself is missing or unparsable (the row cannot be scored; TRL treats None as NaN).
 
-    Safe in any thread and inside event loops (see the module docstring); never raises on bad input.
+    Safe in any thread and inside event loops (see the module docstring). Raises ValueError when the columns do not
+    have one entry per completion, and TypeError for a completion that is neither text nor chat messages.
     """
-    if isinstance(answer, (str, bytes)) or answer is None or not hasattr(answer, "__len__"):
-        answer = [answer] * len(completions)
-    if len(answer) != len(completions):
-        raise ValueError(f"math_answer_reward got {len(completions)} completions but {len(answer)} answers.")
+    answer = _per_completion(answer, completions, "answers")
+    stop_markers = _per_completion(stop_marker, completions, "stop markers")
+    sources = completions if model_turns is None else _per_completion(model_turns, completions, "model_turns rows")
     use_signal = _signal_timeout_usable()
     rewards: list[float | None] = []
-    for completion, reference in zip(completions, answer, strict=True):
+    for source, reference, marker in zip(sources, answer, stop_markers, strict=True):
         reference_text = reference_answer(reference)
         if reference_text is not None:
             reference_text = _normalize_answer(reference_text)
@@ -216,10 +229,7 @@ def math_answer_reward(completions: Sequence, answer: Sequence, **kwargs) -> lis
         if not _parse_reference(reference_text, use_signal):
             rewards.append(None)
             continue
-        try:
-            prediction = final_answer(completion)
-        except Exception:  # defensive: malformed completion objects
-            prediction = None
+        prediction = final_answer(source, stop_marker=marker)
         if prediction is None:
             rewards.append(0.0)
             continue
@@ -229,3 +239,14 @@ def math_answer_reward(completions: Sequence, answer: Sequence, **kwargs) -> lis
             continue
         rewards.append(1.0 if _answer_is_correct(prediction, reference_text, use_signal) else 0.0)
     return rewards
+
+
+def _per_completion(value, completions: Sequence, what: str) -> Sequence:
+    """`value` once per completion: a column as given, or a single value repeated."""
+    if isinstance(value, (str, bytes)) or value is None or not hasattr(value, "__len__"):
+        return [value] * len(completions)
+    if len(value) != len(completions):
+        raise ValueError(
+            f"math_answer_reward got {len(completions)} completions but {len(value)} {what}: pass one per completion."
+        )
+    return value
