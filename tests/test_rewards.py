@@ -76,6 +76,30 @@ def test_math_answer_reward_table(completion, reference, expected):
     assert math_answer_reward([completion], answer=[reference]) == [expected]
 
 
+# Currency signs, thousands separators and degree signs are how an answer is written, not part of its value. Each
+# case is a form seen in GSM8K-style answers or in MATH references (33 MATH train references contain "\$").
+FORMATTING_CASES = [
+    pytest.param("The answer is \\boxed{\\$18}", "18", 1.0, id="escaped-dollar-in-answer"),
+    pytest.param("\\boxed{18}", "\\$18", 1.0, id="escaped-dollar-in-reference"),
+    pytest.param("\\boxed{\\$19}", "\\$18", 0.0, id="wrong-money-is-wrong-not-unscorable"),
+    pytest.param("\\boxed{\\$18.50}", "18.5", 1.0, id="escaped-dollar-decimal"),
+    pytest.param("\\boxed{-0.5}", "-\\$0.50", 1.0, id="negative-money"),
+    pytest.param("\\boxed{\\$1,080}", "1080", 1.0, id="escaped-dollar-thousands"),
+    pytest.param("\\boxed{1080}", "\\$1,080", 1.0, id="escaped-dollar-thousands-in-reference"),
+    pytest.param("\\boxed{32348}", "\\$32,\\!348", 1.0, id="escaped-dollar-latex-thousands"),
+    pytest.param("\\boxed{23000}", "\\$23{,}000", 1.0, id="escaped-dollar-braced-thousands"),
+    pytest.param("\\boxed{\\text{\\$}18}", "18", 1.0, id="dollar-in-text"),
+    pytest.param("\\boxed{1\\,000}", "1000", 1.0, id="thin-space-thousands"),
+    pytest.param("\\boxed{90°}", "90^\\circ", 1.0, id="degree-sign"),
+    pytest.param("\\boxed{90}", "90°", 1.0, id="degree-sign-in-reference"),
+]
+
+
+@pytest.mark.parametrize("completion, reference, expected", FORMATTING_CASES)
+def test_answer_formatting_is_not_part_of_the_value(completion, reference, expected):
+    assert math_answer_reward([completion], answer=[reference]) == [expected]
+
+
 # The reward reads the transcript the way the loop wrote it: fences only at line start, tool output apart.
 def _transcript(turns: list[str], outputs: list[str], marker: str = "```output") -> str:
     """Model turns with the output block the loop appends after each (`tool_output_text`)."""

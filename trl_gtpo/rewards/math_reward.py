@@ -18,6 +18,7 @@ import functools
 import logging
 import math
 import os
+import re
 import signal
 import threading
 from collections.abc import Sequence
@@ -131,12 +132,29 @@ def _cheap(parsed: list) -> bool:
         return False
 
 
+# A currency sign, however it is written: \$, \textdollar, \text{\$} (and \mbox, \textrm). Never part of a value.
+_CURRENCY_RE = re.compile(r"\\(?:text|mbox|textrm)\s*\{\s*(?:\\\$|\\textdollar)\s*\}|\\\$|\\textdollar(?![a-zA-Z])")
+# Thousands separators as LaTeX writes them: 32,\!348, 23{,}000, 1\,000.
+_LATEX_THOUSANDS = (",\\!", "{,}", "\\,")
+
+
 def _normalize_answer(text: str) -> str:
+    r"""An answer without its formatting: math delimiters, currency signs, thousands separators, degree signs.
+
+    math-verify already reads \%, ^\circ and \text{ units}; these are the forms it gets wrong (\$18 unparsed,
+    1\,000 read as 1*0, 90° read as a symbol, 1,234 read as a set).
+    """
     text = text.strip().replace("\u2212", "-")
     while len(text) >= 2 and text[0] == "$" and text[-1] == "$":  # $...$ / $$...$$ around an answer
         text = text[1:-1].strip()
-    if _THOUSANDS_RE.match(text):  # 1,234 -> 1234 (math-verify would read "1,234" as a set)
-        text = text.replace(",", "")
+    text = _CURRENCY_RE.sub("", text).replace("°", "^\\circ").strip()
+    if text.count("$") == 1:  # a lone $ is a unit ("$18"), not a math delimiter
+        text = text.replace("$", "").strip()
+    plain = text
+    for separator in _LATEX_THOUSANDS:
+        plain = plain.replace(separator, ",")
+    if _THOUSANDS_RE.match(plain.replace(" ", "")):  # 1,234 -> 1234 (math-verify would read "1,234" as a set)
+        text = plain.replace(" ", "").replace(",", "")
     return text
 
 
@@ -198,7 +216,7 @@ def math_answer_reward(
     Args:
         completions: the completions, as strings or as lists of chat messages (conversational data).
         answer: the dataset column `answer`, one reference per completion: GSM8K's "... #### 72", or a bare answer
-            ("72", "\\frac{1}{2}", "$x=3$", "\\{1,2\\}", "5 cm", ...).
+            ("72", "\\frac{1}{2}", "$x=3$", "\\{1,2\\}", "5 cm", "\\$1,080", ...).
         stop_marker: the loop's GTPOConfig.turn_stop_marker, which opens the tool's output blocks; a string, or one
             per completion (as a rollout_func's extra field arrives).
         model_turns: optional, one list of the model's own turn texts per completion (decoded from the tokens the
@@ -208,8 +226,9 @@ def math_answer_reward(
 
     Returns:
         One value per completion: 1.0 (equal per math-verify: 0.5 == \\frac12, 3/4 == \\dfrac{3}{4}, 1,234 == 1234,
-        5\\text{ cm} == 5, {1,2} == {2,1}, ...), 0.0 (wrong, or no answer found, or the answer does not parse), or
-        None when the reference itself is missing or unparsable (the row cannot be scored; TRL treats None as NaN).
+        \\$18 == 18, 5\\text{ cm} == 5, {1,2} == {2,1}, ...), 0.0 (wrong, or no answer found, or the answer does not
+        parse), or None when the reference itself is missing or unparsable (the row cannot be scored; TRL treats
+        None as NaN).
 
     Safe in any thread and inside event loops (see the module docstring). Raises ValueError when the columns do not
     have one entry per completion, and TypeError for a completion that is neither text nor chat messages.
