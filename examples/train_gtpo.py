@@ -5,11 +5,14 @@
 #       --model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct --dataset_name gsm8k --gamma 0.9 --max_turns 4 ...
 #
 # Arguments are TRL's (TrlParser over script arguments, GTPOConfig and ModelConfig), as in TRL's trl/scripts/grpo.py,
-# plus GTPO's fields (see `python examples/train_gtpo.py --help`).
+# plus GTPO's fields (see `python examples/train_gtpo.py --help`). On a machine with no GPU (or other accelerator) and
+# no --bf16/--fp16/--use_cpu given, it trains on the CPU in fp32 and says so.
 
 import importlib
+import logging
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
@@ -184,6 +187,49 @@ def make_parser():
     return TrlParser((GTPOScriptArguments, GTPOConfig, ModelConfig))
 
 
+PRECISION_FIELDS = ("bf16", "fp16", "use_cpu")
+
+
+def cpu_fallback_args(argv: Sequence[str], config: Mapping | None, has_accelerator: bool) -> list[str]:
+    """Arguments that make a machine without accelerator train on the CPU in fp32, or [] where they are not needed.
+
+    TRL's config defaults to bf16, which TrainingArguments refuses without a GPU ("Your setup doesn't support
+    bf16/gpu"), so the example's own default command would fail on a laptop. Any of --bf16, --fp16 or --use_cpu given
+    on the command line (`argv`) or in the --config file (its `config` mapping) is the user's choice and wins.
+    """
+    if has_accelerator:
+        return []
+    given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")} | set(config or {})
+    if given & set(PRECISION_FIELDS):
+        return []
+    return ["--use_cpu", "true", "--bf16", "false"]
+
+
+def _config_file(argv: Sequence[str]) -> Mapping | None:
+    """The --config YAML file's mapping, read as TrlParser reads it (`--config PATH`); None without one."""
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        return None
+    import yaml
+
+    with open(argv[argv.index("--config") + 1]) as file:
+        config = yaml.safe_load(file)
+    return config if isinstance(config, Mapping) else None
+
+
+def _has_accelerator() -> bool:
+    import torch
+    from transformers.utils import is_torch_xla_available
+
+    return torch.accelerator.is_available() or is_torch_xla_available()
+
+
 if __name__ == "__main__":
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    argv = sys.argv[1:]
+    fallback = cpu_fallback_args(argv, _config_file(argv), _has_accelerator())
+    if fallback:
+        logging.getLogger("train_gtpo").warning(
+            f"No GPU or other accelerator and no --bf16/--fp16/--use_cpu given: training on the CPU in fp32 "
+            f"({' '.join(fallback)})."
+        )
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv + fallback)
     main(script_args, training_args, model_args)

@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from trl_gtpo.interpreter.transcript import code_blocks, tool_output_text
-from trl_gtpo.demo.data import last_boxed
+from trl_gtpo.interpreter.transcript import code_blocks, last_boxed, tool_output_text
 from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, build_prompt, few_shot_messages
 
 

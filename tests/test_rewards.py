@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from trl_gtpo.rewards import math_reward as rewards
+from trl_gtpo.interpreter.transcript import tool_output_text
 from trl_gtpo.rewards import final_answer, math_answer_reward, reference_answer
 
 TIR = "Let me compute.\n```python\nx = 70 + 2\nprint(x)\n```\n```output\n72\n```\n"
@@ -73,6 +74,73 @@ CASES = [
 @pytest.mark.parametrize("completion, reference, expected", CASES)
 def test_math_answer_reward_table(completion, reference, expected):
     assert math_answer_reward([completion], answer=[reference]) == [expected]
+
+
+# Currency signs, thousands separators and degree signs are how an answer is written, not part of its value. Each
+# case is a form seen in GSM8K-style answers or in MATH references (33 MATH train references contain "\$").
+FORMATTING_CASES = [
+    pytest.param("The answer is \\boxed{\\$18}", "18", 1.0, id="escaped-dollar-in-answer"),
+    pytest.param("\\boxed{18}", "\\$18", 1.0, id="escaped-dollar-in-reference"),
+    pytest.param("\\boxed{\\$19}", "\\$18", 0.0, id="wrong-money-is-wrong-not-unscorable"),
+    pytest.param("\\boxed{\\$18.50}", "18.5", 1.0, id="escaped-dollar-decimal"),
+    pytest.param("\\boxed{-0.5}", "-\\$0.50", 1.0, id="negative-money"),
+    pytest.param("\\boxed{\\$1,080}", "1080", 1.0, id="escaped-dollar-thousands"),
+    pytest.param("\\boxed{1080}", "\\$1,080", 1.0, id="escaped-dollar-thousands-in-reference"),
+    pytest.param("\\boxed{32348}", "\\$32,\\!348", 1.0, id="escaped-dollar-latex-thousands"),
+    pytest.param("\\boxed{23000}", "\\$23{,}000", 1.0, id="escaped-dollar-braced-thousands"),
+    pytest.param("\\boxed{\\text{\\$}18}", "18", 1.0, id="dollar-in-text"),
+    pytest.param("\\boxed{1\\,000}", "1000", 1.0, id="thin-space-thousands"),
+    pytest.param("\\boxed{90°}", "90^\\circ", 1.0, id="degree-sign"),
+    pytest.param("\\boxed{90}", "90°", 1.0, id="degree-sign-in-reference"),
+]
+
+
+@pytest.mark.parametrize("completion, reference, expected", FORMATTING_CASES)
+def test_answer_formatting_is_not_part_of_the_value(completion, reference, expected):
+    assert math_answer_reward([completion], answer=[reference]) == [expected]
+
+
+# The reward reads the transcript the way the loop wrote it: fences only at line start, tool output apart.
+def _transcript(turns: list[str], outputs: list[str], marker: str = "```output") -> str:
+    """Model turns with the output block the loop appends after each (`tool_output_text`)."""
+    text = ""
+    for k, turn in enumerate(turns):
+        text += turn
+        if k < len(outputs):
+            text += tool_output_text(turn, outputs[k], marker)
+    return text
+
+
+def test_inline_backticks_in_prose_are_not_fences():
+    assert math_answer_reward(["Use ```print``` then \\boxed{72}"], answer=["72"]) == [1.0]
+
+
+def test_backticks_inside_tool_output_do_not_end_the_output_block():
+    turns = ["```python\nexec(source)\n```", "So the answer is \\boxed{42}."]
+    text = _transcript(turns, ["Error: unexpected ``` in input"])
+    assert math_answer_reward([text], answer=["42"]) == [1.0]
+
+
+def test_a_fence_printed_by_the_code_does_not_make_the_output_the_models_words():
+    turn = "```python\nprint('```\\n\\\\boxed{72}')\n```"
+    text = _transcript([turn, "I am not sure."], ["```\n\\boxed{72}\n"])
+    assert math_answer_reward([text], answer=["72"]) == [0.0]
+
+
+def test_reward_reads_the_configured_stop_marker():
+    # With turn_stop_marker="<output>" the tool's 72 is in a "<output>" block: not the model's answer.
+    text = _transcript(["```python\nprint(70 + 2)\n```", "I am not sure."], ["72"], marker="<output>")
+    assert math_answer_reward([text], answer=["72"], stop_marker="<output>") == [0.0]
+    assert math_answer_reward([text], answer=["72"], stop_marker=["<output>"]) == [0.0]  # a rollout's extra field
+    assert math_answer_reward([text + " It is 72."], answer=["72"], stop_marker="<output>") == [1.0]
+
+
+def test_model_turns_given_by_the_trainer_replace_parsing_the_completion():
+    turns = ["```python\nprint('```\\n\\\\boxed{72}')\n```", "So the answer is \\boxed{42}."]
+    completion = _transcript(turns, ["```\n\\boxed{72}\n"])
+    assert math_answer_reward([completion], answer=["42"], model_turns=[turns]) == [1.0]
+    assert math_answer_reward(["garbled"], answer=["42"], model_turns=[turns]) == [1.0]
+    assert math_answer_reward([completion], answer=["72"], model_turns=[turns]) == [0.0]
 
 
 def test_batch_and_kwargs():
@@ -159,6 +227,19 @@ def test_final_answer_messages():
     ]
     assert final_answer(messages) is None
     assert final_answer(messages + [{"role": "assistant", "content": "It is 42."}]) == "42"
+
+
+def test_final_answer_of_model_turns():
+    """A list of strings is the model's own turn texts; a tool output followed each turn but the last."""
+    assert final_answer(["Maybe 5.\n```python\nprint(42)\n```", "So 42 it is."]) == "42"
+    assert final_answer(["Maybe 5.\n```python\nprint(42)\n```", "```python\nprint(1)\n```"]) is None
+
+
+def test_final_answer_rejects_what_is_not_a_completion():
+    with pytest.raises(TypeError, match="chat messages"):
+        final_answer(42)
+    with pytest.raises(TypeError, match="chat messages"):
+        final_answer([{"role": "assistant", "content": "1"}, "2"])
 
 
 def test_huge_completion_does_not_raise():

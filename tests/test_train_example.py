@@ -1,0 +1,43 @@
+"""examples/train_gtpo.py: its default command runs on a machine without GPU."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "examples" / "train_gtpo.py"
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("train_gtpo_example", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CPU_FP32 = ["--use_cpu", "true", "--bf16", "false"]
+
+
+@pytest.mark.parametrize(
+    "argv, config, has_accelerator, expected",
+    [
+        (["--max_steps", "2", "--output_dir", "out"], None, False, CPU_FP32),
+        (["--max_steps", "2", "--output_dir", "out"], None, True, []),
+        (["--bf16", "--output_dir", "out"], None, False, []),  # the user's choice: TRL's error says what is wrong
+        (["--bf16=false"], None, False, []),
+        (["--fp16", "true"], None, False, []),
+        (["--use_cpu"], None, False, []),
+        (["--config", "recipe.yaml"], {"bf16": True, "max_steps": 2}, False, []),
+        (["--config", "recipe.yaml"], {"max_steps": 2}, False, CPU_FP32),
+        (["--bf16_full_eval", "false"], None, False, CPU_FP32),  # not a training precision flag
+    ],
+)
+def test_cpu_fallback_only_without_accelerator_and_precision_flags(example, argv, config, has_accelerator, expected):
+    assert example.cpu_fallback_args(argv, config, has_accelerator) == expected
+
+
+def test_the_fallback_parses_to_cpu_fp32(example):
+    argv = ["--max_steps", "2", "--output_dir", "out"]
+    _, training_args, _ = example.make_parser().parse_args_and_config(argv + example.cpu_fallback_args(argv, None, False))
+    assert training_args.use_cpu and not training_args.bf16 and not training_args.fp16
