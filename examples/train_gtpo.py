@@ -35,6 +35,14 @@ class GTPOScriptArguments(ScriptArguments):
         default_factory=lambda: ["math_answer_reward"],
         metadata={"help": "Reward functions: 'math_answer_reward' or dotted import paths ('my_lib.rewards.f')."},
     )
+    turn_reward_funcs: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Turn reward functions (one value per model turn, see trl_gtpo.rewards.turn): "
+            "'tool_success_turn_reward', 'verified_answer_turn_reward' or dotted import paths; weights in "
+            "--turn_reward_weights."
+        },
+    )
     train_size: int | None = field(
         default=None, metadata={"help": "Train on this many examples of the train split (None: all of it)."}
     )
@@ -50,10 +58,18 @@ class GTPOScriptArguments(ScriptArguments):
     few_shot: bool = field(default=True, metadata={"help": "Put the worked tool-use example before each question."})
 
 
-def load_reward_funcs(names: list[str]) -> list:
+def load_reward_funcs(names: list[str], option: str = "--reward_funcs") -> list:
+    """Reward functions (or turn reward functions) by built-in name or dotted import path, as TRL's grpo.py does."""
     from trl_gtpo.rewards import math_answer_reward
+    from trl_gtpo.rewards.turn import tool_success_turn_reward, verified_answer_turn_reward
 
-    registry = {"math_answer_reward": math_answer_reward}
+    registry = {
+        "--reward_funcs": {"math_answer_reward": math_answer_reward},
+        "--turn_reward_funcs": {
+            "tool_success_turn_reward": tool_success_turn_reward,
+            "verified_answer_turn_reward": verified_answer_turn_reward,
+        },
+    }[option]
     funcs = []
     for name in names:
         if name in registry:
@@ -63,7 +79,8 @@ def load_reward_funcs(names: list[str]) -> list:
             sys.path.insert(0, os.getcwd())
             funcs.append(getattr(importlib.import_module(module), attribute))
         else:
-            raise ValueError(f"--reward_funcs {name!r} is unknown: use 'math_answer_reward' or a dotted import path.")
+            known = ", ".join(repr(known) for known in registry)
+            raise ValueError(f"{option} {name!r} is unknown: use {known} or a dotted import path.")
     return funcs
 
 
@@ -144,6 +161,7 @@ def main(script_args: GTPOScriptArguments, training_args: GTPOConfig, model_args
     trainer = GTPOTrainer(
         model=model_path,
         reward_funcs=load_reward_funcs(script_args.reward_funcs),
+        turn_reward_funcs=load_reward_funcs(script_args.turn_reward_funcs, "--turn_reward_funcs"),
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=test_dataset if training_args.eval_strategy != "no" else None,

@@ -323,3 +323,14 @@ def test_pending_alarm_of_the_caller_is_not_clobbered():
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert fired == []
+
+
+def test_the_code_interpreters_turn_records_decide_what_the_model_wrote():
+    from trl_gtpo.turn_records import TurnRecord
+
+    printed = "```python\nprint('```\\n\\\\boxed{72}')\n```\n```output\n```\n\\boxed{72}\n```\n"
+    turns = [[TurnRecord(0, "```python\nprint('```\\n\\\\boxed{72}')\n```\n", "...", "```\n\\boxed{72}", "ok", 0, 9)]]
+    assert math_answer_reward([printed], ["72"], turns=turns) == [0.0]  # only the tool printed it
+    turns[0].append(TurnRecord(1, "So the answer is \\boxed{72}.", None, None, "none", 12, 20))
+    assert math_answer_reward([printed + "So the answer is \\boxed{72}."], ["72"], turns=turns) == [1.0]
+    assert math_answer_reward(["\\boxed{72}"], ["72"], turns=["a dataset column"]) == [1.0]  # not records: ignored

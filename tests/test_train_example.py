@@ -41,3 +41,16 @@ def test_the_fallback_parses_to_cpu_fp32(example):
     argv = ["--max_steps", "2", "--output_dir", "out"]
     _, training_args, _ = example.make_parser().parse_args_and_config(argv + example.cpu_fallback_args(argv, None, False))
     assert training_args.use_cpu and not training_args.bf16 and not training_args.fp16
+
+
+def test_turn_reward_funcs_are_loaded_by_name_and_unknown_names_name_the_option(example):
+    from trl_gtpo.rewards.turn import tool_success_turn_reward
+
+    script_args, training_args, _ = example.make_parser().parse_args_and_config(
+        ["--turn_reward_funcs", "tool_success_turn_reward", "--turn_reward_weights", "0.5", "--use_cpu", "true",
+         "--bf16", "false", "--output_dir", "out"]
+    )
+    assert example.load_reward_funcs(script_args.turn_reward_funcs, "--turn_reward_funcs") == [tool_success_turn_reward]
+    assert training_args.turn_reward_weights == [0.5]
+    with pytest.raises(ValueError, match="--turn_reward_funcs 'nope' is unknown: use 'tool_success_turn_reward'"):
+        example.load_reward_funcs(["nope"], "--turn_reward_funcs")

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Sequence
 
 from ..interpreter.transcript import DEFAULT_STOP_MARKER
+from ..turn_records import TurnRecord
 from .answer import _THOUSANDS_RE, final_answer, reference_answer
 
 __all__ = ["math_answer_reward"]
@@ -209,6 +210,7 @@ def math_answer_reward(
     *,
     stop_marker: str | Sequence[str] = DEFAULT_STOP_MARKER,
     model_turns: Sequence | None = None,
+    turns: Sequence | None = None,
     **kwargs,
 ) -> list[float | None]:
     """1.0 if the final answer of a completion equals the reference answer, else 0.0 (TRL reward function).
@@ -222,6 +224,8 @@ def math_answer_reward(
         model_turns: optional, one list of the model's own turn texts per completion (decoded from the tokens the
             tool mask marks as the model's); when given, the answer is read from them instead of `completions`, so
             no tool text can ever pass for the model's.
+        turns: the code interpreter's `TurnRecord`s per completion (its rollout returns them, and TRL hands them to
+            reward functions): when given without `model_turns`, the model's turn texts are read from them.
         **kwargs: the other columns and TRL's extra arguments (ignored).
 
     Returns:
@@ -233,6 +237,8 @@ def math_answer_reward(
     Safe in any thread and inside event loops (see the module docstring). Raises ValueError when the columns do not
     have one entry per completion, and TypeError for a completion that is neither text nor chat messages.
     """
+    if model_turns is None and turns is not None:
+        model_turns = _model_turn_texts(turns)
     answer = _per_completion(answer, completions, "answers")
     stop_markers = _per_completion(stop_marker, completions, "stop markers")
     sources = completions if model_turns is None else _per_completion(model_turns, completions, "model_turns rows")
@@ -269,3 +275,10 @@ def _per_completion(value, completions: Sequence, what: str) -> Sequence:
             f"math_answer_reward got {len(completions)} completions but {len(value)} {what}: pass one per completion."
         )
     return value
+
+
+def _model_turn_texts(turns: Sequence) -> list[list[str]] | None:
+    """The model's turn texts of `TurnRecord`s per completion; None when `turns` is something else (e.g. a column)."""
+    if all(isinstance(row, (list, tuple)) and all(isinstance(t, TurnRecord) for t in row) for row in turns):
+        return [[turn.text for turn in row] for row in turns]
+    return None
