@@ -1,7 +1,9 @@
-"""trl-gtpo: Group Turn Policy Optimization for multi-turn tool-integrated reasoning, on top of TRL.
+"""trl-gtpo: Group Turn Policy Optimization (arXiv 2511.14846) for multi-turn tool-integrated reasoning, on TRL.
 
-Public names load lazily (as in TRL), so the pure modules (`trl_gtpo.turns`, `trl_gtpo.code_blocks`, ...) import
-without pulling in the trainer.
+Three parts: the algorithm (`gtpo_config`, `gtpo_trainer`, `advantages`, `turn_records`, `shaping`, `similarity`,
+`rewards`), the code interpreter (`interpreter`: transcript format, loop, rollout, executor protocol; `sandbox`: the
+local pool that runs the code), and the offline demo (`demo`: packaged model, data sets, prompt). Public names load
+lazily (as in TRL), so the pure modules import without pulling in the trainer.
 """
 
 import importlib
@@ -19,6 +21,10 @@ _EXPORTS = {
     "ExecutionResult": "interpreter.executor",
     "make_executor": "interpreter.executor",
     "math_answer_reward": "rewards",
+    "TurnRecord": "turn_records",
+    "tool_success_turn_reward": "rewards.turn",
+    "verified_answer_turn_reward": "rewards.turn",
+    "CodeInterpreterRollout": "interpreter.rollout",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,11 +16,59 @@ class GTPOConfig(GRPOConfig):
     Configuration class for [`GTPOTrainer`].
 
     [`GTPOConfig`] inherits every parameter of TRL's [`GRPOConfig`] and adds the parameters of Group Turn Policy
-    Optimization (see `shared/GTPO.md`): turn-level rewards, discounted returns normalized within the group,
+    Optimization (arXiv 2511.14846): turn-level rewards, discounted returns turned into advantages within the group,
     self-supervised reward shaping, and the multi-turn code interpreter used for generation.
 
-    Setting `gamma=1.0`, `format_penalty=0.0` and `shaping_alpha=0.0` with single-turn completions gives back GRPO's
-    advantages exactly.
+    With one turn per trajectory and no format or shaping reward, the "pooled" and "trajectory" estimators give back
+    GRPO's advantages exactly.
+
+    Parameters:
+        > Turn-level advantages
+
+        turn_advantage_estimator (`str`, *optional*, defaults to `"pooled"`):
+            How a turn's advantage is estimated from its discounted return: `"pooled"`, `"trajectory"` or
+            `"leave_one_out"` (see `trl_gtpo.advantages`).
+        gamma (`float`, *optional*, defaults to `0.9`):
+            Discount of the turn returns, in [0, 1].
+        turn_advantage_scope (`str`, *optional*, defaults to `"group"`):
+            Set of turn returns whose mean the `"pooled"` estimator subtracts: `"group"` or `"batch"`.
+        format_penalty (`float`, *optional*, defaults to `-0.1`):
+            Reward of a turn with a malformed tool call, and of the final turn of a trajectory with no tool call that
+            ran. `<= 0`; `0.0` turns it off.
+        turn_reward_weights (`list[float]`, *optional*):
+            Weights of the trainer's `turn_reward_funcs`; None: all 1.0.
+
+        > Self-supervised reward shaping
+
+        shaping_alpha (`float`, *optional*, defaults to `0.5`):
+            Weight of the shaping reward of failed trajectories; `0.0` turns shaping off.
+        shaping_similarity (`str`, *optional*, defaults to `"lexical"`):
+            `"lexical"` or `"embedding"` code similarity.
+        shaping_embedding_model (`str`, *optional*):
+            Local path of the sentence-embedding model for `"embedding"`; None: the packaged all-MiniLM-L6-v2.
+        shaping_success_threshold (`float`, *optional*):
+            Outcome reward from which a trajectory counts as successful; None: 1.0.
+
+        > Multi-turn code interpreter
+
+        max_turns (`int`, *optional*, defaults to `4`):
+            Model turns per trajectory; a tool call in the last one ends the trajectory unrun.
+        turn_stop_marker (`str`, *optional*, defaults to `"```output"`):
+            Text that ends a model turn besides a closed ```python block and EOS.
+        max_tool_output_chars (`int`, *optional*, defaults to `1024`):
+            Characters of a tool output the model sees.
+        tool_timeout (`float`, *optional*, defaults to `10.0`):
+            Seconds one code block may run.
+        tool_memory_limit_mb (`int`, *optional*, defaults to `1024`):
+            Address-space limit of the process running model code.
+        tool_pool_size (`int`, *optional*):
+            Warm sandbox workers; None: this process's share of the node's cores (at most 8).
+        persistent_tool_sessions (`bool`, *optional*, defaults to `True`):
+            Keep a trajectory's Python state across its turns.
+        tool_executor (`str`, *optional*):
+            Dotted path of a factory of your own `CodeExecutor`.
+        tool_executor_kwargs (`dict` or `str`, *optional*):
+            Keyword arguments of that factory (or of the local `SandboxPool`).
     """
 
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["tool_executor_kwargs"]
@@ -55,8 +103,8 @@ class GTPOConfig(GRPOConfig):
         default=-0.1,
         metadata={
             "help": "Reward added to a turn whose tool call is malformed (an unclosed ```python block, or code that "
-            "does not parse), and to the final turn of a trajectory that makes no tool call. Must be <= 0; 0.0 turns "
-            "the format reward off."
+            "does not parse), and to the final turn of a trajectory that made no tool call that ran. Must be <= 0; "
+            "0.0 turns the format reward off."
         },
     )
 
@@ -104,8 +152,9 @@ class GTPOConfig(GRPOConfig):
         default=4,
         metadata={
             "help": "Maximum number of model turns per trajectory, i.e. at most max_turns - 1 code blocks are run. "
-            "The last turn is not ended by a code block (no turn could follow): it runs on to EOS or the completion "
-            "budget. Must be >= 1; 1 gives plain single-turn generation."
+            "A tool call in the last allowed turn ends the trajectory there, unrun (nothing the model writes after a "
+            "call can be trained as the tool's output). Must be >= 1; 1 gives one turn ending at EOS or at its first "
+            "tool call."
         },
     )
     turn_stop_marker: str = field(
