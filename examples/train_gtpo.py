@@ -119,7 +119,7 @@ def load_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig):
 def evaluate_model(model, tokenizer, dataset, training_args, script_args, label: str) -> dict:
     from trl_gtpo.evaluation import evaluate, save_report
     from trl_gtpo.rewards import math_answer_reward
-    from trl_gtpo.interpreter.executor import make_executor
+    from trl_gtpo.interpreter.executor_factory import make_executor
 
     executor = make_executor(training_args)
     try:

@@ -19,7 +19,7 @@ _EXPORTS = {
     "CodeCall": "interpreter.executor",
     "CodeExecutor": "interpreter.executor",
     "ExecutionResult": "interpreter.executor",
-    "make_executor": "interpreter.executor",
+    "make_executor": "interpreter.executor_factory",
     "math_answer_reward": "rewards",
     "TurnRecord": "turn_records",
     "tool_success_turn_reward": "rewards.turn",

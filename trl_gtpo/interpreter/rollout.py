@@ -47,7 +47,7 @@ class CodeInterpreterRollout:
     def executor(self) -> CodeExecutor:
         """Started on first use, so a process that never runs code starts no sandbox workers."""
         if self._executor is None:
-            from .executor import make_executor
+            from .executor_factory import make_executor
 
             self._executor = make_executor(self.args)
         return self._executor
