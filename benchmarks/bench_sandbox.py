@@ -23,8 +23,8 @@ import sys
 import time
 
 from trl_gtpo.interpreter.executor import CodeCall
-from trl_gtpo.sandbox import SandboxPool
-from trl_gtpo.sandbox.pool import DEFAULT_PRELOAD
+from trl_gtpo.interpreter.sandbox import SandboxPool
+from trl_gtpo.interpreter.sandbox.pool import DEFAULT_PRELOAD
 
 SMALL = "x = sum(i * i for i in range(1000))\nprint(x)"
 SYMPY = "import sympy\nx = sympy.symbols('x')\nprint(sympy.solve(x**2 - 5*x + 6, x))"

@@ -24,7 +24,7 @@ from trl_gtpo.evaluation import evaluate, summary_table  # noqa: E402
 from trl_gtpo.demo.models import resolve_model_name_or_path  # noqa: E402
 from trl_gtpo.rewards import math_answer_reward  # noqa: E402
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout  # noqa: E402
-from trl_gtpo.sandbox import SandboxPool  # noqa: E402
+from trl_gtpo.interpreter.sandbox import SandboxPool  # noqa: E402
 
 
 class History(TrainerCallback):

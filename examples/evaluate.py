@@ -14,7 +14,7 @@ from trl_gtpo.demo.data import DATASET_NAMES, load_math_dataset
 from trl_gtpo.evaluation import evaluate, save_report, summary_table
 from trl_gtpo.demo.models import resolve_model_name_or_path
 from trl_gtpo.rewards import math_answer_reward
-from trl_gtpo.sandbox import SandboxPool
+from trl_gtpo.interpreter.sandbox import SandboxPool
 
 
 def main():

@@ -7,7 +7,7 @@ import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, CodeExecutor, ExecutionResult
 from trl_gtpo.interpreter.executor_factory import make_executor
-from trl_gtpo.sandbox import SandboxPool
+from trl_gtpo.interpreter.sandbox import SandboxPool
 
 TIMEOUT = 2.0
 

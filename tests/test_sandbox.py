@@ -1,4 +1,4 @@
-"""Adversarial tests of the local code sandbox (`trl_gtpo.sandbox.SandboxPool`).
+"""Adversarial tests of the local code sandbox (`trl_gtpo.interpreter.sandbox.SandboxPool`).
 
 Each hostile snippet must end within its (small) timeout with a clear message, leave the test process, its files and
 the pool unharmed, and the next call must work. No timing assertions: behaviour only (status, output, side effects).
@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, ExecutionResult
-from trl_gtpo.sandbox import SandboxPool
-from trl_gtpo.sandbox.pool import default_size
+from trl_gtpo.interpreter.sandbox import SandboxPool
+from trl_gtpo.interpreter.sandbox.pool import default_size
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 

@@ -257,3 +257,18 @@ def test_environment_get_turn_rewards_by_hand(tiny_model_path, tmp_path):
     for row in range(4):
         assert first_token_advantages(trainer_record, row) == pytest.approx(expected[row], abs=1e-5)
     assert trainer.state.log_history[0]["turn_rewards/environment/mean"] == pytest.approx(0.5)
+
+
+def test_format_rule_by_hand():
+    from trl_gtpo.rewards.format import format_terms
+
+    malformed = TurnRecord(0, "t", "print(6 *", "SyntaxError", "error", 0, 1, well_formed=False)
+    unrun_last = TurnRecord(1, "t", "print(1)", None, "none", 2, 3)  # code in the last allowed turn: never ran
+    turns = [
+        [record(0, "ok"), record(1)],  # a call ran: no penalty
+        [record(0), unrun_last],  # code written but never run: no tool call, penalty on the final turn
+        [malformed, record(1)],  # malformed (it ran, and raised): penalty on that turn only
+        [TurnRecord(0, "t", "x", None, "no_code", 0, 1, well_formed=False)],  # marker without code: both rules
+    ]
+    terms = format_terms(turns, torch.tensor([2, 2, 2, 1]), width=2, penalty=-0.1)
+    torch.testing.assert_close(terms, torch.tensor([[0.0, 0.0], [0.0, -0.1], [-0.1, 0.0], [-0.2, 0.0]]))

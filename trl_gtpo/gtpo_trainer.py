@@ -11,6 +11,7 @@ from .advantages import AdvantageSettings, TurnBatch, token_advantages, turn_adv
 from .gtpo_config import GTPOConfig
 from .interpreter.executor import CodeExecutor
 from .interpreter.rollout import CodeInterpreterRollout
+from .rewards.format import format_terms
 from .rewards.turn import call_turn_reward_funcs, turn_reward_table
 from .turn_records import TurnRecord, records_from_mask, records_from_messages
 
@@ -264,19 +265,6 @@ class GTPOTrainer(GRPOTrainer):
         )
         means = [sum(v for v in row if v == v) / max(1, sum(v == v for v in row)) for row in advantages_rows]
         trl_private.replace_logged_advantages(self, means)
-
-
-def format_terms(turns: list[list[TurnRecord]], num_turns: torch.Tensor, width: int, penalty: float) -> torch.Tensor:
-    """The format rule of GTPO (arXiv 2511.14846, section 3.1): `penalty` on each turn with a malformed tool call,
-    and on the final turn of a trajectory that made no tool call that ran. (B, width)."""
-    rewards = torch.zeros(len(turns), width, device=num_turns.device)
-    for i, records in enumerate(turns):
-        records = records[: int(num_turns[i])]
-        for j, record in enumerate(records):
-            rewards[i, j] += 0.0 if record.well_formed else penalty
-        if records and not any(record.ran for record in records):
-            rewards[i, len(records) - 1] += penalty
-    return rewards
 
 
 def _interpreter_turns(extra_fields: dict) -> list[list[TurnRecord]] | None:

@@ -16,7 +16,7 @@ def make_executor(args: "GTPOConfig") -> CodeExecutor:
     arguments, e.g. `{"preload": ["math"]}`)."""
     kwargs = _parse_kwargs(args.tool_executor_kwargs)
     if args.tool_executor is None:
-        from ..sandbox import SandboxPool  # the local pool: imported only when used
+        from .sandbox import SandboxPool  # the local pool: imported only when used
 
         try:
             return SandboxPool(

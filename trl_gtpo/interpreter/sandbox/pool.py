@@ -40,7 +40,7 @@ import weakref
 from collections.abc import Sequence
 
 from . import _wire
-from ..interpreter.executor import CodeCall, ExecutionResult
+from ..executor import CodeCall, ExecutionResult
 
 _WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 DEFAULT_PRELOAD = (
