@@ -142,7 +142,7 @@ class GTPOTrainer(GRPOTrainer):
     def _turn_records(self, step: trl_private.StepValues, masks: list[list[int]]) -> list[list[TurnRecord]] | None:
         """This process's turn records on TRL's own paths (from its tool loop's messages, or the mask), when a turn
         reward needs them; None otherwise."""
-        needs_records = self.turn_reward_funcs or "turn_rewards" in step.extra_fields or self._environments_rate_turns()
+        needs_records = self.turn_reward_funcs or "turn_rewards" in step.extra_fields or self.environment_factories
         if not needs_records:
             return None
         tokenizer = trl_private.tokenizer(self)
@@ -156,9 +156,6 @@ class GTPOTrainer(GRPOTrainer):
                 for ids, mask, completion in zip(step.completion_ids, masks, step.completions, strict=True)
             ]
         return [records_from_mask(ids, mask, decode) for ids, mask in zip(step.completion_ids, masks, strict=True)]
-
-    def _environments_rate_turns(self) -> bool:
-        return any(hasattr(environment, "get_turn_rewards") for environment in self.environments or [])
 
     def _turn_reward_sources(self, step, turns) -> dict[str, list[list[float | None]]]:
         """This process's turn rewards by source name, values[i][j]: the user's turn reward functions (weighted by
@@ -185,7 +182,7 @@ class GTPOTrainer(GRPOTrainer):
                 **columns,
             )
             sources.update(zip(self.turn_reward_func_names, values))
-        if self._environments_rate_turns():
+        if self.environment_factories is not None:  # every process has this source, so logging gathers alike
             sources["environment"] = _checked_source(
                 "get_turn_rewards()",
                 [env.get_turn_rewards() if hasattr(env, "get_turn_rewards") else None for env in self.environments],
