@@ -7,6 +7,26 @@ from trl_gtpo import GTPOConfig, GTPOTrainer
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
 
+# Code samples for the similarity and shaping tests: a solution, the same with other layout and comments, other code.
+SOLUTION = """import math
+
+def area(r):
+    return math.pi * r ** 2
+
+print(round(area(3), 2))
+"""
+SAME_SOLUTION_OTHER_LAYOUT = """import math
+# the area of a circle
+def area(r):  # radius
+    return math.pi*r**2
+print( round( area(3), 2 ) )
+"""
+OTHER_CODE = """total = 0
+for i in range(10):
+    total += i
+print(total)
+"""
+
 
 def boxed_42(completions, **kwargs):
     return [1.0 if "\\boxed{42}" in completion[0]["content"] else 0.0 for completion in completions]

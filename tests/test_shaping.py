@@ -6,28 +6,9 @@ import numpy as np
 import pytest
 
 from trl_gtpo.shaping import batch_shaping_rewards, group_shaping_rewards
-from trl_gtpo.similarity import (
-    lexical_similarity_matrix,
-)
+from trl_gtpo.similarity import lexical_similarity_matrix
+from helpers import OTHER_CODE, SAME_SOLUTION_OTHER_LAYOUT, SOLUTION
 
-SOLUTION = """import math
-
-def area(r):
-    return math.pi * r ** 2
-
-print(round(area(3), 2))
-"""
-SAME_SOLUTION_OTHER_LAYOUT = """import math
-# the area of a circle
-def area(r):  # radius
-    return math.pi*r**2
-print( round( area(3), 2 ) )
-"""
-OTHER_CODE = """total = 0
-for i in range(10):
-    total += i
-print(total)
-"""
 
 
 class StubSimilarity:

@@ -20,25 +20,8 @@ from trl_gtpo.similarity import (
     lexical_similarity_matrix,
     make_similarity,
 )
+from helpers import OTHER_CODE, SAME_SOLUTION_OTHER_LAYOUT, SOLUTION
 
-SOLUTION = """import math
-
-def area(r):
-    return math.pi * r ** 2
-
-print(round(area(3), 2))
-"""
-SAME_SOLUTION_OTHER_LAYOUT = """import math
-# the area of a circle
-def area(r):  # radius
-    return math.pi*r**2
-print( round( area(3), 2 ) )
-"""
-OTHER_CODE = """total = 0
-for i in range(10):
-    total += i
-print(total)
-"""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
