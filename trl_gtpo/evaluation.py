@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from transformers import StoppingCriteriaList
 
 from .interpreter.transcript import code_blocks
 from .interpreter.loop import CodeInterpreterLoop, Trajectory
-from ._trl_compat import stop_padding_start
+from ._trl_compat import stop_padding_start, stop_string_criteria
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -39,8 +40,7 @@ def transformers_generate_turn(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),
                 max_new_tokens=max_new_tokens,
-                stop_strings=stop_strings,
-                tokenizer=tokenizer,
+                stopping_criteria=StoppingCriteriaList([stop_string_criteria(tokenizer, stop_strings)]),
                 pad_token_id=pad,
                 **sampling,
             )[:, width:].tolist()
