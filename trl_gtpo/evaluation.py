@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from transformers import StoppingCriteriaList
 
 from .interpreter.transcript import code_blocks
 from .interpreter.loop import CodeInterpreterLoop, Trajectory
-from ._trl_compat import stop_padding_start
+from ._trl_compat import stop_padding_start, stop_string_criteria
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -39,8 +40,7 @@ def transformers_generate_turn(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),
                 max_new_tokens=max_new_tokens,
-                stop_strings=stop_strings,
-                tokenizer=tokenizer,
+                stopping_criteria=StoppingCriteriaList([stop_string_criteria(tokenizer, stop_strings)]),
                 pad_token_id=pad,
                 **sampling,
             )[:, width:].tolist()
@@ -74,7 +74,7 @@ def evaluate(
     stop_marker: str = "```output",
     temperature: float = 0.0,
     batch_size: int = 16,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> dict:
     """Run every prompt of `dataset` (columns `prompt`, `answer`) k times through the code interpreter and score each
     completion with `reward_func` (a TRL reward function; a reward >= 1 counts as correct). Besides TRL's arguments
@@ -82,7 +82,8 @@ def evaluate(
     `math_answer_reward` reads; other reward functions take them in their `**kwargs`.
 
     Returns a report: `pass@1` (mean correctness of the first sample), `avg@k` (mean over all k samples), `pass@k`,
-    mean turns and tool calls, and per-sample traces.
+    mean turns and tool calls, per-sample traces, and `benchmark_fields` (pass@1's 95% interval, tool calls per
+    problem, tool error rate).
     """
     loop = CodeInterpreterLoop(
         tokenizer,
@@ -98,10 +99,98 @@ def evaluate(
     was_training = model.training
     model.eval()  # after trainer.train() the model is in train mode: dropout on, and no KV cache with checkpointing
     try:
-        results = _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, progress)
+        return evaluate_with(loop, generate_turn, tokenizer, dataset, reward_func, k=k, batch_size=batch_size,
+                             progress=progress)
     finally:
         model.train(was_training)
-    return _report(results, k)
+
+
+def evaluate_with(
+    loop: CodeInterpreterLoop,
+    generate_turn,
+    tokenizer,
+    dataset,
+    reward_func: Callable,
+    *,
+    k: int = 1,
+    batch_size: int = 16,
+    progress: bool | str = True,
+) -> dict:
+    """`evaluate` on any backend: `generate_turn` is `transformers_generate_turn`, `vllm_generate_turn` or any
+    `GenerateTurn`. Each `loop.run` takes `batch_size // k` problems (vLLM: pass the whole data set's size, so that
+    every turn is one batch). `progress`: show a progress bar, labelled with it when it is a string."""
+    results = _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, progress)
+    report = _report(results, k)
+    return {**report, **benchmark_fields(report)}
+
+
+def vllm_generate_turn(llm, stop_strings: list[str], *, temperature: float = 0.0, top_p: float = 1.0, seed=None):
+    """A `generate_turn` on a `vllm.LLM`: all live trajectories of a turn in one `llm.generate` call, as TRL's
+    colocate mode sends them (`{"prompt_token_ids": ...}` prompts, so nothing is re-tokenized)."""
+    from vllm import SamplingParams
+
+    def generate_turn(prompt_ids: list[list[int]], max_new_tokens: int):
+        params = SamplingParams(
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=list(stop_strings),
+            include_stop_str_in_output=True,  # the loop reads the stop string to end the turn
+            seed=seed,
+        )
+        outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params, use_tqdm=False)
+        return [list(output.outputs[0].token_ids) for output in outputs], None
+
+    return generate_turn
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (z=1.96) Wilson score interval of a success rate: unlike the normal approximation it stays inside [0, 1]
+    and is not empty at 0 or n successes, which small held-out sets hit often."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def benchmark_fields(report: dict) -> dict:
+    """The benchmark table's columns beside pass@1 and avg@k: pass@1's 95% interval over the problems, tool calls
+    (code that ran) per attempt at a problem, and the fraction of those calls that failed."""
+    firsts = [problem["correct"][0] for problem in report["problems"]]
+    samples = [sample for problem in report["problems"] for sample in problem["samples"]]
+    calls = sum(sample["tool_calls"] for sample in samples)
+    errors = sum(sample["tool_errors"] for sample in samples)
+    low, high = wilson_interval(sum(firsts), len(firsts))
+    return {
+        "pass@1_low": low,
+        "pass@1_high": high,
+        "tool_calls_per_problem": calls / max(1, len(samples)),
+        "tool_error_rate": errors / calls if calls else math.nan,
+    }
+
+
+def benchmark_table(reports: dict[str, dict]) -> str:
+    """One row per benchmark: n, pass@1 [95% interval], avg@k, tool calls per problem, tool error rate."""
+    header = ["benchmark", "n", "pass@1", "95% interval", "avg@k", "tool calls/problem", "tool error rate"]
+    rows = [header]
+    for name, report in reports.items():
+        k = report["k"]
+        rows.append([
+            name,
+            str(report["num_problems"]),
+            f"{report['pass@1']:.3f}",
+            f"[{report['pass@1_low']:.3f}, {report['pass@1_high']:.3f}]",
+            f"{report[f'avg@{k}']:.3f} (k={k})",
+            f"{report['tool_calls_per_problem']:.2f}",
+            f"{report['tool_error_rate']:.3f}",
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
 
 
 def _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, progress) -> list["SampleResult"]:
@@ -112,7 +201,7 @@ def _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, pr
     results: list[SampleResult] = []
     rows = list(dataset)
     chunk_size = max(1, batch_size // k)
-    bar = tqdm(total=len(rows), desc="evaluating", disable=not progress)
+    bar = tqdm(total=len(rows), desc=progress if isinstance(progress, str) else "evaluating", disable=not progress)
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start : start + chunk_size]
         prompts = [row["prompt"] for row in chunk for _ in range(k)]
@@ -178,6 +267,8 @@ def _trace(trajectory: Trajectory, text: str, predicted, correct: bool) -> dict:
         "predicted": predicted,
         "correct": correct,
         "wrote_code": bool(code_blocks(text)),
+        "tool_calls": trajectory.num_tool_calls,
+        "tool_errors": trajectory.num_tool_errors,
     }
 
 

@@ -47,6 +47,31 @@ def make_tiny_tokenizer(vocab_size: int = 512):
     return fast
 
 
+def make_large_vocab_tokenizer(vocab_size: int = 151_665):
+    """`make_tiny_tokenizer` padded with unreachable filler tokens up to a Qwen2.5-sized vocabulary (TRL's test models
+    have 151,665 tokens): for costs that grow with the vocabulary, such as transformers' stop-string tables. Encoding
+    is unchanged; the fillers (" w0", " w1", ...) only appear when a random model samples them."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    small = make_tiny_tokenizer()
+    state = json.loads(small.backend_tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    for i in range(vocab_size - len(vocab)):
+        vocab[f"\u0120w{i}"] = len(vocab)  # \u0120 is the byte-level alphabet's space
+    large = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+        bos_token=None,
+        eos_token=small.eos_token,
+        pad_token=small.pad_token,
+        unk_token=None,
+    )
+    large.chat_template = CHAT_TEMPLATE
+    return large
+
+
 def make_tiny_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, tie_word_embeddings: bool = True):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
