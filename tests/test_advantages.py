@@ -161,6 +161,16 @@ def test_a_group_whose_trajectories_all_earned_the_same_gets_zero(estimator):
     assert torch.isnan(advantages[2:, 1]).all()  # the one-turn trajectories still have no second turn
 
 
+@pytest.mark.parametrize("estimator", ["trajectory", "leave_one_out"])
+def test_equal_totals_summed_in_a_different_order_are_equal(estimator):
+    # All correct, each with one -0.1 format penalty on a different turn: every total is 0.9, but in float32
+    # -0.1 + 1 and 0 + -0.1 + 1 differ by an ulp. That rounding is no signal: the group gets 0, not ~1e3.
+    advantages = advantages_of(
+        [1.0, 1.0, 1.0], [1, 2, 3], 3, estimator, turn_terms=[[-0.1, 0, 0], [-0.1, 0, 0], [0, -0.1, 0]]
+    )
+    assert torch.nan_to_num(advantages, nan=0.0).abs().max() == 0
+
+
 def test_trajectory_estimator_by_hand():
     # A: two turns, correct: r = [0, 1], R = [0.9, 1.0]. B: one turn, wrong: R = [0].
     advantages = advantages_of([1.0, 0.0], [2, 1], 2, "trajectory")

@@ -194,9 +194,13 @@ def trajectory_baseline_advantages(
     as GRPO gives 0 to such a group: discount differences between equally rewarded trajectories are never amplified.
 
     What each is unbiased for: b_i does not depend on trajectory i's actions under "leave_one_out", so with
-    `scale="none"` the update is an unbiased policy gradient of the discounted return from the first turn; "trajectory"
-    shrinks the own-term by (1 - 1/G) and the std division rescales each prompt, exactly as GRPO does. With one turn
-    per trajectory "trajectory" is exactly GRPO's advantage in every scale mode.
+    `scale="none"` the update is an unbiased estimate of g_R = E[sum_j R_ij grad log pi(a_ij | s_ij)] up to the
+    zero-signal rule above, which drops turn-level differences inside equal-total groups (measured in
+    benchmarks/estimator_bias.py: 1e-4 of the norm at gamma=1). g_R is the gradient of the discounted return from the
+    first turn only at gamma=1; for gamma < 1 it lacks the gamma^(j-1) weight of turn j (Thomas, 2014), as every
+    estimator built on R_ij does. "trajectory" shrinks the own-term by (1 - 1/G) and the std division rescales each
+    prompt, exactly as GRPO does. With one turn per trajectory "trajectory" is exactly GRPO's advantage in every scale
+    mode.
     """
     n, width = returns.shape
     if n % group_size:
@@ -215,8 +219,13 @@ def trajectory_baseline_advantages(
     else:
         baseline = torch.nanmean(first, dim=1, keepdim=True).expand_as(first)
     group_std = nanstd(totals, dim=1, keepdim=True).expand_as(totals)
-    # A group with a signal: totals that differ (a NaN std, from fewer than two scored trajectories, has none).
-    has_signal = ~(torch.isclose(group_std, torch.zeros_like(group_std)) | torch.isnan(group_std))
+    # A group with a signal: totals that differ by more than float32 rounding of their sums (a NaN std, from fewer
+    # than two scored trajectories, has none). Equal totals summed in a different order, e.g. -0.1 + 1 and
+    # 0 + -0.1 + 1, differ by an ulp; an absolute tolerance of 1e-8 read that as a signal and divided the discount
+    # differences by ~1e-4, giving advantages of ~1e3 (found by benchmarks/estimator_bias.py).
+    magnitude = torch.nan_to_num(rewards, nan=0.0).abs().sum(dim=1).reshape(-1, group_size)
+    tolerance = 1e-5 * (1.0 + magnitude.amax(dim=1, keepdim=True))
+    has_signal = (group_std > tolerance).expand_as(totals)  # NaN > x is False
     if scale == "group":
         std = group_std
     elif scale == "batch":
