@@ -122,7 +122,7 @@ def held_out_success(model, tokenizer, k: int, seed: int) -> float:
     import torch
 
     from trl_gtpo.evaluation import evaluate
-    from trl_gtpo.sandbox import SandboxPool
+    from trl_gtpo.interpreter.sandbox import SandboxPool
 
     torch.manual_seed(10_000 + seed)
     with SandboxPool(size=1) as executor:
