@@ -92,7 +92,7 @@ def test_user_rollout_func_with_env_mask_gets_turn_advantages(tiny_model_path, t
 
 @pytest.mark.parametrize(
     "field, value",
-    [("loss_type", "vespo"), ("importance_sampling_level", "sequence"), ("off_policy_mask_threshold", 0.5), ("gamma", 1.5), ("max_turns", 0)],
+    [("importance_sampling_level", "segment"), ("gamma", 1.5), ("max_turns", 0)],
 )
 def test_unsupported_settings_fail_at_construction_naming_the_field(field, value, tmp_path):
     with pytest.raises(ValueError, match=f"GTPOConfig.{field}="):

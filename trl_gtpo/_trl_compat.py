@@ -7,7 +7,8 @@ What GTPO needs that TRL does not expose:
 - one model turn through `_generate_single_turn`, with a per-turn token budget and stop strings (`TurnGenerator`);
 - the tokenizer, prompt tokenization, the metric dict and the completions table (`tokenizer`, `tokenize_prompts`,
   `metrics`, `log_completion_column`, `append_logged_columns`, `replace_logged_advantages`);
-- two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`).
+- two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`);
+- the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`).
 """
 
 import inspect
@@ -34,6 +35,7 @@ __all__ = [
     "stop_padding_start",
     "tokenize_prompts",
     "tokenizer",
+    "turn_level_ratio",
     "vllm_sleep_once_per_rollout",
 ]
 
@@ -45,7 +47,18 @@ _PRIVATE_METHODS = {
     "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations"],
     "_tokenize_prompts": ["prompts"],
     "_log_completion_extra": ["column", "values"],
+    "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep"],
+    "_compute_loss": ["model", "inputs"],
 }
+
+# Public GRPOTrainer methods GTPOTrainer overrides, with the keyword parameters TRL passes them (TRL 1.16.0).
+_OVERRIDDEN_METHODS = {
+    "get_off_policy_mask": ["advantages", "per_token_logps", "sampling_per_token_logps", "mask", "off_policy_threshold"],
+}
+
+# `turn_level_ratio` needs `_compute_loss` to compute the current log-probs before it reads the old ones, and to read
+# the old ones from `inputs` (TRL 1.16.0, grpo_trainer.py, `_compute_loss`): these lines, in this order.
+_COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("old_per_token_logps")')
 
 
 def check_trl_api() -> None:
@@ -62,6 +75,21 @@ def check_trl_api() -> None:
                 f"GRPOTrainer.{name} takes {parameters}, trl_gtpo expects {expected}: install trl==1.16.0 or update "
                 "trl_gtpo/_trl_compat.py."
             )
+    for name, expected in _OVERRIDDEN_METHODS.items():
+        parameters = list(inspect.signature(getattr(GRPOTrainer, name)).parameters)
+        if parameters != expected:
+            raise RuntimeError(
+                f"GRPOTrainer.{name} takes {parameters}, trl_gtpo overrides it with {expected}: install trl==1.16.0 or "
+                "update trl_gtpo/gtpo_trainer.py."
+            )
+    source = inspect.getsource(GRPOTrainer._compute_loss)
+    positions = [source.find(line) for line in _COMPUTE_LOSS_ORDER]
+    if -1 in positions or positions != sorted(positions):
+        raise RuntimeError(
+            "GRPOTrainer._compute_loss no longer computes the current log-probs before reading "
+            "inputs['old_per_token_logps'], which importance_sampling_level='turn' relies on: install trl==1.16.0 or "
+            "update trl_gtpo/_trl_compat.py (turn_level_ratio)."
+        )
 
 
 def tokenizer(trainer):
@@ -148,6 +176,47 @@ def capture_step(trainer):
         yield step
     finally:
         del trainer._generate, trainer._calculate_rewards
+
+
+@contextmanager
+def turn_level_ratio(trainer, inputs: dict):
+    """Make TRL's token-level importance ratio the turn-level one for one `_compute_loss(model, inputs)` call.
+
+    TRL 1.16's `GRPOTrainer._compute_loss` knows two ratios, per token and per sequence. With the trainer at token
+    level, it computes `log_ratio = per_token_logps - old_per_token_logps` right after its forward pass
+    (`_get_per_token_logps_and_entropies`), with `old_per_token_logps = inputs.get("old_per_token_logps")` or, when
+    absent (on-policy), `per_token_logps.detach()`. The forward pass is wrapped on the instance for the duration of
+    the call: after it runs, `inputs["old_per_token_logps"]` is replaced by `turn_level_old_logps(...)`, under which
+    `log_ratio` is each turn's mean log-ratio, with its gradient (see `trl_gtpo.turn_level`). `per_token_logps`
+    itself is untouched, so the KL term and the `log pi` factor of CISPO and VESPO stay exact.
+
+    `inputs` must be the caller's own copy of the batch dict (the buffered batch is reused across iterations); the
+    turns are those of TRL's loss mask, `completion_mask * tool_mask`.
+    """
+    had_attribute, attribute = "_get_per_token_logps_and_entropies" in vars(trainer), vars(trainer).get(
+        "_get_per_token_logps_and_entropies"
+    )
+    forward = trainer._get_per_token_logps_and_entropies
+
+    def turn_level_forward(*args, **kwargs):
+        from .turn_level import turn_level_old_logps  # here: turn_level -> advantages imports this module
+
+
+        per_token_logps, entropies, aux_loss = forward(*args, **kwargs)
+        old = inputs.get("old_per_token_logps")
+        old = per_token_logps.detach() if old is None else old
+        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        inputs["old_per_token_logps"] = turn_level_old_logps(per_token_logps, old, mask)
+        return per_token_logps, entropies, aux_loss
+
+    trainer._get_per_token_logps_and_entropies = turn_level_forward
+    try:
+        yield
+    finally:
+        if had_attribute:
+            trainer._get_per_token_logps_and_entropies = attribute
+        else:
+            del trainer._get_per_token_logps_and_entropies
 
 
 class _NotATool:

