@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .advantages import ESTIMATORS
+from .advantages import AGGREGATIONS, ESTIMATORS
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "turn", "sequence")
 
@@ -276,11 +276,10 @@ class GTPOConfig(GRPOConfig):
             "None (one worker per core) or an integer >= 1",
         )
         _check(
-            self.multi_objective_aggregation == "sum_then_normalize",
+            self.multi_objective_aggregation in AGGREGATIONS,
             "multi_objective_aggregation",
             self.multi_objective_aggregation,
-            "'sum_then_normalize': GTPO's outcome reward is the weighted sum of the reward functions, normalized "
-            "through the turn returns",
+            " or ".join(repr(name) for name in AGGREGATIONS),
         )
         _check(
             self.importance_sampling_level in IMPORTANCE_SAMPLING_LEVELS,

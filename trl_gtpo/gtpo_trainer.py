@@ -10,6 +10,7 @@ from . import _trl_compat as trl_private
 from .advantages import (
     AdvantageSettings,
     TurnBatch,
+    outcome_rewards,
     token_advantages,
     turn_advantages,
     turn_index,
@@ -41,7 +42,8 @@ class GTPOTrainer(GRPOTrainer):
 
     Everything else (reward functions, loss types, KL, vLLM weight sync, DeepSpeed, PEFT, logging) is GRPOTrainer's.
     TRL options that are defined per sequence take their turn-level reading (docs/SETTINGS.md):
-    `importance_sampling_level="turn"` (GSPO's ratio per turn) and the off-policy mask per turn.
+    `importance_sampling_level="turn"` (GSPO's ratio per turn), the off-policy mask per turn, and
+    `multi_objective_aggregation="normalize_then_sum"` normalizing the outcome reward before it enters the turns.
 
     Args:
         turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
@@ -150,19 +152,26 @@ class GTPOTrainer(GRPOTrainer):
         for name, values in sources.items():
             weighted = torch.nan_to_num(turn_reward_table(values, width), nan=0.0).to(device) * weights.get(name, 1.0)
             terms = weighted if terms is None else terms + weighted
-        # Outcome reward r_out: GRPO's weighted sum of the reward functions; NaN when every function returned None.
-        rewards_per_func = step.rewards_per_func
-        outcome = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
-        outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        # Outcome reward r_out: GRPO's weighted sum of the reward functions (each normalized within its group first
+        # under "normalize_then_sum"); NaN when every function returned None. Shaping decides success on the raw sum.
+        reward_weights, aggregation = self.reward_weights.to(device), self.multi_objective_aggregation
+        outcome = outcome_rewards(step.rewards_per_func, reward_weights, group_size, aggregation)
+        raw_outcome = outcome_rewards(step.rewards_per_func, reward_weights, group_size, "sum_then_normalize")
         batch = TurnBatch(
             outcome=outcome,
             num_turns=self.accelerator.gather(num_turns),
             group_size=group_size,
             turn_terms=self.accelerator.gather(terms.to(device)) if terms is not None else None,
-            shaping=self._shaping_rewards(outcome, interpreter_turns, group_size) if interpreter_turns is not None else None,
+            shaping=(
+                self._shaping_rewards(raw_outcome, interpreter_turns, group_size)
+                if interpreter_turns is not None
+                else None
+            ),
         )
+        # TRL scales "normalize_then_sum" advantages by the batch std whatever `scale_rewards` says; so does GTPO.
+        scale = "batch" if aggregation == "normalize_then_sum" else self.scale_rewards
         settings = AdvantageSettings(
-            self.args.gamma, self.args.turn_advantage_estimator, self.args.turn_advantage_scope, self.scale_rewards
+            self.args.gamma, self.args.turn_advantage_estimator, self.args.turn_advantage_scope, scale
         )
         table = turn_advantages(batch, settings)
         self._log_turn_step(batch, table, sources, formats, num_turns)
