@@ -221,3 +221,36 @@ def test_off_policy_mask_drops_only_the_drifted_negative_turn_by_hand(tiny_model
     expected_grad[1, :4] = -0.4 / 4 / 2
     torch.testing.assert_close(grad, expected_grad)
     assert loss.item() == pytest.approx((0.7 * 2 / 5 - 0.4) / 2, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- 2 training steps each
+TRAINING_OPTIONS = {
+    "turn_ratio_two_iterations": {"importance_sampling_level": "turn", "loss_type": "grpo", "num_iterations": 2},
+    "sequence_ratio_luspo": {"importance_sampling_level": "sequence", "loss_type": "luspo"},
+    "vespo_with_kl": {"loss_type": "vespo", "beta": 0.04},
+    "normalize_then_sum_off_policy_mask": {
+        "multi_objective_aggregation": "normalize_then_sum", "off_policy_mask_threshold": 0.0, "num_iterations": 2,
+        "importance_sampling_level": "turn",
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(TRAINING_OPTIONS))
+def test_each_option_trains_two_steps_on_the_code_interpreter(name, tool_using_model_path, tmp_path):
+    from helpers import QUESTION
+
+    def length(completions, **kwargs):
+        return [float(len(completion[0]["content"]) % 7) for completion in completions]
+
+    args = make_args(tmp_path, **TRAINING_OPTIONS[name])
+    trainer = GTPOTrainer(
+        model=tool_using_model_path, reward_funcs=[boxed_42, length], args=args,
+        train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 8}),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert trainer.state.log_history[0]["turns/mean"] > 1.0  # multi-turn trajectories went through the loss
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
