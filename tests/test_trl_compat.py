@@ -163,3 +163,19 @@ def test_a_moved_overridden_method_or_loss_order_fails_loudly(monkeypatch):
     monkeypatch.setattr(GRPOTrainer, "_compute_loss", _compute_loss)
     with pytest.raises(RuntimeError, match="importance_sampling_level='turn'"):
         trl_private.check_trl_api()
+
+
+def test_prompt_media_selects_the_rows_of_a_turn_and_extends_per_token_fields():
+    media = trl_private.PromptMedia(
+        images=["img0", "img1", "img2"],
+        fields=[
+            {"pixel_values": torch.full((1, 2), float(i)), "token_type_ids": [[1, 1, 0]], "image_sizes": [[i, i]]}
+            for i in range(3)
+        ],
+        per_token={"token_type_ids"},
+    )
+    images, fields = media.select([2, 0], lengths=[5, 3])
+    assert images == ["img2", "img0"]
+    assert fields["pixel_values"].tolist() == [[2.0, 2.0], [0.0, 0.0]]
+    assert fields["token_type_ids"] == [[1, 1, 0, 0, 0], [1, 1, 0]]  # the history's completion tokens are text
+    assert fields["image_sizes"] == [[2, 2], [0, 0]]
