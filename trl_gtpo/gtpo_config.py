@@ -46,6 +46,12 @@ class GTPOConfig(GRPOConfig):
         turn_reward_weights (`list[float]`, *optional*):
             Weights of the trainer's `turn_reward_funcs`; None: all 1.0.
 
+        > TRL options read per turn (docs/SETTINGS.md)
+
+        importance_sampling_level (`str`, *optional*, defaults to `"token"`):
+            GRPOConfig's, plus `"turn"`: GSPO's length-normalized ratio over each turn's model tokens, clipped as GSPO
+            clips, times the turn's advantage. GSPO users should pick `"turn"` over `"sequence"`.
+
         > Self-supervised reward shaping
 
         shaping_alpha (`float`, *optional*, defaults to `0.5`):
