@@ -34,7 +34,8 @@ class GTPOTrainer(GRPOTrainer):
       keep working unchanged), the model runs a code interpreter: it writes ```python blocks, each runs in the
       trajectory's own sandboxed Python session, its output is appended as tool tokens (masked from the loss), and the
       model goes on, for up to `max_turns` turns. Every turn goes through TRL's `_generate_single_turn`, so the
-      transformers, vLLM colocate and vLLM server backends all work. It is installed as TRL's `rollout_func`.
+      transformers, vLLM colocate and vLLM server backends all work. It is installed as TRL's `rollout_func`. A
+      prompt's images (vision-language models) go into every turn's generation of its trajectories.
     - Advantages. Each turn gets a reward (format penalty, the user's turn rewards; the outcome reward and the shaping
       reward on the final turn), each turn's advantage is an estimate built from its discounted return (see
       `GTPOConfig.turn_advantage_estimator`), and every token of a turn gets its turn's advantage: a (B, T) tensor

@@ -24,6 +24,10 @@ class CodeInterpreterRollout:
     `turns`: per trajectory, one `TurnRecord` per model turn. TRL hands extra keys to the reward functions as keyword
     arguments, and GTPO's advantage step reads them for the format rule, shaping and turn rewards.
 
+    Prompts with images are tokenized one at a time and each keeps its images and processor fields, which go with its
+    trajectories into every turn's `_generate_single_turn` (`_trl_compat.PromptMedia`). A custom `generate_turn` gets
+    token ids only.
+
     Args:
         args: a GTPOConfig (its `max_turns`, `turn_stop_marker` and sandbox settings are read).
         executor: what runs the code; None builds one from `args` at the first code call, so a process whose model
