@@ -29,3 +29,11 @@ def tool_using_model_path(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_path(tmp_path_factory):
+    """A tiny random LLaVA with a processor built from local pieces (no Hub)."""
+    from trl_gtpo.testing import save_tiny_vlm
+
+    return save_tiny_vlm(str(tmp_path_factory.mktemp("tiny_vlm")))

@@ -114,3 +114,41 @@ def rows_by_tag(record, tokenizer) -> dict[str, int]:
     for i, ids in enumerate(record["completion_ids"]):
         rows[next(t for t in SCRIPTS if f"[{t}]" in tokenizer.decode(ids))] = i
     return rows
+
+
+def prepared_batch(advantages: torch.Tensor, completion_mask: torch.Tensor, tool_mask=None, **extra) -> dict:
+    """A batch as `_prepare_inputs` hands it to `compute_loss` (3 prompt tokens, token ids 5), with `advantages` as
+    given: (B,) for GRPOTrainer, (B, T) for GTPOTrainer."""
+    rows, width = completion_mask.shape
+    batch = {
+        "prompt_ids": torch.full((rows, 3), 5),
+        "prompt_mask": torch.ones(rows, 3, dtype=torch.long),
+        "completion_ids": torch.full((rows, width), 5),
+        "completion_mask": completion_mask.long(),
+        "advantages": advantages,
+        "num_items_in_batch": (completion_mask * (1 if tool_mask is None else tool_mask)).sum().float(),
+    }
+    if tool_mask is not None:
+        batch["tool_mask"] = tool_mask.long()
+    return batch | extra
+
+
+def loss_and_grad(trainer, batch: dict, logps: torch.Tensor, entropies: torch.Tensor | None = None):
+    """`trainer.compute_loss` on `batch` with the forward pass replaced by the given per-token log-probs (a leaf the
+    loss is differentiated by): returns (loss, d loss / d logps). The same batch and log-probs give two trainers the
+    same inputs exactly, so their losses can be compared number for number."""
+    theta = logps.detach().clone().requires_grad_(True)
+    entropies = torch.ones_like(theta) if entropies is None else entropies
+
+    def forward(*args, **kwargs):
+        return theta, entropies, None
+
+    trainer._get_per_token_logps_and_entropies = forward
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    try:
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    finally:
+        del trainer._get_per_token_logps_and_entropies
+    loss.backward()
+    return loss.detach(), theta.grad

@@ -253,3 +253,18 @@ def test_processes_keep_in_step_with_dummy_calls(tokenizer):
     assert seen == [True, False, False, False]
     assert len(model.calls) == 3  # one real call and two dummy calls
     assert tokenizer.decode(trajectory.completion_ids) == "Done.<|im_end|>"
+
+
+def test_each_generation_call_tells_which_prompt_each_history_continues(tokenizer):
+    """`loop.rows`: a generator that needs more than token ids (a VLM prompt's images) looks its prompts up there."""
+    scripts = {"Q1": ["Done.<EOS>"], "Q2": ["```python\nprint(2)\n```\n", "2.<EOS>"], "Q3": ["```python\nprint(3)\n```\n", "3.<EOS>"]}
+    model = ScriptedModel(tokenizer, scripts)
+    loop = make_loop(tokenizer)
+    seen = []
+
+    def generate_turn(prompt_ids, max_new_tokens):
+        seen.append(list(loop.rows))
+        return model(prompt_ids, max_new_tokens)
+
+    loop.run([tokenizer.encode(prompt) for prompt in scripts], generate_turn)
+    assert seen == [[0, 1, 2], [1, 2]]  # Q1 ended at EOS in turn 1

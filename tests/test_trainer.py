@@ -53,6 +53,29 @@ def test_single_turn_without_format_and_shaping_rewards_equals_grpo(tiny_model_p
         assert record["grpo"].abs().sum() > 0  # the rewards did differ, so this compared something
 
 
+def test_single_turn_normalize_then_sum_equals_grpo(tiny_model_path, tmp_path):
+    """GDPO aggregation: each function normalized within its group, summed, then scaled by the batch std (TRL ignores
+    scale_rewards there, and so does GTPO): with one turn each, exactly GRPO's advantages."""
+    dataset = Dataset.from_dict({"prompt": [QUESTION] * 8})
+
+    def varied(completions, **kwargs):
+        return [float(len(completion[0]["content"]) % 3) for completion in completions]
+
+    def scaled(completions, **kwargs):
+        return [10.0 * (len(completion[0]["content"]) % 5) for completion in completions]
+
+    args = make_args(
+        tmp_path, max_turns=1, format_penalty=0.0, shaping_alpha=0.0, max_steps=1,
+        multi_objective_aggregation="normalize_then_sum", reward_weights=[1.0, 0.5],
+    )
+    trainer = RecordingGTPOTrainer(model=tiny_model_path, reward_funcs=[varied, scaled], args=args, train_dataset=dataset)
+    trainer.train()
+    for record in trainer.records:
+        expected = record["grpo"].unsqueeze(1).expand_as(record["gtpo"]) * record["unmasked"]
+        torch.testing.assert_close(record["gtpo"], expected)
+        assert record["grpo"].abs().sum() > 0
+
+
 def test_user_rollout_func_with_env_mask_gets_turn_advantages(tiny_model_path, tmp_path):
     """TRL's rollout_func + env_mask path: turns are read off the mask and each turn gets its own advantage."""
     from transformers import AutoTokenizer
@@ -92,7 +115,7 @@ def test_user_rollout_func_with_env_mask_gets_turn_advantages(tiny_model_path, t
 
 @pytest.mark.parametrize(
     "field, value",
-    [("loss_type", "vespo"), ("importance_sampling_level", "sequence"), ("off_policy_mask_threshold", 0.5), ("gamma", 1.5), ("max_turns", 0)],
+    [("importance_sampling_level", "segment"), ("multi_objective_aggregation", "sum"), ("gamma", 1.5), ("max_turns", 0)],
 )
 def test_unsupported_settings_fail_at_construction_naming_the_field(field, value, tmp_path):
     with pytest.raises(ValueError, match=f"GTPOConfig.{field}="):

@@ -146,3 +146,37 @@ def test_the_turn_generator_sets_each_turns_budget_and_restores_the_settings():
     assert ids == [[5, 6]] and seen == {"budget": 7, "stops": None, "generate": True}
     assert config.max_new_tokens == 512 and config.stop_strings is None and "generate" not in vars(model)
     assert list(inspect.signature(trl_private.TurnGenerator.__call__).parameters) == ["self", "prompt_ids", "max_new_tokens"]
+
+
+def test_a_moved_overridden_method_or_loss_order_fails_loudly(monkeypatch):
+    def get_off_policy_mask(advantages, per_token_logps, mask, off_policy_threshold):  # a parameter gone
+        return None
+
+    monkeypatch.setattr(GRPOTrainer, "get_off_policy_mask", staticmethod(get_off_policy_mask))
+    with pytest.raises(RuntimeError, match="get_off_policy_mask takes"):
+        trl_private.check_trl_api()
+    monkeypatch.undo()
+
+    def _compute_loss(self, model, inputs):  # reads the old log-probs first
+        old = inputs.get("old_per_token_logps")
+        return self._get_per_token_logps_and_entropies(model, old)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", _compute_loss)
+    with pytest.raises(RuntimeError, match="importance_sampling_level='turn'"):
+        trl_private.check_trl_api()
+
+
+def test_prompt_media_selects_the_rows_of_a_turn_and_extends_per_token_fields():
+    media = trl_private.PromptMedia(
+        images=["img0", "img1", "img2"],
+        fields=[
+            {"pixel_values": torch.full((1, 2), float(i)), "token_type_ids": [[1, 1, 0]], "image_sizes": [[i, i]]}
+            for i in range(3)
+        ],
+        per_token={"token_type_ids"},
+    )
+    images, fields = media.select([2, 0], lengths=[5, 3])
+    assert images == ["img2", "img0"]
+    assert fields["pixel_values"].tolist() == [[2.0, 2.0], [0.0, 0.0]]
+    assert fields["token_type_ids"] == [[1, 1, 0, 0, 0], [1, 1, 0]]  # the history's completion tokens are text
+    assert fields["image_sizes"] == [[2, 2], [0, 0]]

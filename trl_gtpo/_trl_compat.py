@@ -4,10 +4,12 @@ public names. Each function says which TRL code it relies on; `check_trl_api` fa
 What GTPO needs that TRL does not expose:
 - the values `GRPOTrainer._generate_and_score_completions` computes and drops: the unmasked tool masks and extra
   fields of `_generate`, the gathered rewards of `_calculate_rewards` (`capture_step`);
-- one model turn through `_generate_single_turn`, with a per-turn token budget and stop strings (`TurnGenerator`);
+- one model turn through `_generate_single_turn`, with a per-turn token budget and stop strings, and the prompt's
+  images for a vision-language model (`TurnGenerator`, `PromptMedia`);
 - the tokenizer, prompt tokenization, the metric dict and the completions table (`tokenizer`, `tokenize_prompts`,
   `metrics`, `log_completion_column`, `append_logged_columns`, `replace_logged_advantages`);
-- two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`).
+- two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`);
+- the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`).
 """
 
 import inspect
@@ -21,6 +23,7 @@ from transformers import StoppingCriteriaList
 from trl.trainer.utils import get_config_model_id, nanstd
 
 __all__ = [
+    "PromptMedia",
     "StepValues",
     "TurnGenerator",
     "append_logged_columns",
@@ -32,10 +35,12 @@ __all__ = [
     "metrics",
     "nanstd",
     "patch_colocate_weight_sync_for_cpu",
+    "prompt_media",
     "replace_logged_advantages",
     "stop_padding_start",
     "tokenize_prompts",
     "tokenizer",
+    "turn_level_ratio",
     "vllm_sleep_once_per_rollout",
 ]
 
@@ -47,7 +52,18 @@ _PRIVATE_METHODS = {
     "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations"],
     "_tokenize_prompts": ["prompts"],
     "_log_completion_extra": ["column", "values"],
+    "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep"],
+    "_compute_loss": ["model", "inputs"],
 }
+
+# Public GRPOTrainer methods GTPOTrainer overrides, with the keyword parameters TRL passes them (TRL 1.16.0).
+_OVERRIDDEN_METHODS = {
+    "get_off_policy_mask": ["advantages", "per_token_logps", "sampling_per_token_logps", "mask", "off_policy_threshold"],
+}
+
+# `turn_level_ratio` needs `_compute_loss` to compute the current log-probs before it reads the old ones, and to read
+# the old ones from `inputs` (TRL 1.16.0, grpo_trainer.py, `_compute_loss`): these lines, in this order.
+_COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("old_per_token_logps")')
 
 
 def check_trl_api() -> None:
@@ -64,6 +80,21 @@ def check_trl_api() -> None:
                 f"GRPOTrainer.{name} takes {parameters}, trl_gtpo expects {expected}: install trl==1.16.0 or update "
                 "trl_gtpo/_trl_compat.py."
             )
+    for name, expected in _OVERRIDDEN_METHODS.items():
+        parameters = list(inspect.signature(getattr(GRPOTrainer, name)).parameters)
+        if parameters != expected:
+            raise RuntimeError(
+                f"GRPOTrainer.{name} takes {parameters}, trl_gtpo overrides it with {expected}: install trl==1.16.0 or "
+                "update trl_gtpo/gtpo_trainer.py."
+            )
+    source = inspect.getsource(GRPOTrainer._compute_loss)
+    positions = [source.find(line) for line in _COMPUTE_LOSS_ORDER]
+    if -1 in positions or positions != sorted(positions):
+        raise RuntimeError(
+            "GRPOTrainer._compute_loss no longer computes the current log-probs before reading "
+            "inputs['old_per_token_logps'], which importance_sampling_level='turn' relies on: install trl==1.16.0 or "
+            "update trl_gtpo/_trl_compat.py (turn_level_ratio)."
+        )
 
 
 def tokenizer(trainer):
@@ -152,6 +183,47 @@ def capture_step(trainer):
         del trainer._generate, trainer._calculate_rewards
 
 
+@contextmanager
+def turn_level_ratio(trainer, inputs: dict):
+    """Make TRL's token-level importance ratio the turn-level one for one `_compute_loss(model, inputs)` call.
+
+    TRL 1.16's `GRPOTrainer._compute_loss` knows two ratios, per token and per sequence. With the trainer at token
+    level, it computes `log_ratio = per_token_logps - old_per_token_logps` right after its forward pass
+    (`_get_per_token_logps_and_entropies`), with `old_per_token_logps = inputs.get("old_per_token_logps")` or, when
+    absent (on-policy), `per_token_logps.detach()`. The forward pass is wrapped on the instance for the duration of
+    the call: after it runs, `inputs["old_per_token_logps"]` is replaced by `turn_level_old_logps(...)`, under which
+    `log_ratio` is each turn's mean log-ratio, with its gradient (see `trl_gtpo.turn_level`). `per_token_logps`
+    itself is untouched, so the KL term and the `log pi` factor of CISPO and VESPO stay exact.
+
+    `inputs` must be the caller's own copy of the batch dict (the buffered batch is reused across iterations); the
+    turns are those of TRL's loss mask, `completion_mask * tool_mask`.
+    """
+    had_attribute, attribute = "_get_per_token_logps_and_entropies" in vars(trainer), vars(trainer).get(
+        "_get_per_token_logps_and_entropies"
+    )
+    forward = trainer._get_per_token_logps_and_entropies
+
+    def turn_level_forward(*args, **kwargs):
+        from .turn_level import turn_level_old_logps  # here: turn_level -> advantages imports this module
+
+
+        per_token_logps, entropies, aux_loss = forward(*args, **kwargs)
+        old = inputs.get("old_per_token_logps")
+        old = per_token_logps.detach() if old is None else old
+        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        inputs["old_per_token_logps"] = turn_level_old_logps(per_token_logps, old, mask)
+        return per_token_logps, entropies, aux_loss
+
+    trainer._get_per_token_logps_and_entropies = turn_level_forward
+    try:
+        yield
+    finally:
+        if had_attribute:
+            trainer._get_per_token_logps_and_entropies = attribute
+        else:
+            del trainer._get_per_token_logps_and_entropies
+
+
 class _NotATool:
     """A method that TRL's environment tool discovery does not list (it lists `inspect.isfunction` class members)."""
 
@@ -212,16 +284,75 @@ def vllm_sleep_once_per_rollout(trainer):
         generation._llm_weights_sleeping = True
 
 
+@dataclass
+class PromptMedia:
+    """The images of a rollout's prompts and what the processor made of them, one prompt at a time, so that a
+    generation turn holding any subset of the trajectories can hand `_generate_single_turn` theirs.
+
+    `images[i]`: prompt i's images (None: none). `fields[i]`: `GRPOTrainer._tokenize_prompts([prompt_i])`'s
+    multimodal fields (pixel_values, image_grid_thw, ...). `per_token`: the fields with one value per prompt token
+    (e.g. token_type_ids), which a turn's longer history extends with 0 (text). `rows()`: the prompt index of each
+    history of the current turn (the loop's `rows`).
+    """
+
+    images: list
+    fields: list[dict]
+    per_token: set
+    rows: object = None
+
+    def select(self, rows: list[int], lengths: list[int]) -> tuple[list, dict]:
+        """(images, multimodal_fields) of the histories `rows` (prompt indices) of token lengths `lengths`, merged as
+        `GRPOTrainer._tokenize_prompts` merges per-prompt fields (its environment path): tensors concatenated over
+        images/patches, lists concatenated over prompts."""
+        images = [self.images[r] for r in rows]
+        fields = {}
+        for key in dict.fromkeys(k for r in rows for k in self.fields[r]):
+            values = [self.fields[r][key] for r in rows if key in self.fields[r]]
+            if isinstance(values[0], torch.Tensor):
+                fields[key] = torch.cat(values)
+            elif key in self.per_token:
+                fields[key] = [list(v[0]) + [0] * (n - len(v[0])) for v, n in zip(values, lengths, strict=True)]
+            else:
+                fields[key] = [row for value in values for row in value]
+        return images, fields
+
+
+def prompt_media(trainer, prompts: list) -> tuple[list[list[int]], PromptMedia | None]:
+    """Tokenize `prompts` as `GRPOTrainer._tokenize_prompts` does; when they hold images, one prompt at a time, with
+    each prompt's images and multimodal fields kept for the generation turns (None without images)."""
+    prompt_ids, images, _ = trainer._tokenize_prompts(prompts)
+    if not images:
+        return [list(ids) for ids in prompt_ids], None
+    prompt_ids, fields = [], []
+    for prompt in prompts:
+        ids, _, prompt_fields = trainer._tokenize_prompts([prompt])
+        prompt_ids.append(list(ids[0]))
+        fields.append(prompt_fields)
+    per_token = {
+        key
+        for key in dict.fromkeys(k for f in fields for k in f)
+        if all(
+            isinstance(f.get(key), list) and len(f[key]) == 1 and isinstance(f[key][0], list) and len(f[key][0]) == len(ids)
+            for f, ids in zip(fields, prompt_ids)
+            if key in f
+        )
+    }
+    return prompt_ids, PromptMedia(images, fields, per_token)
+
+
 class TurnGenerator:
     """`generate_turn(prompt_ids, max_new_tokens)` for the code-interpreter loop, on transformers, vLLM colocate and
-    vLLM server alike: each call is one `_generate_single_turn` of every live trajectory together."""
+    vLLM server alike: each call is one `_generate_single_turn` of every live trajectory together, with their prompts'
+    images when there are any (`media`, whose `rows()` says which prompt each history continues)."""
 
-    def __init__(self, trainer, stop_strings: list[str]):
+    def __init__(self, trainer, stop_strings: list[str], media: PromptMedia | None = None):
         self.trainer = trainer
         self.stop_strings = list(stop_strings)
+        self.media = media
 
     def __call__(self, prompt_ids: list[list[int]], max_new_tokens: int):
         count = len(prompt_ids)
+        rows = list(self.media.rows()) if self.media is not None else None
         if _one_request_for_all_processes(self.trainer):
             # TRL sends every process's prompts in one request with the main process's max_tokens, and gives process
             # k the results [k*n:(k+1)*n]: every process must send as many prompts, with the same budget. Pad with
@@ -231,9 +362,13 @@ class TurnGenerator:
             )
             width, max_new_tokens = int(sizes[:, 0].max()), int(sizes[:, 1].max())
             prompt_ids = list(prompt_ids) + [prompt_ids[0]] * (width - count)
+            rows = rows + [rows[0]] * (width - count) if rows is not None else None
+        images, fields = None, {}
+        if rows is not None:  # a VLM prompt's images reach every turn: its image tokens are in each history
+            images, fields = self.media.select(rows, [len(ids) for ids in prompt_ids])
         with self._turn_settings(max(1, max_new_tokens)):
             completion_ids, logprobs = self.trainer._generate_single_turn(
-                prompt_ids, None, {}, num_generations=1  # every trajectory has its own history
+                prompt_ids, images, fields, num_generations=1  # every trajectory has its own history
             )
         completion_ids = completion_ids[:count]
         logprobs = logprobs[:count] if logprobs is not None else None

@@ -25,6 +25,7 @@ import torch
 from ._trl_compat import nanstd
 
 ESTIMATORS = ("pooled", "trajectory", "leave_one_out")
+AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 SCOPES = ("group", "batch")
 SCALES = ("group", "batch", "none")
 
@@ -85,6 +86,32 @@ def turn_advantages(batch: TurnBatch, settings: AdvantageSettings) -> TurnAdvant
         leave_one_out = settings.estimator == "leave_one_out"
         advantages = trajectory_baseline_advantages(returns, rewards, batch.group_size, settings.scale, leave_one_out)
     return TurnAdvantages(rewards, returns, advantages)
+
+
+def outcome_rewards(
+    rewards_per_func: torch.Tensor, weights: torch.Tensor, group_size: int, aggregation: str = "sum_then_normalize"
+) -> torch.Tensor:
+    """(N,) r_out_i from the (N, F) table of the reward functions, as TRL aggregates it (`multi_objective_aggregation`).
+
+    "sum_then_normalize": the weighted sum sum_k w_k r_ik (GRPO's reward; GTPO normalizes it through the turn returns).
+    "normalize_then_sum" (GDPO): each function is first normalized within its group, z_ik = (r_ik - mean_g r_k) /
+    (std_g r_k + 1e-4), then r_out_i = sum_k w_k z_ik, exactly as TRL's `_generate_and_score_completions` does before
+    its batch normalization (which GTPO's estimators then play, with `scale="batch"`). A NaN value (a function that
+    returned None) is left out of its function's statistics and of the sum; a row where every function returned None
+    is NaN (unscorable).
+    """
+    if aggregation == "sum_then_normalize":
+        values = rewards_per_func
+    elif aggregation == "normalize_then_sum":
+        grouped = rewards_per_func.view(-1, group_size, rewards_per_func.shape[1])
+        mean = torch.nanmean(grouped, dim=1, keepdim=True)
+        std = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+        values = ((grouped - mean) / (std + 1e-4)).view(-1, rewards_per_func.shape[1])
+    else:
+        raise ValueError(f"Unknown multi_objective_aggregation {aggregation!r}: use one of {', '.join(AGGREGATIONS)}.")
+    outcome = (values * weights.to(values).unsqueeze(0)).nansum(dim=1)
+    outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return outcome
 
 
 def zero_std_groups(returns: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -4,10 +4,9 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .advantages import ESTIMATORS
+from .advantages import AGGREGATIONS, ESTIMATORS
 
-# TRL options whose loss reads one advantage per sequence and so cannot take GTPO's per-token (B, T) advantages.
-_SEQUENCE_LEVEL_LOSS_TYPES = ("vespo", "luspo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "turn", "sequence")
 
 
 @dataclass
@@ -20,7 +19,16 @@ class GTPOConfig(GRPOConfig):
     self-supervised reward shaping, and the multi-turn code interpreter used for generation.
 
     With one turn per trajectory and no format or shaping reward, the "pooled" and "trajectory" estimators give back
-    GRPO's advantages exactly.
+    GRPO's advantages exactly, and GTPO's loss is GRPO's under every loss type and option below.
+
+    TRL options defined per sequence take their turn-level reading (table in docs/SETTINGS.md):
+    `importance_sampling_level="turn"` (new: GSPO's length-normalized ratio over each turn, times its advantage; the
+    choice for GSPO users) and `"sequence"` (GSPO's one ratio per trajectory, times each turn's advantage); the
+    off-policy mask (`off_policy_mask_threshold`) drops a turn whose advantage is negative and whose own tokens
+    drifted past the threshold; `multi_objective_aggregation="normalize_then_sum"` normalizes each reward function
+    within its group before the sum enters the final turn's reward, and scales by the batch std as TRL does;
+    `loss_type="luspo"` weights each turn's loss by its length (with `"turn"`), `"vespo"` weights each token of turn j
+    by the gamma weight of the trajectory's importance ratio shaped by the sign of A_ij.
 
     Parameters:
         > Turn-level advantages
@@ -37,6 +45,12 @@ class GTPOConfig(GRPOConfig):
             ran. `<= 0`; `0.0` turns it off.
         turn_reward_weights (`list[float]`, *optional*):
             Weights of the trainer's `turn_reward_funcs`; None: all 1.0.
+
+        > TRL options read per turn (docs/SETTINGS.md)
+
+        importance_sampling_level (`str`, *optional*, defaults to `"token"`):
+            GRPOConfig's, plus `"turn"`: GSPO's length-normalized ratio over each turn's model tokens, clipped as GSPO
+            clips, times the turn's advantage. GSPO users should pick `"turn"` over `"sequence"`.
 
         > Self-supervised reward shaping
 
@@ -72,6 +86,19 @@ class GTPOConfig(GRPOConfig):
     """
 
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["tool_executor_kwargs"]
+
+    # GRPOConfig's field, with GTPO's third value.
+    importance_sampling_level: str = field(
+        default="token",
+        metadata={
+            "help": "Level of the importance ratio: 'token' (per token), 'turn' (GSPO's length-normalized ratio "
+            "exp(mean log-ratio) over the model tokens of one turn, clipped as GSPO clips, times that turn's "
+            "advantage) or 'sequence' (GSPO's ratio over the whole trajectory, times each turn's advantage). GSPO "
+            "users should pick 'turn': under 'sequence' the gradient of every token is scaled by the trajectory's "
+            "mean turn advantage, so the turn-level credit survives only in the clipping; 'turn' keeps each turn's "
+            "advantage on its own tokens and, with one turn per trajectory, is exactly GSPO."
+        },
+    )
 
     # > Turn-level advantages
     turn_advantage_estimator: str = field(
@@ -254,32 +281,17 @@ class GTPOConfig(GRPOConfig):
             self.tool_pool_size,
             "None (one worker per core) or an integer >= 1",
         )
-        # TRL losses that cannot take per-token advantages.
         _check(
-            self.loss_type not in _SEQUENCE_LEVEL_LOSS_TYPES,
-            "loss_type",
-            self.loss_type,
-            "a token-level loss ('dapo', 'grpo', 'bnpo', 'dr_grpo', 'cispo', 'sapo'): "
-            f"{self.loss_type!r} weights each sequence by one advantage, but GTPO gives each turn its own",
-        )
-        _check(
-            self.importance_sampling_level == "token",
-            "importance_sampling_level",
-            self.importance_sampling_level,
-            "'token': a sequence-level importance ratio assumes one advantage per sequence, GTPO has one per turn",
-        )
-        _check(
-            self.off_policy_mask_threshold is None,
-            "off_policy_mask_threshold",
-            self.off_policy_mask_threshold,
-            "None: the off-policy sequence mask keys on the sign of a per-sequence advantage, GTPO has one per turn",
-        )
-        _check(
-            self.multi_objective_aggregation == "sum_then_normalize",
+            self.multi_objective_aggregation in AGGREGATIONS,
             "multi_objective_aggregation",
             self.multi_objective_aggregation,
-            "'sum_then_normalize': GTPO's outcome reward is the weighted sum of the reward functions, normalized "
-            "through the turn returns",
+            " or ".join(repr(name) for name in AGGREGATIONS),
+        )
+        _check(
+            self.importance_sampling_level in IMPORTANCE_SAMPLING_LEVELS,
+            "importance_sampling_level",
+            self.importance_sampling_level,
+            " or ".join(repr(level) for level in IMPORTANCE_SAMPLING_LEVELS) + " ('turn' for GSPO, see its help)",
         )
 
 

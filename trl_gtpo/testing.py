@@ -137,3 +137,67 @@ def teach(model, tokenizer, examples=(TOOL_USE_EXAMPLE,), steps: int = 150, lr: 
     torch.set_num_threads(threads)
     model.eval()
     return loss.item()
+
+
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def save_tiny_vlm(path: str, seed: int = 0) -> str:
+    """A tiny random LLaVA (CLIP vision tower, projector, Llama language model) with a processor built from local
+    pieces (the byte-level tokenizer plus an `<image>` token, a CLIPImageProcessor for 28x28 images), saved to `path`
+    offline. An image is 2x2 patches of 14 pixels and CLIP's class token: 5 `<image>` tokens in the prompt once the
+    processor expands it.
+
+    (Qwen2-VL's processor needs a video processor, hence torchvision, which this environment does not have.)"""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    os.makedirs(path, exist_ok=True)
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="full",
+        chat_template=VLM_CHAT_TEMPLATE, image_token="<image>", num_additional_image_tokens=1,
+    )
+    torch.manual_seed(seed)
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14,
+        projection_dim=32,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config, text_config=text_config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1, tie_word_embeddings=True,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -61,6 +61,7 @@ class Trajectory:
 
 @dataclass
 class _Rollout:
+    row: int  # index of its prompt in `run`'s prompt_ids
     prompt_ids: list[int]
     session_id: str
     trajectory: Trajectory
@@ -99,6 +100,9 @@ class CodeInterpreterLoop:
         # (ZeRO-3 parameter gathering, vLLM server mode) need every process to generate the same number of times.
         self.keep_in_step = keep_in_step
         self.seconds = {"generation": 0.0, "tools": 0.0}  # where the time of the last `run` went
+        # The prompt index (in `run`'s prompt_ids) of each history in the current `generate_turn` call: what a
+        # generator that needs more than the token ids (a VLM prompt's images) looks up.
+        self.rows: list[int] = []
 
     @property
     def stop_strings(self) -> list[str]:
@@ -106,7 +110,7 @@ class CodeInterpreterLoop:
         return [self.stop_marker, "\n```\n"]
 
     def run(self, prompt_ids: list[list[int]], generate_turn: GenerateTurn) -> list[Trajectory]:
-        rollouts = [_Rollout(list(ids), uuid.uuid4().hex, Trajectory()) for ids in prompt_ids]
+        rollouts = [_Rollout(row, list(ids), uuid.uuid4().hex, Trajectory()) for row, ids in enumerate(prompt_ids)]
         self.seconds = {"generation": 0.0, "tools": 0.0}
         try:
             while True:
@@ -116,6 +120,7 @@ class CodeInterpreterLoop:
                         break
                     if not live:  # other processes still generate: take part in the collective with a dummy call
                         start = time.perf_counter()
+                        self.rows = [0]
                         generate_turn([rollouts[0].prompt_ids], 1)
                         self.seconds["generation"] += time.perf_counter() - start
                         continue
@@ -134,6 +139,7 @@ class CodeInterpreterLoop:
         room = [self.max_completion_length - len(r.trajectory.completion_ids) - len(r.turn_ids) for r in live]
         inputs = [r.prompt_ids + r.trajectory.completion_ids + r.turn_ids for r in live]
         start = time.perf_counter()
+        self.rows = [r.row for r in live]
         new_ids, new_logprobs = generate_turn(inputs, max(room))
         self.seconds["generation"] += time.perf_counter() - start
         calls: list[tuple[_Rollout, CodeCall]] = []

@@ -24,6 +24,10 @@ class CodeInterpreterRollout:
     `turns`: per trajectory, one `TurnRecord` per model turn. TRL hands extra keys to the reward functions as keyword
     arguments, and GTPO's advantage step reads them for the format rule, shaping and turn rewards.
 
+    Prompts with images are tokenized one at a time and each keeps its images and processor fields, which go with its
+    trajectories into every turn's `_generate_single_turn` (`_trl_compat.PromptMedia`). A custom `generate_turn` gets
+    token ids only.
+
     Args:
         args: a GTPOConfig (its `max_turns`, `turn_stop_marker` and sandbox settings are read).
         executor: what runs the code; None builds one from `args` at the first code call, so a process whose model
@@ -63,13 +67,9 @@ class CodeInterpreterRollout:
         return _CloseAtTrainEnd(self)
 
     def __call__(self, prompts: list, trainer) -> dict:
-        prompt_ids, images, _ = trl_private.tokenize_prompts(trainer, prompts)
-        if images:
-            raise ValueError(
-                "The code interpreter takes text prompts only, but the dataset has images: drop the image columns, "
-                "or use TRL's own tool calling (`tools=` / `environment_factory=`), which handles images."
-            )
-        prompt_ids = [list(ids) for ids in prompt_ids]
+        # A VLM prompt's images go with its trajectories into every turn's generation (`PromptMedia`); the loss's
+        # forward pass gets them from TRL, which processes the dataset's images itself.
+        prompt_ids, media = trl_private.prompt_media(trainer, prompts)
         accelerator = trainer.accelerator
         tokenizer = trl_private.tokenizer(trainer)
         loop = CodeInterpreterLoop(
@@ -81,8 +81,14 @@ class CodeInterpreterRollout:
             eos_token_ids=trainer.eos_token_ids,
             keep_in_step=_any_process_live(accelerator) if accelerator.num_processes > 1 else None,
         )
+        if self._generate_turn is trl_private.TurnGenerator:
+            if media is not None:
+                media.rows = lambda: loop.rows
+            generate_turn = trl_private.TurnGenerator(trainer, loop.stop_strings, media)
+        else:
+            generate_turn = self._generate_turn(trainer, loop.stop_strings)
         with trl_private.vllm_sleep_once_per_rollout(trainer):
-            trajectories = loop.run(prompt_ids, self._generate_turn(trainer, loop.stop_strings))
+            trajectories = loop.run(prompt_ids, generate_turn)
         _log_tool_metrics(trainer, trajectories, loop.seconds, self.args.max_turns)
 
         def decode(ids):
