@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from trl_gtpo.advantages import discounted_returns, normalize_returns, token_advantages, turn_index, turn_rewards
+from trl_gtpo.advantages import discounted_returns, normalize_returns, token_advantages, turn_rewards
+from trl_gtpo.turn_records import turn_index
 
 
 def make_batch(trajectories: int, turns: int, tokens: int, seed: int = 0):

@@ -233,7 +233,7 @@ def run(group_sizes=(2, 3, 4), gammas=(0.9, 1.0), theta: torch.Tensor = THETA) -
 
 
 def table(rows: list[dict]) -> str:
-    lines = []
+    lines, previous = [], None
     header = f"{'gamma':>5} {'G':>2} {'estimator':<15}{'scale':<6}{'cos':>8}{'|EU|/|g|-1':>12}{'sign':>6}{'cos_R':>8}{'|EU|/|gR|-1':>13}{'trace':>10}{'noise':>8}"
     for row in rows:
         if "true_gradient" in row:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from trl_gtpo.turn_records import turn_index
 from trl_gtpo.advantages import (
     AdvantageSettings,
     TurnBatch,
@@ -12,7 +13,6 @@ from trl_gtpo.advantages import (
     normalize_returns,
     token_advantages,
     turn_advantages,
-    turn_index,
     turn_rewards,
 )
 

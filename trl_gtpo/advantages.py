@@ -121,20 +121,6 @@ def zero_std_groups(returns: torch.Tensor, group_size: int) -> torch.Tensor:
     return torch.isclose(std, torch.zeros_like(std)) | torch.isnan(std)
 
 
-def turn_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Number each token by its turn: a turn is a maximal run of model tokens (mask == 1).
-
-    Returns `(index, num_turns)`: `index` (B, T) holds the turn of each model token and -1 for tool-output and
-    padding tokens; `num_turns` (B,) counts the turns of each trajectory.
-    """
-    mask = mask.bool()
-    starts = mask.clone()
-    starts[:, 1:] &= ~mask[:, :-1]
-    # A float cumsum is several times faster than an integer one on CPU, and exact for these small counts.
-    index = torch.cumsum(starts.float(), dim=1).mul_(mask).sub_(1).long()
-    return index, starts.sum(dim=1)
-
-
 def turn_rewards(
     num_turns: torch.Tensor,
     outcome: torch.Tensor,

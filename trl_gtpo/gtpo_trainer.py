@@ -13,7 +13,6 @@ from .advantages import (
     outcome_rewards,
     token_advantages,
     turn_advantages,
-    turn_index,
     zero_std_groups,
 )
 from .gtpo_config import GTPOConfig
@@ -22,7 +21,7 @@ from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.format import format_terms
 from .rewards.turn import call_turn_reward_funcs, turn_reward_table
 from .turn_level import turn_off_policy_mask
-from .turn_records import TurnRecord, records_from_mask, records_from_messages
+from .turn_records import TurnRecord, records_from_mask, records_from_messages, turn_index
 
 
 class GTPOTrainer(GRPOTrainer):

@@ -11,7 +11,7 @@ calls `mask`): tool output and padding separate turns and belong to none. Shapes
 
 import torch
 
-from .advantages import turn_index
+from .turn_records import turn_index
 
 
 def turn_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+
 # Status of a turn's tool call: the code interpreter's ExecutionResult statuses, "no_code" (the model asked for a tool
 # run without code), and "none" (no call was run: the turn made none, or its call was never run).
 STATUSES = ("ok", "error", "timeout", "limit", "crash", "no_code", "none")
@@ -57,6 +59,20 @@ def turn_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
     if start is not None:
         spans.append((start, len(mask)))
     return spans
+
+
+def turn_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Number each token by its turn: a turn is a maximal run of model tokens (mask == 1).
+
+    Returns `(index, num_turns)`: `index` (B, T) holds the turn of each model token and -1 for tool-output and
+    padding tokens; `num_turns` (B,) counts the turns of each trajectory.
+    """
+    mask = mask.bool()
+    starts = mask.clone()
+    starts[:, 1:] &= ~mask[:, :-1]
+    # A float cumsum is several times faster than an integer one on CPU, and exact for these small counts.
+    index = torch.cumsum(starts.float(), dim=1).mul_(mask).sub_(1).long()
+    return index, starts.sum(dim=1)
 
 
 def records_from_mask(
