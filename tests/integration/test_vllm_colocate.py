@@ -5,7 +5,7 @@ Runs only inside the vLLM virtualenv (`bash .ci/setup_vllm_env.sh`):
     VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m pytest -m vllm tests/integration -v
 
 TRL 1.16's colocate weight sync fails on vLLM's CPU backend (`AttributeError: 'Parameter' object has no attribute
-'weight_loader'`); train_grpo_tiny.py applies trl_gtpo.vllm_cpu.patch_colocate_weight_sync_for_cpu, which sends the
+'weight_loader'`); train_grpo_tiny.py applies trl_gtpo._trl_compat.patch_colocate_weight_sync_for_cpu, which sends the
 weights through vLLM's reload_weights. The first test checks that the weights really reach vLLM.
 """
 

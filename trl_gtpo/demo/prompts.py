@@ -1,6 +1,6 @@
 """The default prompt of the code-interpreter format: a system prompt and one worked example.
 
-The format (fixed by the trainer, see `trl_gtpo.code_blocks`): the model writes
+The format (fixed by the trainer, see `trl_gtpo.interpreter.transcript`): the model writes
 
     ```python
     print(512 * 389)
