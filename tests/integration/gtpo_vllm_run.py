@@ -146,6 +146,7 @@ def main(argv=None) -> None:
     from datasets import Dataset
 
     from trl_gtpo import GTPOConfig, GTPOTrainer
+    from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +190,7 @@ def main(argv=None) -> None:
     t_init = time.monotonic()
     trainer = GTPOTrainer(model=args.model_dir, reward_funcs=boxed_42, args=config, train_dataset=dataset)
     init_s = time.monotonic() - t_init
-    assert trainer._code_interpreter is not None and trainer.rollout_func is trainer._code_interpreter
+    assert isinstance(trainer.rollout_func, CodeInterpreterRollout)  # GTPO's own code interpreter generates
     raw = _RawTurns(trainer.vllm_generation)
     tokenizer = trainer.processing_class
     batches: list[list[dict]] = []
@@ -250,7 +251,7 @@ def main(argv=None) -> None:
         "num_completions": len(completions),
         "sampling_stop": getattr(raw, "sampling_stop", None),
         "raw_turns": raw_turns,
-        "sandbox_closed": trainer._code_interpreter._executor is None,
+        "sandbox_closed": rollout._executor is None,
         "seconds": {"trainer_init": round(init_s, 2), "train": round(train_s, 2),
                     "total": round(time.monotonic() - t0, 2)},
     }
