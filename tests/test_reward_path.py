@@ -11,10 +11,12 @@ from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, mak
 
 pytestmark = pytest.mark.slow
 
-def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("estimator", ["pooled", "trajectory", "leave_one_out"])
+def test_reward_to_advantage_path_by_hand(estimator, tiny_model_path, tmp_path):
     gamma, alpha, penalty = 0.9, 0.5, -0.1
     args = make_args(
-        tmp_path, max_steps=1, gamma=gamma, shaping_alpha=alpha, format_penalty=penalty, max_completion_length=96
+        tmp_path, max_steps=1, gamma=gamma, shaping_alpha=alpha, format_penalty=penalty, max_completion_length=96,
+        turn_advantage_estimator=estimator,
     )
     rollout = CodeInterpreterRollout(args, generate_turn=lambda trainer, stop_strings: TaggedScripts(trainer.processing_class))
     trainer = RecordingGTPOTrainer(
@@ -38,8 +40,14 @@ def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch
         "D": [penalty, shaping_d],
     }
     returns = {tag: [r[0] + gamma * r[1], r[1]] if len(r) == 2 else r for tag, r in turn_rewards.items()}
-    values = torch.tensor([value for tag in "ABCD" for value in returns[tag]])
-    mean, std = values.mean(), values.std()
+    if estimator == "pooled":  # baseline and std over every turn return of the group
+        values = torch.tensor([value for tag in "ABCD" for value in returns[tag]])
+        baseline, std = {tag: values.mean() for tag in "ABCD"}, values.std()
+    else:  # baseline over the first-turn returns (of the others for leave_one_out), std of the total rewards
+        first = {tag: returns[tag][0] for tag in "ABCD"}
+        others = {tag: [first[t] for t in "ABCD" if t != tag or estimator == "trajectory"] for tag in "ABCD"}
+        baseline = {tag: torch.tensor(others[tag]).mean() for tag in "ABCD"}
+        std = torch.tensor([sum(turn_rewards[tag]) for tag in "ABCD"]).std()
 
     advantages, mask = record["gtpo"], record["mask"]
     for tag, row in rows.items():
@@ -48,7 +56,7 @@ def test_reward_to_advantage_path_by_hand(tiny_model_path, tmp_path, monkeypatch
         starts = [index[0].item()] + [b.item() for a, b in zip(index[:-1], index[1:]) if b != a + 1]
         assert len(starts) == len(returns[tag]), tag
         for start, value in zip(starts, returns[tag]):
-            expected = (value - mean) / (std + 1e-4)
+            expected = (value - baseline[tag]) / (std + 1e-4)
             assert advantages[row, start].item() == pytest.approx(expected.item(), abs=1e-5), tag
 
     turns_d = record["turns"][rows["D"]]

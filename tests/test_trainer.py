@@ -96,7 +96,9 @@ def test_user_rollout_func_with_env_mask_gets_turn_advantages(tiny_model_path, t
     def reward(completions, **kwargs):
         return [1.0 if "tool" in completion[0]["content"] else 0.0 for completion in completions]
 
-    args = make_args(tmp_path, max_steps=1, gamma=0.5, format_penalty=0.0, shaping_alpha=0.0)
+    args = make_args(
+        tmp_path, max_steps=1, gamma=0.5, format_penalty=0.0, shaping_alpha=0.0, turn_advantage_estimator="pooled"
+    )
     trainer = RecordingGTPOTrainer(
         model=tiny_model_path, reward_funcs=reward, args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}), rollout_func=rollout
     )

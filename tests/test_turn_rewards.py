@@ -86,7 +86,7 @@ def test_records_from_messages_read_trl_tool_loop_output():
 @pytest.mark.slow
 def test_code_interpreter_turn_rewards_change_the_advantages_by_hand(tiny_model_path, tmp_path):
     gamma = 0.5
-    args = make_args(tmp_path, max_steps=1, gamma=gamma, shaping_alpha=0.0, format_penalty=0.0, max_completion_length=96)
+    args = make_args(tmp_path, max_steps=1, turn_advantage_estimator="pooled", gamma=gamma, shaping_alpha=0.0, format_penalty=0.0, max_completion_length=96)
     rollout = CodeInterpreterRollout(args, generate_turn=lambda trainer, stops: TaggedScripts(trainer.processing_class))
     trainer = RecordingGTPOTrainer(
         model=tiny_model_path, reward_funcs=boxed_42, args=args, rollout_func=rollout,
@@ -131,7 +131,7 @@ def test_rollout_func_turn_rewards_and_tensor_env_masks(tiny_model_path, tmp_pat
     def reward(completions, **kwargs):
         return [1.0 if "tool" in completion[0]["content"] else 0.0 for completion in completions]
 
-    args = make_args(tmp_path, max_steps=1, gamma=0.5)
+    args = make_args(tmp_path, max_steps=1, turn_advantage_estimator="pooled", gamma=0.5)
     trainer = RecordingGTPOTrainer(
         model=tiny_model_path, reward_funcs=reward, args=args, rollout_func=rollout,
         train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
@@ -198,7 +198,7 @@ def says_12(completions, **kwargs):
 @pytest.mark.slow
 def test_trl_tools_path_turn_rewards_by_hand(tiny_model_path, tmp_path):
     tokenizer = tool_calling_tokenizer(tiny_model_path)
-    args = make_args(tmp_path, max_steps=1, gamma=0.5, max_completion_length=160)
+    args = make_args(tmp_path, max_steps=1, turn_advantage_estimator="pooled", gamma=0.5, max_completion_length=160)
     trainer = RecordingGTPOTrainer(
         model=tiny_model_path, reward_funcs=says_12, args=args, processing_class=tokenizer, tools=[multiply],
         train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}), turn_reward_funcs=[tool_success_turn_reward],
@@ -241,7 +241,7 @@ class CalculatorEnvironment:
 @pytest.mark.slow
 def test_environment_get_turn_rewards_by_hand(tiny_model_path, tmp_path):
     tokenizer = tool_calling_tokenizer(tiny_model_path)
-    args = make_args(tmp_path, max_steps=1, gamma=0.5, max_completion_length=160)
+    args = make_args(tmp_path, max_steps=1, turn_advantage_estimator="pooled", gamma=0.5, max_completion_length=160)
     trainer = RecordingGTPOTrainer(
         model=tiny_model_path, reward_funcs=says_12, args=args, processing_class=tokenizer,
         environment_factory=CalculatorEnvironment, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),

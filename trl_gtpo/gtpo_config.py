@@ -33,9 +33,10 @@ class GTPOConfig(GRPOConfig):
     Parameters:
         > Turn-level advantages
 
-        turn_advantage_estimator (`str`, *optional*, defaults to `"pooled"`):
-            How a turn's advantage is estimated from its discounted return: `"pooled"`, `"trajectory"` or
-            `"leave_one_out"` (see `trl_gtpo.advantages`).
+        turn_advantage_estimator (`str`, *optional*, defaults to `"trajectory"`):
+            How a turn's advantage is estimated from its discounted return: `"trajectory"` (the default, chosen on
+            benchmarks/learning), `"pooled"` (the paper's formula as we read it) or `"leave_one_out"` (see
+            `trl_gtpo.advantages`).
         gamma (`float`, *optional*, defaults to `0.9`):
             Discount of the turn returns, in [0, 1].
         turn_advantage_scope (`str`, *optional*, defaults to `"group"`):
@@ -102,13 +103,14 @@ class GTPOConfig(GRPOConfig):
 
     # > Turn-level advantages
     turn_advantage_estimator: str = field(
-        default="pooled",
+        default="trajectory",
         metadata={
-            "help": "How a turn's advantage is estimated from its discounted return R_ij: 'pooled' (the paper's "
-            "formula: baseline and std over every turn return of the group), 'trajectory' (GRPO's group statistics "
-            "of whole trajectories: baseline the mean first-turn return, scale the std of the total rewards; a group "
-            "whose trajectories all earned the same gets 0) or 'leave_one_out' (as 'trajectory', baseline over the "
-            "other trajectories of the group). See trl_gtpo.advantages."
+            "help": "How a turn's advantage is estimated from its discounted return R_ij: 'trajectory' (GRPO's group "
+            "statistics of whole trajectories: baseline the mean first-turn return, scale the std of the total "
+            "rewards; a group whose trajectories all earned the same gets 0; learned best on "
+            "benchmarks/learning), 'pooled' (the paper's formula as we read it: baseline and std over every turn "
+            "return of the group) or 'leave_one_out' (as 'trajectory', baseline over the other trajectories of the "
+            "group). See trl_gtpo.advantages."
         },
     )
     gamma: float = field(
