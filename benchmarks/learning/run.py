@@ -54,9 +54,10 @@ def settings(quick: bool) -> dict:
 
 
 def train(method: str, seed: int, steps: int, out_dir: str, *, batch: int = 16, num_generations: int = 8,
-          learning_rate: float = 1e-3, trainer_class=None) -> dict:
+          learning_rate: float = 1e-3, trainer_class=None, overrides: dict | None = None) -> dict:
     """Train one method from the taught model; returns the per-step training success, seconds per step and the
-    trained model. `trainer_class` replaces GTPOTrainer (tests pass a subclass with a broken advantage step)."""
+    trained model. `trainer_class` replaces GTPOTrainer (tests pass a subclass with a broken advantage step);
+    `overrides` are config fields set for every method (e.g. num_iterations, importance_sampling_level)."""
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
@@ -88,7 +89,7 @@ def train(method: str, seed: int, steps: int, out_dir: str, *, batch: int = 16, 
         seed=seed,
         data_seed=seed,
         disable_tqdm=True,
-    )
+    ) | (overrides or {})
     interpreter = dict(max_turns=2, tool_pool_size=1, tool_timeout=5.0)
 
     class Timer(TrainerCallback):
@@ -229,6 +230,13 @@ def plot(runs: dict, window: int, target: float, path: str, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and seeds: about 5 minutes")
@@ -239,11 +247,16 @@ def main():
     parser.add_argument("--target", type=float, default=0.6)
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="config fields for every method, e.g. num_iterations=2 importance_sampling_level=turn "
+                        "(values parsed as JSON when they parse)")
+    parser.add_argument("--name", default=None, help="file name of the results (default: learning / learning_quick)")
     args = parser.parse_args()
+    overrides = {key: _value(value) for key, value in (item.split("=", 1) for item in args.set)}
     sizes = settings(args.quick)
     steps, seeds = args.steps or sizes["steps"], args.seeds or sizes["seeds"]
     eval_k = args.eval_k or sizes["eval_k"]
-    name = "learning_quick" if args.quick else "learning"
+    name = args.name or ("learning_quick" if args.quick else "learning")
     os.makedirs(args.out, exist_ok=True)
 
     import torch
@@ -259,7 +272,7 @@ def main():
     for method in args.methods:
         runs[method] = []
         for seed in seeds:
-            result = train(method, seed, steps, os.path.join(CACHE, "runs", method, str(seed)))
+            result = train(method, seed, steps, os.path.join(CACHE, "runs", method, str(seed)), overrides=overrides)
             result["held_out"] = held_out_success(result.pop("model"), result.pop("tokenizer"), eval_k, seed)
             result["base"] = base
             runs[method].append(result)
@@ -267,7 +280,7 @@ def main():
                   f"{statistics.fmean(result['success'][-args.window:]):.2f}, held-out {result['held_out']:.3f}, "
                   f"{result['seconds_per_step']:.2f} s/step ({time.time() - began:.0f} s so far)", flush=True)
 
-    label = "Quick run (--quick)" if args.quick else "Full run"
+    label = ("Quick run (--quick)" if args.quick else "Full run") + (f" with {' '.join(args.set)}" if args.set else "")
     rows = summarize(runs, args.target, args.window)
     gtpo = [method for method in runs if method.startswith("gtpo-")]
     pairs = [(method, "grpo") for method in gtpo] + [(a, b) for i, a in enumerate(gtpo) for b in gtpo[i + 1 :]]
