@@ -41,6 +41,17 @@ def test_few_shot_can_be_turned_off():
     assert build_prompt("Q?", system_prompt=None, few_shot=False) == [{"role": "user", "content": "Q?"}]
 
 
+def test_number_of_worked_examples():
+    one = build_prompt("Q?", num_examples=1)
+    assert one[1:-1] == few_shot_messages()[:2] == few_shot_messages(1)
+    assert one[1]["content"] == FEW_SHOT_EXAMPLES[0][0]
+    assert build_prompt("Q?", num_examples=0) == build_prompt("Q?", few_shot=False)
+    assert build_prompt("Q?", num_examples=len(FEW_SHOT_EXAMPLES)) == build_prompt("Q?")
+    for bad in (-1, len(FEW_SHOT_EXAMPLES) + 1):
+        with pytest.raises(ValueError, match="num_examples must be between 0 and"):
+            build_prompt("Q?", num_examples=bad)
+
+
 def test_build_prompt_returns_fresh_lists():
     first = build_prompt("Q?")
     first[1]["content"] = "changed"

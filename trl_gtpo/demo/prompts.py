@@ -42,20 +42,30 @@ FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
 )
 
 
-def few_shot_messages() -> list[dict[str, str]]:
-    """The worked examples as alternating user/assistant messages."""
+def few_shot_messages(num_examples: int | None = None) -> list[dict[str, str]]:
+    """The first `num_examples` worked examples (all of them if None) as alternating user/assistant messages."""
+    if num_examples is not None and not 0 <= num_examples <= len(FEW_SHOT_EXAMPLES):
+        raise ValueError(f"num_examples must be between 0 and {len(FEW_SHOT_EXAMPLES)}, got {num_examples}")
     messages = []
-    for question, answer in FEW_SHOT_EXAMPLES:
+    for question, answer in FEW_SHOT_EXAMPLES[:num_examples]:
         messages.append({"role": "user", "content": question})
         messages.append({"role": "assistant", "content": answer})
     return messages
 
 
 def build_prompt(
-    question: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, few_shot: bool = True
+    question: str,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    few_shot: bool = True,
+    num_examples: int | None = None,
 ) -> list[dict[str, str]]:
     """Conversational prompt for `question`: the system prompt (left out if `system_prompt` is None or empty), the
-    worked examples as user/assistant exchanges (if `few_shot`), then the question as the last user message.
+    worked examples as user/assistant exchanges (if `few_shot`; the first `num_examples` of them, all if None), then
+    the question as the last user message.
+
+    Every prompt token is paid again on each turn of each trajectory (the prompt is encoded once per turn), so on a
+    small machine one example instead of two makes generation markedly cheaper (the first example alone already
+    teaches the format; the second one only matters for `a^b mod m` questions).
 
     Without a system message, SmolLM2's chat template inserts its own default one ("You are a helpful AI assistant
     named SmolLM, ...") when the prompt is rendered.
@@ -64,6 +74,6 @@ def build_prompt(
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
     if few_shot:
-        messages.extend(few_shot_messages())
+        messages.extend(few_shot_messages(num_examples))
     messages.append({"role": "user", "content": question})
     return messages
