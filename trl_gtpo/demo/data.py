@@ -182,6 +182,7 @@ def load_math_dataset(
     difficulty: int = DEFAULT_SYNTHETIC_DIFFICULTY,
     kinds: Sequence[str] = DEFAULT_SYNTHETIC_KINDS,
     num_examples: int | None = None,
+    examples: str = "arithmetic",
 ):
     """Load the data set `name` (one of `DATASET_NAMES`) with columns `prompt`, `answer` and `question`.
 
@@ -189,7 +190,7 @@ def load_math_dataset(
         name: one of `DATASET_NAMES`; any other name raises `UnknownDatasetError` (check `is_known_dataset` first
             and load other names with `datasets.load_dataset`).
         split: "train" or "test"; most packaged sets have only "test" (see `available_splits`).
-        system_prompt, few_shot, num_examples: passed to `trl_gtpo.prompts.build_prompt`.
+        system_prompt, few_shot, num_examples, examples: passed to `trl_gtpo.prompts.build_prompt`.
         limit: keep this many rows: a random subset (drawn with `seed`) of a packaged set; the first `limit`
             generated questions of the synthetic set.
         seed: seed of that subset; for the synthetic set, seed of the generator.
@@ -212,6 +213,7 @@ def load_math_dataset(
             system_prompt=system_prompt,
             few_shot=few_shot,
             num_examples=num_examples,
+            examples=examples,
         )
 
     from datasets import load_dataset
@@ -226,7 +228,7 @@ def load_math_dataset(
         question, answer = convert(row)
         return {
             "prompt": build_prompt(
-                question, system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples
+                question, system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples, examples=examples
             ),
             "answer": answer,
             "question": question,
@@ -334,6 +336,7 @@ def synthetic_dataset(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     few_shot: bool = True,
     num_examples: int | None = None,
+    examples: str = "arithmetic",
 ):
     """Arithmetic questions that a small model needs the Python tool for: products of multi-digit numbers, sums of
     several large numbers and modular powers, and (kind "word", not among `DEFAULT_SYNTHETIC_KINDS`) products told as
@@ -346,7 +349,7 @@ def synthetic_dataset(
     rows = synthetic_rows(n, difficulty=difficulty, seed=seed, split=split, kinds=kinds)
     for row in rows:
         row["prompt"] = build_prompt(
-            row["question"], system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples
+            row["question"], system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples, examples=examples
         )
     columns = ("prompt", "answer", "question", "expression", "kind")
     return Dataset.from_dict({column: [row[column] for row in rows] for column in columns})
