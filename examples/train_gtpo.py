@@ -214,6 +214,9 @@ def save_success_curve(log_history: list[dict], reward_name: str, path: str, rep
     for (label, report), color in zip((reports or {}).items(), ("tab:gray", "tab:green")):
         axis.axhline(report["pass@1"], color=color, linestyle="--", label=f"held-out pass@1 {label}")
         axis.axhspan(report["pass@1_low"], report["pass@1_high"], color=color, alpha=0.15)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("training step")
     axis.set_ylabel("success rate")
     axis.set_ylim(-0.02, 1.02)
