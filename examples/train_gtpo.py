@@ -52,10 +52,21 @@ class GTPOScriptArguments(ScriptArguments):
     )
     eval_k: int = field(default=1, metadata={"help": "Samples per held-out problem (avg@k) in that evaluation."})
     synthetic_difficulty: int = field(default=1, metadata={"help": "Size of the numbers of the synthetic task."})
+    synthetic_kinds: list[str] = field(
+        default_factory=lambda: ["product", "sum", "modpow"],
+        metadata={"help": "Kinds of problem of the synthetic task, taking turns: 'product', 'sum', 'modpow', 'word'."},
+    )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System prompt of packaged data sets (None: trl_gtpo.demo.prompts' default)."}
     )
-    few_shot: bool = field(default=True, metadata={"help": "Put the worked tool-use example before each question."})
+    few_shot: bool = field(default=True, metadata={"help": "Put the worked tool-use examples before each question."})
+    few_shot_examples: str = field(
+        default="arithmetic",
+        metadata={"help": "Set of worked examples (trl_gtpo.demo.prompts.EXAMPLE_SETS): 'arithmetic' or 'word'."},
+    )
+    num_few_shot: int | None = field(
+        default=None, metadata={"help": "How many of the worked examples to put before each question (None: all)."}
+    )
 
 
 def load_reward_funcs(names: list[str], option: str = "--reward_funcs") -> list:
@@ -97,6 +108,9 @@ def load_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig):
             few_shot=script_args.few_shot,
             seed=training_args.seed,
             difficulty=script_args.synthetic_difficulty,
+            kinds=script_args.synthetic_kinds,
+            num_examples=script_args.num_few_shot,
+            examples=script_args.few_shot_examples,
         )
         train = load_math_dataset(name, script_args.dataset_train_split, limit=script_args.train_size, **options)
         test = None
@@ -140,6 +154,78 @@ def evaluate_model(model, tokenizer, dataset, training_args, script_args, label:
     os.makedirs(training_args.output_dir, exist_ok=True)
     save_report(report, os.path.join(training_args.output_dir, f"eval_{label}.json"))
     return report
+
+
+def before_after_table(before: dict, after: dict) -> str:
+    """The held-out evaluation before and after training, problem by problem paired: pass@1 with its 95% Wilson
+    interval, the change, how many problems training fixed and broke, tool calls and tool errors, and whether the
+    change is clear of the base model's interval (the after pass@1 outside the before interval)."""
+    n = before["num_problems"]
+    first = lambda report: [problem["correct"][0] for problem in report["problems"]]  # noqa: E731
+    fixed = sum(not b and a for b, a in zip(first(before), first(after), strict=True))
+    broken = sum(b and not a for b, a in zip(first(before), first(after), strict=True))
+
+    def interval(report):
+        return f"{report['pass@1']:.3f} [{report['pass@1_low']:.3f}, {report['pass@1_high']:.3f}]"
+
+    rows = [
+        ("", "before", "after"),
+        ("pass@1 [95% interval]", interval(before), interval(after)),
+        ("problems solved", f"{round(before['pass@1'] * n)}/{n}", f"{round(after['pass@1'] * n)}/{n}"),
+        ("tool calls per problem", f"{before['tool_calls_per_problem']:.2f}", f"{after['tool_calls_per_problem']:.2f}"),
+        ("tool error rate", f"{before['tool_error_rate']:.3f}", f"{after['tool_error_rate']:.3f}"),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    change = after["pass@1"] - before["pass@1"]
+    outside = not before["pass@1_low"] <= after["pass@1"] <= before["pass@1_high"]
+    lines.append(
+        f"change {change:+.3f} ({fixed} problems fixed, {broken} broken): after is "
+        + ("outside" if outside else "inside")
+        + " the before 95% interval"
+    )
+    return "\n".join(lines)
+
+
+def success_curve(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of `key` in a Trainer's `state.log_history`, one point per logged training step."""
+    points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def save_success_curve(log_history: list[dict], reward_name: str, path: str, reports: dict | None = None) -> str | None:
+    """A PNG of the training success rate per step (the mean of the reward `reward_name` over the step's
+    trajectories, sampled at the training temperature) with the held-out pass@1 before and after training and their
+    95% intervals; None (nothing written) when no step was logged or matplotlib is missing."""
+    steps, values = success_curve(log_history, f"rewards/{reward_name}/mean")
+    if not steps:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(steps, values, marker="o", label=f"training success (mean {reward_name} per step)")
+    for (label, report), color in zip((reports or {}).items(), ("tab:gray", "tab:green")):
+        axis.axhline(report["pass@1"], color=color, linestyle="--", label=f"held-out pass@1 {label}")
+        axis.axhspan(report["pass@1_low"], report["pass@1_high"], color=color, alpha=0.15)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("training step")
+    axis.set_ylabel("success rate")
+    axis.set_ylim(-0.02, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def main(script_args: GTPOScriptArguments, training_args: GTPOConfig, model_args: ModelConfig):
@@ -191,6 +277,18 @@ def main(script_args: GTPOScriptArguments, training_args: GTPOConfig, model_args
 
         print(f"\nHeld-out evaluation ({script_args.dataset_name}/{script_args.dataset_test_split}, {len(test_dataset)} problems):")
         print(summary_table(reports))
+        print(f"\nBefore / after training (greedy, pass@1 over {len(test_dataset)} held-out problems):")
+        print(before_after_table(reports["before"], reports["after"]))
+
+    if trainer.accelerator.is_main_process and script_args.reward_funcs:
+        reward_name = trainer.reward_func_names[0]
+        plot = save_success_curve(
+            trainer.state.log_history, reward_name, os.path.join(training_args.output_dir, "training_success.png"), reports
+        )
+        if plot:
+            steps, values = success_curve(trainer.state.log_history, f"rewards/{reward_name}/mean")
+            print(f"Training success per step ({reward_name}): {' '.join(f'{v:.2f}' for v in values)}")
+            print(f"Training success curve saved to {plot}.")
 
     if Version(transformers.__version__) >= Version("5.18.0"):
         trainer.end()  # finish the trackers and destroy the process group (a ZeRO-3 run aborts at exit otherwise)

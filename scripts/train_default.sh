@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The main job: install everything, then train the packaged default model (SmolLM2-135M-Instruct) with GTPO on the
-# synthetic arithmetic task on this CPU, save it, and evaluate it on held-out problems before and after training.
-# Sized for 2 CPU cores: 10 steps of 8 trajectories (2 prompts x 4), about 1 minute each, peak memory about 7.5 GB.
+# synthetic word problems ("Each box holds 779 pens. How many pens are in 982 boxes?") on this CPU, save it, evaluate
+# it greedily on 128 held-out problems before and after training (pass@1 with 95% intervals), and save the training
+# success curve as runs/gtpo-default/training_success.png.
+# Sized for 2 shared CPU cores: 20 steps of 8 trajectories (1 prompt x 8), 33-47 s each (12 min of training, 20 min in
+# all), peak memory 7.4 GiB; held-out pass@1 went from 0.430 to 0.969 (README, "What the main job does on this CPU").
 # Extra arguments are passed to examples/train_gtpo.py (TRL-style flags, e.g. --max_steps 10 --gamma 1.0).
 # Usage: bash scripts/train_default.sh [--flag value ...]
 set -euo pipefail
@@ -13,10 +16,10 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 exec "$VENV/bin/accelerate" launch --config_file accelerate_configs/single_process.yaml examples/train_gtpo.py \
   --output_dir runs/gtpo-default \
-  --dataset_name synthetic --train_size 512 --eval_size 32 \
-  --max_steps 10 --per_device_train_batch_size 4 --gradient_accumulation_steps 2 --num_generations 4 \
-  --max_completion_length 160 --max_turns 3 --temperature 1.0 \
-  --learning_rate 5e-6 --beta 0.0 --loss_type dapo --gradient_checkpointing false \
+  --dataset_name synthetic --synthetic_kinds word --few_shot_examples word --train_size 1024 --eval_size 128 \
+  --max_steps 20 --per_device_train_batch_size 8 --gradient_accumulation_steps 1 --num_generations 8 \
+  --max_completion_length 96 --max_turns 2 --temperature 0.5 \
+  --learning_rate 3e-5 --beta 0.0 --loss_type dapo --gradient_checkpointing false \
   --use_cpu true --bf16 false --logging_steps 1 --save_strategy "no" --report_to none \
   --log_completions true --num_completions_to_print 2 \
   "$@"

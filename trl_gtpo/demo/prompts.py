@@ -41,21 +41,52 @@ FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
     ),
 )
 
+# A worked word problem: the question does not spell out the expression, the code does. With the arithmetic examples
+# above, SmolLM2-135M-Instruct solves almost no word problem ("To find the answer, we need to divide ..."); with this
+# one it solves about a quarter of them greedily, which leaves room to learn (the synthetic "word" kind).
+WORD_PROBLEM_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "Each crate holds 512 apples. How many apples are in 389 crates?",
+        "```python\nprint(512 * 389)\n```\n```output\n199168\n```\nThe answer is \\boxed{199168}.",
+    ),
+)
 
-def few_shot_messages() -> list[dict[str, str]]:
-    """The worked examples as alternating user/assistant messages."""
+# The sets of worked examples by name (`build_prompt(examples=...)`, examples/train_gtpo.py's --few_shot_examples).
+EXAMPLE_SETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "arithmetic": FEW_SHOT_EXAMPLES,
+    "word": WORD_PROBLEM_EXAMPLES,
+}
+
+
+def few_shot_messages(num_examples: int | None = None, examples: str = "arithmetic") -> list[dict[str, str]]:
+    """The first `num_examples` worked examples of the set `examples` (a name in `EXAMPLE_SETS`; all of the set if
+    `num_examples` is None) as alternating user/assistant messages."""
+    if examples not in EXAMPLE_SETS:
+        raise ValueError(f"Unknown set of worked examples {examples!r}; known sets: {', '.join(EXAMPLE_SETS)}")
+    chosen = EXAMPLE_SETS[examples]
+    if num_examples is not None and not 0 <= num_examples <= len(chosen):
+        raise ValueError(f"num_examples must be between 0 and {len(chosen)}, got {num_examples}")
     messages = []
-    for question, answer in FEW_SHOT_EXAMPLES:
+    for question, answer in chosen[:num_examples]:
         messages.append({"role": "user", "content": question})
         messages.append({"role": "assistant", "content": answer})
     return messages
 
 
 def build_prompt(
-    question: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, few_shot: bool = True
+    question: str,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    few_shot: bool = True,
+    num_examples: int | None = None,
+    examples: str = "arithmetic",
 ) -> list[dict[str, str]]:
     """Conversational prompt for `question`: the system prompt (left out if `system_prompt` is None or empty), the
-    worked examples as user/assistant exchanges (if `few_shot`), then the question as the last user message.
+    worked examples of the set `examples` (see `EXAMPLE_SETS`) as user/assistant exchanges (if `few_shot`; the first
+    `num_examples` of them, all if None), then the question as the last user message.
+
+    Every prompt token is paid again on each turn of each trajectory (the prompt is encoded once per turn), so on a
+    small machine one example instead of two makes generation markedly cheaper (the first example alone already
+    teaches the format; the second one only matters for `a^b mod m` questions).
 
     Without a system message, SmolLM2's chat template inserts its own default one ("You are a helpful AI assistant
     named SmolLM, ...") when the prompt is rendered.
@@ -64,6 +95,6 @@ def build_prompt(
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
     if few_shot:
-        messages.extend(few_shot_messages())
+        messages.extend(few_shot_messages(num_examples, examples))
     messages.append({"role": "user", "content": question})
     return messages
