@@ -3,8 +3,8 @@
 # synthetic word problems ("Each box holds 779 pens. How many pens are in 982 boxes?") on this CPU, save it, evaluate
 # it greedily on 128 held-out problems before and after training (pass@1 with 95% intervals), and save the training
 # success curve as runs/gtpo-default/training_success.png.
-# Sized for 2 shared CPU cores: 20 steps of 8 trajectories (1 prompt x 8), 33-47 s each (12 min of training, 20 min in
-# all), peak memory 7.4 GiB; held-out pass@1 went from 0.430 to 0.969 (README, "What the main job does on this CPU").
+# Sized for 2 shared CPU cores: 20 steps of 8 trajectories (1 prompt x 8), about 38 s each (13 min of training, 20 min in
+# all), peak memory 7.8 GiB; held-out pass@1 went from 0.430 to 1.000 (README, "What the main job does on this CPU").
 # Extra arguments are passed to examples/train_gtpo.py (TRL-style flags, e.g. --max_steps 10 --gamma 1.0).
 # Usage: bash scripts/train_default.sh [--flag value ...]
 set -euo pipefail

@@ -8,7 +8,6 @@ import pytest
 from trl_gtpo.demo import data
 from trl_gtpo.demo.data import (
     DATASET_NAMES,
-    SYNTHETIC_KINDS,
     DataNotInstalledError,
     UnknownDatasetError,
     available_splits,
