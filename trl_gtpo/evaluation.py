@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import StoppingCriteriaList
 
-from .interpreter.transcript import code_blocks
-from .interpreter.loop import CodeInterpreterLoop, Trajectory
 from ._trl_compat import stop_padding_start, stop_string_criteria
+from .interpreter.loop import CodeInterpreterLoop, Trajectory
+from .interpreter.transcript import code_blocks
+from .turn_records import turn_spans
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -236,16 +237,9 @@ def _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, pr
 def _model_turns(trajectory: Trajectory, tokenizer) -> list[str]:
     """The text of each model turn: the runs of tokens the tool mask marks as the model's (each turn but the last
     is followed by its tool output)."""
-    turns, current = [], []
-    for token, is_model in zip(trajectory.completion_ids, trajectory.tool_mask, strict=True):
-        if is_model:
-            current.append(token)
-        elif current:
-            turns.append(current)
-            current = []
-    if current:
-        turns.append(current)
-    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in turns]
+    ids = trajectory.completion_ids
+    spans = turn_spans(trajectory.tool_mask)
+    return [tokenizer.decode(ids[start:end], skip_special_tokens=True) for start, end in spans]
 
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:

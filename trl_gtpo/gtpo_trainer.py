@@ -19,7 +19,7 @@ from .gtpo_config import GTPOConfig
 from .interpreter.executor import CodeExecutor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.format import format_terms
-from .rewards.turn import call_turn_reward_funcs, turn_reward_table
+from .rewards.turn import call_turn_reward_funcs, checked_turn_values, turn_reward_table
 from .turn_level import turn_off_policy_mask
 from .turn_records import TurnRecord, records_from_mask, records_from_messages, turn_index
 
@@ -146,7 +146,9 @@ class GTPOTrainer(GRPOTrainer):
 
         interpreter_turns = _interpreter_turns(step.extra_fields)
         turns = interpreter_turns if interpreter_turns is not None else self._turn_records(step, masks)
-        formats = format_terms(turns, num_turns, width, self.args.format_penalty) if interpreter_turns is not None else None
+        formats = None
+        if interpreter_turns is not None:  # the format rule reads the code interpreter's own records
+            formats = format_terms(turns, num_turns, width, self.args.format_penalty)
         sources = self._turn_reward_sources(step, turns)
         terms = formats
         weights = dict(zip(self.turn_reward_func_names, self.turn_reward_weights))
@@ -223,14 +225,16 @@ class GTPOTrainer(GRPOTrainer):
             )
             sources.update(zip(self.turn_reward_func_names, values))
         if self.environment_factories is not None:  # every process has this source, so logging gathers alike
-            sources["environment"] = _checked_source(
-                "get_turn_rewards()",
+            sources["environment"] = checked_turn_values(
                 [env.get_turn_rewards() if hasattr(env, "get_turn_rewards") else None for env in self.environments],
+                "The environments' get_turn_rewards()",
                 turns,
+                missing_rows=True,
             )
         if "turn_rewards" in step.extra_fields:
             values = step.extra_fields["turn_rewards"]
-            sources["rollout_func"] = _checked_source("rollout_func's turn_rewards", values, turns)
+            what = "The rollout_func's turn_rewards"
+            sources["rollout_func"] = checked_turn_values(values, what, turns, missing_rows=True)
         return sources
 
     def _run_async(self, coroutine):
@@ -271,7 +275,8 @@ class GTPOTrainer(GRPOTrainer):
         groups = advantages.reshape(-1, batch.group_size * advantages.shape[1])
         no_signal = (torch.nan_to_num(groups, nan=0.0) == 0).all(dim=1)
         metrics["advantages/frac_zero_groups"].append(no_signal.float().mean().item())
-        metrics["turns/frac_zero_std_groups"].append(zero_std_groups(table.returns, batch.group_size).float().mean().item())
+        zero_std = zero_std_groups(table.returns, batch.group_size)
+        metrics["turns/frac_zero_std_groups"].append(zero_std.float().mean().item())
         # TRL's frac_reward_zero_std counts trajectories whose group's outcome rewards are equal: with turn rewards
         # such a group can still get advantages, so the figure is kept under a name that says what it counts.
         if metrics.get("frac_reward_zero_std"):
@@ -286,7 +291,8 @@ class GTPOTrainer(GRPOTrainer):
             metrics["format/violations_per_turn"].append((violations / batch.num_turns.sum().clamp(min=1)).item())
         for name, values in sources.items():
             local = [value for row in values for value in row if value is not None]
-            stats = self.accelerator.gather(torch.tensor([[sum(local), len(local)]], dtype=torch.float32, device=num_turns.device))
+            local_stats = torch.tensor([[sum(local), len(local)]], dtype=torch.float32, device=num_turns.device)
+            stats = self.accelerator.gather(local_stats)
             total, count = stats.sum(dim=0).tolist()
             if count:
                 metrics[f"turn_rewards/{name}/mean"].append(total / count)
@@ -312,20 +318,6 @@ def _interpreter_turns(extra_fields: dict) -> list[list[TurnRecord]] | None:
     ):
         return turns
     return None
-
-
-def _checked_source(what: str, values, turns) -> list[list[float | None]]:
-    """Per-turn values from an environment or a rollout_func, checked against the turn counts like a function's."""
-    rows = []
-    for i, (row, records) in enumerate(zip(values, turns, strict=True)):
-        row = [] if row is None else list(row)
-        if row and len(row) != len(records):
-            raise ValueError(
-                f"{what} gave {len(row)} values for trajectory {i}, which has {len(records)} turns: give one value "
-                "(float or None) per model turn."
-            )
-        rows.append([None if v is None else float(v) for v in row] or [None] * len(records))
-    return rows
 
 
 def _mask_lists(tool_masks, completion_ids) -> list[list[int]]:

@@ -31,7 +31,12 @@ import torch
 from ..turn_records import TurnRecord
 from .answer import final_answer
 
-__all__ = ["call_turn_reward_funcs", "tool_success_turn_reward", "turn_reward_table", "verified_answer_turn_reward"]
+__all__ = [
+    "call_turn_reward_funcs",
+    "checked_turn_values",     "tool_success_turn_reward",
+    "turn_reward_table",
+    "verified_answer_turn_reward",
+]
 
 _FAILED = ("error", "timeout", "limit", "crash")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
@@ -98,25 +103,34 @@ def call_turn_reward_funcs(
         values = func(turns=turns, **reward_kwargs)
         if inspect.isawaitable(values):
             values = (run_async or asyncio.run)(values)
-        results.append(_checked(values, name, turns))
+        results.append(checked_turn_values(values, f"Turn reward function {name!r}", turns))
     return results
 
 
-def _checked(values, name: str, turns: Sequence[Sequence[TurnRecord]]) -> list[list[float | None]]:
+def checked_turn_values(
+    values, what: str, turns: Sequence[Sequence[TurnRecord]], *, missing_rows: bool = False
+) -> list[list[float | None]]:
+    """`values[i][j]` checked against the turn counts, as floats or None. `what` names the source in the error (a
+    function, an environment's `get_turn_rewards()`, a rollout_func's `turn_rewards`); with `missing_rows`, a row that
+    is None or empty means "no opinion on any turn" (an environment without `get_turn_rewards`)."""
     if not isinstance(values, (list, tuple)) or len(values) != len(turns):
         count = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
         raise ValueError(
-            f"Turn reward function {name!r} returned {count} values for {len(turns)} trajectories: return one list "
-            "per trajectory, with one value (float or None) per turn."
+            f"{what} returned {count} values for {len(turns)} trajectories: return one list per trajectory, with one "
+            "value (float or None) per turn."
         )
+    rows = []
     for i, (row, trajectory) in enumerate(zip(values, turns)):
+        if missing_rows and not row:
+            row = [None] * len(trajectory)
         if not isinstance(row, (list, tuple)) or len(row) != len(trajectory):
             count = len(row) if isinstance(row, (list, tuple)) else type(row).__name__
             raise ValueError(
-                f"Turn reward function {name!r} returned {count} values for trajectory {i}, which has "
-                f"{len(trajectory)} turns: return one value (float or None) per turn of `turns[{i}]`."
+                f"{what} returned {count} values for trajectory {i}, which has {len(trajectory)} turns: return one "
+                f"value (float or None) per turn of `turns[{i}]`."
             )
-    return [[None if value is None else float(value) for value in row] for row in values]
+        rows.append([None if value is None else float(value) for value in row])
+    return rows
 
 
 def turn_reward_table(values: Sequence[Sequence[float | None]], width: int) -> torch.Tensor:
