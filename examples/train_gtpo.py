@@ -39,7 +39,8 @@ class GTPOScriptArguments(ScriptArguments):
         default_factory=list,
         metadata={
             "help": "Turn reward functions (one value per model turn, see trl_gtpo.rewards.turn): "
-            "'tool_success_turn_reward', 'verified_answer_turn_reward' or dotted import paths; weights in "
+            "'tool_success_turn_reward', 'verified_answer_turn_reward', 'intermediate_value_turn_reward' (reads an "
+            "'intermediates' column) or dotted import paths; weights in "
             "--turn_reward_weights."
         },
     )
@@ -72,13 +73,18 @@ class GTPOScriptArguments(ScriptArguments):
 def load_reward_funcs(names: list[str], option: str = "--reward_funcs") -> list:
     """Reward functions (or turn reward functions) by built-in name or dotted import path, as TRL's grpo.py does."""
     from trl_gtpo.rewards import math_answer_reward
-    from trl_gtpo.rewards.turn import tool_success_turn_reward, verified_answer_turn_reward
+    from trl_gtpo.rewards.turn import (
+        intermediate_value_turn_reward,
+        tool_success_turn_reward,
+        verified_answer_turn_reward,
+    )
 
     registry = {
         "--reward_funcs": {"math_answer_reward": math_answer_reward},
         "--turn_reward_funcs": {
             "tool_success_turn_reward": tool_success_turn_reward,
             "verified_answer_turn_reward": verified_answer_turn_reward,
+            "intermediate_value_turn_reward": intermediate_value_turn_reward,
         },
     }[option]
     funcs = []

@@ -10,7 +10,12 @@ from datasets import Dataset
 
 from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, make_args, rows_by_tag
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
-from trl_gtpo.rewards.turn import call_turn_reward_funcs, tool_success_turn_reward, verified_answer_turn_reward
+from trl_gtpo.rewards.turn import (
+    call_turn_reward_funcs,
+    intermediate_value_turn_reward,
+    tool_success_turn_reward,
+    verified_answer_turn_reward,
+)
 from trl_gtpo.turn_records import TurnRecord, records_from_mask, records_from_messages, turn_spans
 
 
@@ -42,6 +47,21 @@ def test_verified_answer_turn_reward_rewards_the_turn_whose_output_states_the_an
     turns = [[record(0, "ok", "1,080.0\n"), record(1, "ok", "7"), record(2)]] * 2 + [[record(0, "error", "1080")]]
     completions = ["So the answer is \\boxed{1080}.", "The answer is \\boxed{12}.", "\\boxed{1080}"]
     assert verified_answer_turn_reward(completions, turns) == [[1.0, None, None], [None, None, None], [None]]
+
+
+def test_intermediate_value_turn_reward_checks_each_call_against_its_own_expected_value():
+    turns = [
+        # right, wrong (a later step after a wrong one is wrong too), no call, then a call past the expected values
+        [record(0, "ok", "1924\n"), record(1, "ok", "2536"), record(2), record(3, "ok", "7")],
+        # "no_code" is no call and uses no expected value; numbers are compared as numbers
+        [record(0, "ok", "1924\n"), record(1, "no_code"), record(2, "ok", "2,535.0")],
+        # the last printed number counts, not any; a call that failed is 0
+        [record(0, "ok", "1924 2535"), record(1, "error", "2535")],
+    ]
+    intermediates = [["1924", "2535"], [1924, 2535], [1924, 2535]]
+    assert intermediate_value_turn_reward(turns, intermediates) == [
+        [1.0, 0.0, None, 0.0], [1.0, None, 1.0], [0.0, 0.0]
+    ]
 
 
 def test_turn_reward_function_shape_errors_name_the_function_the_trajectory_and_both_counts():

@@ -22,6 +22,7 @@ _EXPORTS = {
     "make_executor": "interpreter.executor_factory",
     "math_answer_reward": "rewards",
     "TurnRecord": "turn_records",
+    "intermediate_value_turn_reward": "rewards.turn",
     "tool_success_turn_reward": "rewards.turn",
     "verified_answer_turn_reward": "rewards.turn",
     "CodeInterpreterRollout": "interpreter.rollout",

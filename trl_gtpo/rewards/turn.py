@@ -16,6 +16,9 @@ Built-in turn rewards:
   (raised, timed out, broke a limit, crashed), None for a turn whose call did not run.
 - [`verified_answer_turn_reward`]: 1.0 for a turn whose tool call ran and whose output contains the value the final
   answer states (the answer was computed, i.e. verified by execution), None for every other turn.
+- [`intermediate_value_turn_reward`]: for tasks whose steps have known intermediate results (a dataset column
+  `intermediates`): 1.0 for the k-th tool call that ran when the last number it printed is the k-th expected value,
+  0.0 when it is not, None for a turn without a call that ran.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from .answer import final_answer
 
 __all__ = [
     "call_turn_reward_funcs",
-    "checked_turn_values",     "tool_success_turn_reward",
+    "checked_turn_values",
+    "intermediate_value_turn_reward",
+    "tool_success_turn_reward",
     "turn_reward_table",
     "verified_answer_turn_reward",
 ]
@@ -63,6 +68,34 @@ def verified_answer_turn_reward(
     for completion, trajectory in zip(completions, turns, strict=True):
         answer = final_answer(completion)
         rewards.append([1.0 if answer and _output_states(turn, answer) else None for turn in trajectory])
+    return rewards
+
+
+def intermediate_value_turn_reward(
+    turns: Sequence[Sequence[TurnRecord]], intermediates: Sequence[Sequence], **kwargs
+) -> list[list[float | None]]:
+    """r_j = 1 if turn j makes the k-th tool call that ran and the last number of its output equals
+    `intermediates[i][k]`, 0 if it makes that call and the value differs (an error, another number, a call past the
+    last expected value), None for a turn without a call that ran.
+
+    Why the last number: a program that prints many candidates must not collect the reward. The expected values are
+    the true intermediates of the task (a dataset column, numbers or numeric strings), so a step that follows a
+    wrong one is 0 as well: the value a turn leaves behind is checked, not the operation it applied.
+    """
+    rewards = []
+    for trajectory, expected in zip(turns, intermediates, strict=True):
+        values, calls = [], 0
+        for turn in trajectory:
+            if not turn.ran:
+                values.append(None)
+                continue
+            target = _as_number(str(expected[calls])) if calls < len(expected) else None
+            printed = _NUMBER.findall(turn.tool_response or "") if turn.status == "ok" else []
+            last = _as_number(printed[-1]) if printed else None
+            right = target is not None and last is not None and math.isclose(last, target, rel_tol=1e-9, abs_tol=1e-12)
+            values.append(1.0 if right else 0.0)
+            calls += 1
+        rewards.append(values)
     return rewards
 
 

@@ -1,0 +1,162 @@
+"""The credit-assignment task (issue 19): a chain of arithmetic steps, one tool turn per step, each step checkable.
+
+A prompt names a start value and 2 or 4 operations ("Start at 52. Then: * 37, + 611."; 4 steps add "% 83, * 45").
+The model runs one ```python block per step in its persistent session and then copies the last output:
+
+    ```python\\nx = 52 * 37\\nprint(x)\\n```   -> ```output\\n1924\\n```       (turn 1: step 1)
+    ```python\\nx = x + 611\\nprint(x)\\n```   -> ```output\\n2535\\n```       (turn 2: step 2)
+    The answer is \\boxed{2535}.                                             (turn 3: the answer)
+
+Why this task: each step is a decision of its own that can be right or wrong, and each is checkable. Turn j's tool
+output is compared with the TRUE j-th intermediate value (`trl_gtpo.rewards.turn.intermediate_value_turn_reward`
+reading the `intermediates` column), so a trajectory whose step 1 is right and step 2 wrong earns the step-1 reward
+and not the step-2 one; the outcome (the boxed value equals the final value) needs every step. GRPO given the same
+turn rewards summed into one trajectory reward hands that total to every turn alike; GTPO hands turn j only the
+rewards of turns j and later.
+
+The supervised stage (`teach_format`) writes every step's operand from the prompt, except that each step, on its own
+and with probability P_ERR, gets a wrong operand of the same number of digits: groups then mix right and wrong
+steps, independently per step. Operands have 2-3 digits, so intermediates (3-5 digits) cannot be guessed: no reward
+is reachable without running the steps, and a value in the answer that was not printed by the tool is almost never
+right. The answer turn copies the last output (it can also be wrong, rarely).
+"""
+
+import os
+import random
+
+P_ERR = 0.25  # per-step probability of a wrong operand in the supervised data
+OPERATIONS = ("*", "+", "%", "*")  # step j applies OPERATIONS[j]: 2 steps use the first two, 4 steps all four
+RANGES = {"*": (11, 99), "+": (101, 999), "%": (53, 97)}
+START_RANGE = (11, 99)
+
+
+def held_out(start: int, operands: tuple[int, ...]) -> bool:
+    """One chain in 4 is held out of RL training (by a fixed rule, so the two sets never meet); the supervised stage
+    sees both (it teaches the format, not the task)."""
+    return (start + operands[0]) % 4 == 0
+
+
+def apply(x: int, operation: str, operand: int) -> int:
+    return x * operand if operation == "*" else x + operand if operation == "+" else x % operand
+
+
+def intermediates(start: int, operands: tuple[int, ...]) -> list[int]:
+    values, x = [], start
+    for operation, operand in zip(OPERATIONS, operands):
+        x = apply(x, operation, operand)
+        values.append(x)
+    return values
+
+
+def prompt_text(start: int, operands: tuple[int, ...]) -> str:
+    steps = ", ".join(f"{operation} {operand}" for operation, operand in zip(OPERATIONS, operands))
+    return f"Start at {start}. Then: {steps}."
+
+
+def row(start: int, operands: tuple[int, ...]) -> dict:
+    values = intermediates(start, operands)
+    return {
+        "prompt": [{"role": "user", "content": prompt_text(start, operands)}],
+        "answer": str(values[-1]),
+        "intermediates": [str(v) for v in values],
+        "start": start,
+        "operands": list(operands),
+    }
+
+
+def chain(rng: random.Random, steps: int, split: str = "train") -> dict:
+    while True:
+        start = rng.randint(*START_RANGE)
+        operands = tuple(rng.randint(*RANGES[operation]) for operation in OPERATIONS[:steps])
+        if held_out(start, operands) == (split == "test"):
+            return row(start, operands)
+
+
+def problems(n: int, seed: int, steps: int, split: str = "train") -> list[dict]:
+    rng = random.Random(f"{split} {steps} {seed}")
+    return [chain(rng, steps, split) for _ in range(n)]
+
+
+def test_problems(steps: int, n: int = 64) -> list[dict]:
+    """The held-out chains: fixed, the same for every run."""
+    return problems(n, 12345, steps, "test")
+
+
+def step_code(j: int, start: int, operation: str, operand: int) -> str:
+    source = f"x = {start} {operation} {operand}" if j == 0 else f"x = x {operation} {operand}"
+    return f"```python\n{source}\nprint(x)\n```\n"
+
+
+def completion(start: int, operands: tuple[int, ...], wrong: tuple[bool, ...], rng: random.Random) -> str:
+    """The transcript of one chain; `wrong[j]`: step j writes a wrong operand (its output follows from it)."""
+    text, x = "", start
+    for j, (operation, operand) in enumerate(zip(OPERATIONS, operands)):
+        if wrong[j]:
+            low, high = RANGES[operation]
+            operand = rng.choice([v for v in range(low, high + 1) if v != operand])
+        text += step_code(j, start, operation, operand)
+        x = apply(x, operation, operand)
+        text += f"```output\n{x}\n```\n"
+    return text + f"The answer is \\boxed{{{x}}}."
+
+
+def boxed_answer_reward(completions, answer, **kwargs) -> list[float]:
+    """1.0 if the last \\boxed{...} of the completion is exactly the final value, else 0.0."""
+    rewards = []
+    for text, reference in zip(completions, answer):
+        text = text if isinstance(text, str) else text[-1]["content"]
+        start = text.rfind("\\boxed{")
+        end = text.find("}", start)
+        rewards.append(1.0 if start != -1 and end != -1 and text[start + 7 : end].strip() == reference else 0.0)
+    return rewards
+
+
+def teach_format(path: str, seed: int = 0, steps: int = 2500, batch_size: int = 16, examples: int = 4000,
+                 hidden_size: int = 64, num_layers: int = 2, lr: float = 3e-3) -> str:
+    """Supervised stage: a tiny random model (seed `seed`: its own initialization and data) trained on `examples`
+    chains of 2 and 4 steps, each step wrong with probability P_ERR on its own. Saved to `path`, reused when there."""
+    import torch
+
+    from trl_gtpo.testing import make_tiny_model, make_tiny_tokenizer
+
+    marker = os.path.join(path, "taught.txt")
+    signature = f"chain v1 {seed} {steps} {batch_size} {examples} {hidden_size} {num_layers} {lr} {P_ERR}"
+    if os.path.exists(marker) and open(marker).read() == signature:
+        return path
+    rng = random.Random(f"teach {seed}")
+    tokenizer = make_tiny_tokenizer()
+    model = make_tiny_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    sequences = []
+    for _ in range(examples):
+        chain_steps = rng.choice((2, 4))
+        example = chain(rng, chain_steps, split=rng.choice(("train", "train", "train", "test")))
+        wrong = tuple(rng.random() < P_ERR for _ in range(chain_steps))
+        text = completion(example["start"], tuple(example["operands"]), wrong, rng)
+        prompt = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        completion_ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+        sequences.append((prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids))
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
+    model.train()
+    for _ in range(steps):
+        batch = [sequences[rng.randrange(len(sequences))] for _ in range(batch_size)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        attention = torch.arange(width) < torch.tensor([len(ids) for ids, _ in batch])[:, None]
+        loss = model(input_ids=input_ids, attention_mask=attention.long(), labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    model.eval()
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    with open(marker, "w") as file:
+        file.write(signature)
+    print(f"taught the chain format (seed {seed}) in {steps} steps, final loss {loss.item():.3f}: {path}")
+    return path
