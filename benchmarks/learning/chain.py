@@ -25,8 +25,8 @@ import os
 import random
 
 P_ERR = 0.25  # per-step probability of a wrong operand in the supervised data
-OPERATIONS = ("*", "+", "%", "*")  # step j applies OPERATIONS[j]: 2 steps use the first two, 4 steps all four
-RANGES = {"*": (11, 99), "+": (101, 999), "%": (53, 97)}
+OPERATIONS = ("*", "+", "*", "+")  # step j applies OPERATIONS[j]: 2 steps use the first two, 4 steps all four
+OPERAND_RANGE = (2, 9)  # one token each: a step is one decision (its operand), not a long copy
 START_RANGE = (11, 99)
 
 
@@ -37,7 +37,7 @@ def held_out(start: int, operands: tuple[int, ...]) -> bool:
 
 
 def apply(x: int, operation: str, operand: int) -> int:
-    return x * operand if operation == "*" else x + operand if operation == "+" else x % operand
+    return x * operand if operation == "*" else x + operand
 
 
 def intermediates(start: int, operands: tuple[int, ...]) -> list[int]:
@@ -67,7 +67,7 @@ def row(start: int, operands: tuple[int, ...]) -> dict:
 def chain(rng: random.Random, steps: int, split: str = "train") -> dict:
     while True:
         start = rng.randint(*START_RANGE)
-        operands = tuple(rng.randint(*RANGES[operation]) for operation in OPERATIONS[:steps])
+        operands = tuple(rng.randint(*OPERAND_RANGE) for _ in range(steps))
         if held_out(start, operands) == (split == "test"):
             return row(start, operands)
 
@@ -92,12 +92,48 @@ def completion(start: int, operands: tuple[int, ...], wrong: tuple[bool, ...], r
     text, x = "", start
     for j, (operation, operand) in enumerate(zip(OPERATIONS, operands)):
         if wrong[j]:
-            low, high = RANGES[operation]
+            low, high = OPERAND_RANGE
             operand = rng.choice([v for v in range(low, high + 1) if v != operand])
         text += step_code(j, start, operation, operand)
         x = apply(x, operation, operand)
         text += f"```output\n{x}\n```\n"
     return text + f"The answer is \\boxed{{{x}}}."
+
+
+def route_probability(model, tokenizer, rows: list[dict], batch_size: int = 32) -> list[float]:
+    """P(the model at temperature 1 writes the right transcript) for each chain of `rows`, exactly: the product of the
+    probabilities of its model tokens (every step with the right operand, the right answer, EOS), the tool's output
+    blocks given. A lower bound of the sampled success (another wording that also boxes the right value would count
+    there), without sampling noise; the model is taught only this wording, so the bound is close."""
+    import torch
+
+    sequences = []
+    for row_ in rows:
+        start, operands = row_["start"], tuple(row_["operands"])
+        text = completion(start, operands, (False,) * len(operands), random.Random(0))
+        prompt = tokenizer.apply_chat_template(row_["prompt"], add_generation_prompt=True, tokenize=False)
+        encoded = tokenizer(prompt + text, add_special_tokens=False, return_offsets_mapping=True)
+        outputs, position = [], 0
+        while (begin := text.find("```output\n", position)) != -1:  # [begin, end) of each tool output block
+            end = text.find("\n```\n", begin + 10) + 5
+            outputs.append((len(prompt) + begin, len(prompt) + end))
+            position = end
+        scored = [int(b >= len(prompt) and not any(lo <= b < hi for lo, hi in outputs))
+                  for b, _ in encoded["offset_mapping"]]
+        sequences.append((encoded["input_ids"] + [tokenizer.eos_token_id], scored + [1]))
+    probabilities = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(sequences), batch_size):
+            batch = sequences[i : i + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s, _ in batch])
+            scored = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], dtype=torch.bool)
+            attention = torch.arange(width) < torch.tensor([len(s) for s, _ in batch])[:, None]
+            logits = model(input_ids=ids, attention_mask=attention.long()).logits.float()
+            logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
+            probabilities += torch.exp((logps * scored[:, 1:]).sum(dim=1)).tolist()
+    return probabilities
 
 
 def boxed_answer_reward(completions, answer, **kwargs) -> list[float]:
@@ -111,7 +147,7 @@ def boxed_answer_reward(completions, answer, **kwargs) -> list[float]:
     return rewards
 
 
-def teach_format(path: str, seed: int = 0, steps: int = 2500, batch_size: int = 16, examples: int = 4000,
+def teach_format(path: str, seed: int = 0, steps: int = 1500, batch_size: int = 16, examples: int = 4000,
                  hidden_size: int = 64, num_layers: int = 2, lr: float = 3e-3) -> str:
     """Supervised stage: a tiny random model (seed `seed`: its own initialization and data) trained on `examples`
     chains of 2 and 4 steps, each step wrong with probability P_ERR on its own. Saved to `path`, reused when there."""
@@ -120,7 +156,7 @@ def teach_format(path: str, seed: int = 0, steps: int = 2500, batch_size: int = 
     from trl_gtpo.testing import make_tiny_model, make_tiny_tokenizer
 
     marker = os.path.join(path, "taught.txt")
-    signature = f"chain v1 {seed} {steps} {batch_size} {examples} {hidden_size} {num_layers} {lr} {P_ERR}"
+    signature = f"chain v2 {seed} {steps} {batch_size} {examples} {hidden_size} {num_layers} {lr} {P_ERR}"
     if os.path.exists(marker) and open(marker).read() == signature:
         return path
     rng = random.Random(f"teach {seed}")
