@@ -43,21 +43,24 @@ def trajectory_types(chain_steps: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product((1.0, 0.0), repeat=chain_steps)))
 
 
-def turn_terms(types: torch.Tensor, rewards: str, weight: float) -> torch.Tensor:
-    """(2^K, K + 1) the turn reward of each step turn (the answer turn gets none)."""
+def turn_terms(types: torch.Tensor, rewards: str, weight) -> torch.Tensor:
+    """(2^K, K + 1) the turn reward of each step turn (the answer turn gets none); `weight`: one number, or one per
+    step (0: that step's turn is not rewarded)."""
     if rewards == "prefix":
         terms = torch.cumprod(types, dim=1)
     elif rewards == "step":
         terms = types.clone()
     else:
         raise ValueError(f"Unknown turn rewards {rewards!r}: use 'prefix' or 'step'.")
-    return torch.nn.functional.pad(weight * terms, (0, 1))
+    return torch.nn.functional.pad(torch.as_tensor(weight, dtype=terms.dtype) * terms, (0, 1))
 
 
 class ExpectedUpdate:
     """E[U] of one estimator as a function of theta, over every multiset of G trajectory types."""
 
-    def __init__(self, chain_steps: int, group_size: int, method: str, gamma: float, rewards: str, weight: float):
+    def __init__(self, chain_steps: int, group_size: int, method: str, gamma: float, rewards: str, weight=1.0,
+                 outcome_weight: float = 1.0, advantage_fn=turn_advantages):
+        """`advantage_fn(batch, settings)`: the advantage step under study (tests pass broken ones)."""
         types = trajectory_types(chain_steps)
         self.types = types
         groups = torch.tensor(list(itertools.combinations_with_replacement(range(len(types)), group_size)))
@@ -66,18 +69,18 @@ class ExpectedUpdate:
         self.counts = counts.double()
         self.log_coefficient = (math.lgamma(group_size + 1) - torch.lgamma(self.counts + 1).sum(dim=1))
         rows = groups.flatten()
-        outcome = types.prod(dim=1)
+        outcome = outcome_weight * types.prod(dim=1)
         terms = turn_terms(types, rewards, weight)
         if method in ("grpo", "grpo-sum"):
             total = outcome + (terms.sum(dim=1) if method == "grpo-sum" else 0.0)
             batch = TurnBatch(outcome=total[rows], num_turns=torch.ones(len(rows), dtype=torch.long),
                               group_size=group_size)
-            table = turn_advantages(batch, AdvantageSettings(gamma=1.0, estimator="trajectory"))
+            table = advantage_fn(batch, AdvantageSettings(gamma=1.0, estimator="trajectory"))
             advantages = table.advantages.expand(-1, chain_steps)  # GRPO: one advantage for every turn
         else:
             batch = TurnBatch(outcome=outcome[rows], num_turns=torch.full((len(rows),), chain_steps + 1),
                               group_size=group_size, turn_terms=terms[rows])
-            table = turn_advantages(batch, AdvantageSettings(gamma=gamma, estimator=method))
+            table = advantage_fn(batch, AdvantageSettings(gamma=gamma, estimator=method))
             advantages = table.advantages[:, :chain_steps]  # the answer turn has no choice, hence no gradient
         advantages = torch.nan_to_num(advantages.double()).view(len(groups), group_size, chain_steps)
         chosen = types[groups].double()  # (groups, G, K): 1 where step j was right

@@ -53,6 +53,24 @@ def test_single_turn_without_format_and_shaping_rewards_equals_grpo(tiny_model_p
         assert record["grpo"].abs().sum() > 0  # the rewards did differ, so this compared something
 
 
+def test_multi_turn_outcome_only_at_gamma_1_equals_grpo(tool_using_model_path, tmp_path):
+    """The sanity arm of the credit benchmark (issue 19): several turns, gamma 1, no format penalty, no shaping, no
+    turn rewards: every model token of a trajectory gets GRPO's advantage of that trajectory, so training is GRPO."""
+    dataset = Dataset.from_dict({"prompt": [QUESTION] * 8})
+
+    def varied(completions, **kwargs):  # the taught model writes the same transcript each time: vary by row
+        return [float(i % 3) for i in range(len(completions))]
+
+    args = make_args(tmp_path, max_turns=3, gamma=1.0, format_penalty=0.0, shaping_alpha=0.0, max_steps=1)
+    trainer = RecordingGTPOTrainer(model=tool_using_model_path, reward_funcs=varied, args=args, train_dataset=dataset)
+    trainer.train()
+    record = trainer.records[0]
+    expected = record["grpo"].unsqueeze(1).expand_as(record["gtpo"]) * record["unmasked"]
+    torch.testing.assert_close(record["gtpo"], expected)
+    assert record["grpo"].abs().sum() > 0  # the rewards did differ, so this compared something
+    assert any(len(turns) > 1 for turns in record["turns"])  # and some trajectory had several turns
+
+
 def test_single_turn_normalize_then_sum_equals_grpo(tiny_model_path, tmp_path):
     """GDPO aggregation: each function normalized within its group, summed, then scaled by the batch std (TRL ignores
     scale_rewards there, and so does GTPO): with one turn each, exactly GRPO's advantages."""
