@@ -180,7 +180,8 @@ def held_out(model, tokenizer, chain_steps: int) -> dict:
 
 
 def run_path(name: str, chain_steps: int, arm: str, model_seed: int, seed: int, steps: int) -> str:
-    return os.path.join(CACHE, "credit", name, f"{chain_steps}steps_{steps}", arm, f"{model_seed}_{seed}.json")
+    return os.path.join(CACHE, "credit", f"{chain_steps}steps_{steps}", estimator_name() if arm.startswith("gtpo") else
+                        "", arm, f"{model_seed}_{seed}.json")
 
 
 def work(jobs: list[tuple], name: str, chain_steps: int, steps: int) -> None:
