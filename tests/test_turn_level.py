@@ -89,7 +89,7 @@ def test_normalize_then_sum_one_turn_per_trajectory_gives_trls_advantages():
     weights = torch.tensor([2.0, 0.5])
     expected = _trl_normalize_then_sum(rewards_per_func, weights, 4)
     outcome = outcome_rewards(rewards_per_func, weights, 4, "normalize_then_sum")
-    for estimator in ("pooled", "trajectory"):
+    for estimator in ("pooled", "aligned"):
         for scope in ("group", "batch"):
             batch = TurnBatch(outcome=outcome, num_turns=torch.ones(8, dtype=torch.long), group_size=4)
             table = turn_advantages(batch, AdvantageSettings(0.9, estimator, scope, scale="batch"))
@@ -107,7 +107,7 @@ def test_normalize_then_sum_enters_the_final_turn_and_the_returns():
     batch = TurnBatch(
         outcome=outcome, num_turns=torch.tensor([2, 1, 1]), group_size=3, turn_terms=torch.tensor([[-0.1, 0.0]] * 3)
     )
-    table = turn_advantages(batch, AdvantageSettings(gamma=0.5, scale="batch"))
+    table = turn_advantages(batch, AdvantageSettings(gamma=0.5, estimator="pooled", scale="batch"))
     torch.testing.assert_close(table.rewards, torch.tensor([[-0.1, z[0]], [z[1] - 0.1, torch.nan], [z[2] - 0.1, torch.nan]]), equal_nan=True)
     returns = torch.tensor([-0.1 + 0.5 * z[0], z[0], z[1] - 0.1, z[2] - 0.1])  # R_01, R_02, R_11, R_21
     expected = (returns - returns.mean()) / (returns.std() + 1e-4)

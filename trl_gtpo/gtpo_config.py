@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .advantages import AGGREGATIONS, ESTIMATORS
+from .advantages import AGGREGATIONS, ESTIMATORS, REMOVED_ESTIMATOR_REASON, REMOVED_ESTIMATORS
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "turn", "sequence")
 
@@ -18,7 +18,7 @@ class GTPOConfig(GRPOConfig):
     Optimization (arXiv 2511.14846): turn-level rewards, discounted returns turned into advantages within the group,
     self-supervised reward shaping, and the multi-turn code interpreter used for generation.
 
-    With one turn per trajectory and no format or shaping reward, the "pooled" and "trajectory" estimators give back
+    With one turn per trajectory and no format or shaping reward, the "aligned" and "pooled" estimators give back
     GRPO's advantages exactly, and GTPO's loss is GRPO's under every loss type and option below.
 
     TRL options defined per sequence take their turn-level reading (table in docs/SETTINGS.md):
@@ -33,10 +33,11 @@ class GTPOConfig(GRPOConfig):
     Parameters:
         > Turn-level advantages
 
-        turn_advantage_estimator (`str`, *optional*, defaults to `"trajectory"`):
-            How a turn's advantage is estimated from its discounted return: `"trajectory"` (the default, chosen on
-            benchmarks/learning), `"pooled"` (the paper's formula as we read it) or `"leave_one_out"` (see
-            `trl_gtpo.advantages`).
+        turn_advantage_estimator (`str`, *optional*, defaults to `"aligned"`):
+            How a turn's advantage is estimated from its discounted return: `"aligned"` (the default: each reward
+            minus the group's mean reward at the same place, so only reward differences make advantages; 0 for a
+            group that earns the same, whatever its turn counts) or `"pooled"` (the paper's formula as we read it:
+            baseline and std over every turn return of the group). See `trl_gtpo.advantages`.
         gamma (`float`, *optional*, defaults to `0.9`):
             Discount of the turn returns, in [0, 1].
         turn_advantage_scope (`str`, *optional*, defaults to `"group"`):
@@ -103,14 +104,14 @@ class GTPOConfig(GRPOConfig):
 
     # > Turn-level advantages
     turn_advantage_estimator: str = field(
-        default="trajectory",
+        default="aligned",
         metadata={
-            "help": "How a turn's advantage is estimated from its discounted return R_ij: 'trajectory' (GRPO's group "
-            "statistics of whole trajectories: baseline the mean first-turn return, scale the std of the total "
-            "rewards; a group whose trajectories all earned the same gets 0; learned best on "
-            "benchmarks/learning), 'pooled' (the paper's formula as we read it: baseline and std over every turn "
-            "return of the group) or 'leave_one_out' (as 'trajectory', baseline over the other trajectories of the "
-            "group). See trl_gtpo.advantages."
+            "help": "How a turn's advantage is estimated from its discounted return R_ij: 'aligned' (each reward minus "
+            "the group's mean reward at the same place, the outcome at the trajectory's end and a turn term at its "
+            "turn index, divided by the root of the sum of those places' variances: a group that earns the same gets "
+            "0 whatever its turn counts, and a turn reward moves its own turn even when totals tie) or 'pooled' (the "
+            "paper's formula as we read it: baseline and std over every turn return of the group; a solved group gets "
+            "unit-sized advantages from the discount alone). See trl_gtpo.advantages."
         },
     )
     gamma: float = field(
@@ -240,6 +241,8 @@ class GTPOConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "a number in [0, 1], e.g. 0.9")
+        if self.turn_advantage_estimator in REMOVED_ESTIMATORS:
+            raise ValueError(f"GTPOConfig.turn_advantage_estimator={self.turn_advantage_estimator!r}: {REMOVED_ESTIMATOR_REASON}")
         _check(
             self.turn_advantage_estimator in ESTIMATORS,
             "turn_advantage_estimator",
