@@ -80,7 +80,8 @@ class GTPOConfig(GRPOConfig):
         tool_timeout (`float`, *optional*, defaults to `10.0`):
             Seconds one code block may run.
         tool_memory_limit_mb (`int`, *optional*, defaults to `1024`):
-            Address-space limit of the process running model code.
+            Address-space limit of the process running model code; the local sandbox needs at least 256 with its
+            default preload, 96 with a `preload` of your own.
         tool_pool_size (`int`, *optional*):
             Warm sandbox workers; None: this process's share of the node's cores (at most 8).
         persistent_tool_sessions (`bool`, *optional*, defaults to `True`):

@@ -14,8 +14,9 @@ is dropped by `close_session` (the process is killed). A worker hosts any number
 cost little memory, their pages are shared with the worker), but runs one call at a time: the calls of one `run` run
 in parallel across workers, and calls bound to the same worker queue. New sessions go to the worker with the fewest,
 so a turn of G trajectories spreads evenly; with `persistent_sessions=False` every call takes a fresh session on
-whichever worker is free. A worker that dies (or hangs past a generous deadline) is replaced; its call gets a "crash"
-result and the other sessions it hosted start over, with a note saying so on their next call.
+whichever worker is free. A worker that dies, or does not answer by the call's timeout plus `HUNG_WORKER_MARGIN_S`
+(frozen, stuck), is replaced; its call gets a "crash" result and the other sessions it hosted start over, with a note
+saying so on their next call.
 
 Shutdown: `close`, garbage collection and interpreter exit stop every worker, and a worker stops its sessions before
 it exits. A trainer killed outright (SIGKILL, or SIGTERM without handler) leaves no process behind either: workers see
