@@ -558,7 +558,10 @@ def planted_key_reads(pool: SandboxPool, keys: dict, secret: str) -> dict:
     result = run(pool, f"PATHS = {sorted(keys.values())!r}\n" + _NATIVE_READS)
     assert result.status == "ok", result
     found = json.loads(result.output)
-    return {where: (secret in (found[p][0] or ""), secret in (found[p][1] or ""), found[p][2]) for where, p in keys.items()}
+    return {
+        where: (secret in (found[path][0] or ""), secret in (found[path][1] or ""), found[path][2])
+        for where, path in keys.items()
+    }
 
 
 @pytest.mark.parametrize("isolation", ["auto", "userns", "hooks"])
@@ -572,7 +575,8 @@ def test_native_code_reads_no_planted_key_where_landlock_is(isolation, system_ke
         landlock = any(layer.startswith("Landlock") for layer in p.isolation_layers)
         readable = sorted(where for where, (native, by_os, _) in reads.items() if native or by_os)
         revealed = sorted(where for where, (_, _, exists) in reads.items() if exists)
-        print(f"{isolation}: landlock={landlock} readable {len(readable)}/{len(keys)} revealed {len(revealed)}/{len(keys)}")
+        count = len(keys)
+        print(f"{isolation}: landlock={landlock} readable {len(readable)}/{count} revealed {len(revealed)}/{count}")
         if _landlock_abi():
             assert landlock, p.isolation_notes
         else:
@@ -606,7 +610,8 @@ def test_landlock_refuses_tcp_and_signals_to_native_code():
         "f = lambda off, *args: ctypes.CFUNCTYPE(ctypes.c_int, *args, use_errno=True)(base + off)\n"
         f"sock = f({offsets['socket']}, ctypes.c_int, ctypes.c_int, ctypes.c_int)(2, 1, 0)\n"
         f"addr = struct.pack('<HH4s8x', 2, __import__('socket').htons({port}), bytes([127, 0, 0, 1]))\n"
-        f"print('connect', f({offsets['connect']}, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)(sock, addr, 16), ctypes.get_errno())\n"
+        f"connect = f({offsets['connect']}, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)\n"
+        "print('connect', connect(sock, addr, 16), ctypes.get_errno())\n"
         f"print('kill', f({offsets['kill']}, ctypes.c_int, ctypes.c_int)(os.getppid(), 0), ctypes.get_errno())\n"
     )
     try:

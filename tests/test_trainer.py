@@ -270,6 +270,7 @@ def test_an_executor_that_keeps_raising_fails_the_step_unless_contained(tiny_mod
     trainer = build(tool_executor_errors="contain")
     with caplog.at_level(logging.WARNING, logger="trl_gtpo.interpreter.rollout"):
         trainer.train()
-    logged = [entry["tools/executor_failures"] for entry in trainer.state.log_history if "tools/executor_failures" in entry]
+    key = "tools/executor_failures"
+    logged = [entry[key] for entry in trainer.state.log_history if key in entry]
     assert logged == [1.0, 1.0]
     assert sum("this warning is not repeated" in record.getMessage() for record in caplog.records) == 1

@@ -77,5 +77,7 @@ def check_results(results, calls: list[CodeCall], executor_name: str) -> list[Ex
         raise ValueError(f"{executor_name}.run() returned {len(results)} results for {len(calls)} calls: {fix}.")
     wrong = next((r for r in results if not isinstance(r, ExecutionResult)), None)
     if wrong is not None:
-        raise TypeError(f"{executor_name}.run() returned a {type(wrong).__name__} ({wrong!r:.80}) among its results: {fix}.")
+        raise TypeError(
+            f"{executor_name}.run() returned a {type(wrong).__name__} ({wrong!r:.80}) among its results: {fix}."
+        )
     return list(results)

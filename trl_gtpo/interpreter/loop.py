@@ -270,7 +270,8 @@ class CodeInterpreterLoop:
                 raise
             except Exception as e:  # noqa: BLE001 -- the executor's own failure, retried then reported
                 error = e
-                logger.warning(f"{name}.run() raised {type(e).__name__}: {e} (try {attempt + 1} of {1 + EXECUTOR_RETRIES})")
+                tries = f"try {attempt + 1} of {1 + EXECUTOR_RETRIES}"
+                logger.warning(f"{name}.run() raised {type(e).__name__}: {e} ({tries})")
                 continue
             return check_results(results, calls, name)
         self.executor_failures += 1

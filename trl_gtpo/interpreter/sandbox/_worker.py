@@ -433,7 +433,7 @@ def _session_main(worker: Worker, cmd_r: int, res_w: int, native_w: int, uid: in
                 if abi < 4:
                     notes.append(f"Landlock ABI {abi} < 4: TCP connect and bind are not covered by Landlock")
                 if abi < 6:
-                    notes.append(f"Landlock ABI {abi} < 6: signals and abstract unix sockets are not scoped by Landlock")
+                    notes.append(f"Landlock ABI {abi} < 6: signals and abstract sockets are not scoped to the session")
             except OSError as e:
                 notes.append(f"no Landlock ({e.strerror}): native code is confined by the other layers only")
         iso.set_pdeathsig(signal.SIGKILL)  # after the uid change, which clears it
