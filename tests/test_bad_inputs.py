@@ -186,6 +186,7 @@ BAD_INPUTS = [
     ("turn reward text", turn_reward("good"), ValueError, "'judge' returned 'good' (str)"),
     ("turn reward inf", turn_reward(math.inf), ValueError, "'judge' returned inf"),
     ("turn reward nan", turn_reward(math.nan), ValueError, "'judge' returned nan"),
+    ("turn reward 1e30", turn_reward(1e30), ValueError, "'judge' returned 1e+30"),
     # The local sandbox
     ("SandboxPool timeout 0", lambda tmp_path, model: SandboxPool(1, timeout=0), ValueError, "SandboxPool timeout=0"),
     ("SandboxPool timeout -1", lambda tmp_path, model: SandboxPool(1, timeout=-1), ValueError, "timeout=-1"),

@@ -437,6 +437,20 @@ def test_answer_keys_cannot_be_found_or_read(planted):
         assert exists.strip() == str([False] * len(paths))
 
 
+def test_native_code_reads_none_of_the_planted_keys(planted):
+    """The same keys (a data directory, a package's data in site-packages, the repository, the HF cache) through
+    ctypes open() and os.open(): namespaces hide them, Landlock refuses them where there are none."""
+    pool, keys, secret = planted
+    reads = planted_key_reads(pool, keys, secret)
+    readable = sorted(where for where, (native, by_os, _) in reads.items() if native or by_os)
+    if any(layer.startswith("Landlock") for layer in pool.isolation_layers) or not any(
+        "native code (ctypes) can read" in note for note in pool.isolation_notes
+    ):
+        assert readable == [], reads
+    else:  # a kernel without Landlock and a layer without namespaces: said in isolation_notes
+        assert readable == sorted(keys), reads
+
+
 def test_only_preloaded_packages_are_importable(planted):
     pool, keys, _ = planted
     assert run(pool, "import okpkg\nokpkg.VALUE").output == "7\n"

@@ -256,7 +256,8 @@ class GTPOConfig(GRPOConfig):
             "help": "What happens when the executor's run() raises (a failure of the executor, not of the model's "
             "code, which always becomes a tool result): 'raise' retries the call twice, then fails the step with the "
             "cause; 'contain' gives the calls a 'crash' result the model reads (trajectories go on), logs a warning "
-            "once and counts the failures in the `tools/executor_failures` metric."
+            "once and counts the failures in the `tools/executor_failures` metric. A local sandbox that cannot start "
+            "fails the step either way (a setup error, not a passing fault)."
         },
     )
 

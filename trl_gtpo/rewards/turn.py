@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 _FAILED = ("error", "timeout", "limit", "crash")
+# Turn rewards enter float32 returns and group statistics: a square above 3.4e38 makes the std inf and every
+# advantage of the group 0. 1e15 leaves room for sums over thousands of turns.
+MAX_TURN_REWARD = 1e15
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 
 
@@ -147,10 +150,11 @@ def _turn_value(value, what: str, i: int, j: int) -> float | None:
             "(float) or None for no opinion."
         )
     value = float(value)
-    if not math.isfinite(value):
+    if not math.isfinite(value) or abs(value) > MAX_TURN_REWARD:
         raise ValueError(
-            f"{what} returned {value!r} for turn {j} of trajectory {i}: return a finite number, or None for no "
-            "opinion (a NaN or inf would wipe out the advantages of its whole group)."
+            f"{what} returned {value!r} for turn {j} of trajectory {i}: return a finite number within "
+            f"+-{MAX_TURN_REWARD:g}, or None for no opinion (a NaN, an inf or a value whose square overflows the "
+            "float32 group statistics would wipe out the advantages of its whole group)."
         )
     return value
 
