@@ -4,7 +4,7 @@ import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, ExecutionResult
 from trl_gtpo.testing import make_tiny_tokenizer
-from trl_gtpo.interpreter.loop import NO_CODE_MESSAGE, CodeInterpreterLoop
+from trl_gtpo.interpreter.loop import EXECUTOR_RETRIES, NO_CODE_MESSAGE, CodeInterpreterLoop, ExecutorError
 
 MARKER = "```output"
 
@@ -226,15 +226,63 @@ def test_logprobs_stay_aligned_with_tokens(tokenizer):
     assert {lp for lp, m in zip(trajectory.logprobs, trajectory.tool_mask, strict=True) if m} == {-0.5}
 
 
-def test_a_broken_executor_becomes_an_error_message_not_a_crash(tokenizer):
+def test_a_broken_executor_is_contained_only_when_asked(tokenizer):
     class Broken(PythonExecutor):
         def run(self, calls):
             raise RuntimeError("worker pool is gone")
 
-    (trajectory,), _, _ = run(tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Broken())
+    (trajectory,), _, loop = run(
+        tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Broken(), executor_errors="contain"
+    )
     assert trajectory.turns[0].status == "crash"
     assert "worker pool is gone" in trajectory.turns[0].output
     assert trajectory.stop_reason == "eos"
+    assert loop.executor_failures == 1 and "worker pool is gone" in str(loop.last_executor_error)
+
+
+def test_an_executor_that_keeps_raising_fails_the_step_with_the_cause(tokenizer):
+    class Broken(PythonExecutor):
+        tries = 0
+
+        def run(self, calls):
+            Broken.tries += 1
+            raise RuntimeError("worker pool is gone")
+
+    with pytest.raises(ExecutorError, match="Broken raised on 3 tries.*worker pool is gone.*tool_executor_errors") as e:
+        run(tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Broken())
+    assert Broken.tries == 1 + EXECUTOR_RETRIES and isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_an_executor_that_raises_once_is_retried(tokenizer):
+    class Flaky(PythonExecutor):
+        failed = False
+
+        def run(self, calls):
+            if not Flaky.failed:
+                Flaky.failed = True
+                raise ConnectionError("sandbox service restarting")
+            return super().run(calls)
+
+    (trajectory,), _, loop = run(tokenizer, {"Q": ["```python\nprint(6 * 7)\n```\n", "ok<EOS>"]}, executor=Flaky())
+    assert (trajectory.turns[0].status, trajectory.turns[0].output) == ("ok", "42\n")
+    assert loop.executor_failures == 0
+
+
+@pytest.mark.parametrize(
+    "answer, error, phrase",
+    [
+        (lambda calls: ["42"] * len(calls), TypeError, "Wrong.run\\(\\) returned a str"),
+        (lambda calls: "42", TypeError, "Wrong.run\\(\\) returned a str"),
+        (lambda calls: [], ValueError, "Wrong.run\\(\\) returned 0 results for 1 calls"),
+    ],
+)
+def test_wrong_results_of_an_executor_are_raised_naming_it(tokenizer, answer, error, phrase):
+    class Wrong(PythonExecutor):
+        def run(self, calls):
+            return answer(calls)
+
+    with pytest.raises(error, match=phrase):
+        run(tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Wrong())
 
 
 def test_processes_keep_in_step_with_dummy_calls(tokenizer):

@@ -232,3 +232,45 @@ def test_logged_figures_are_gtpos_also_when_the_eval_batch_outgrows_the_completi
     assert len(trainer._logs["extra"]["turn_advantages"]) == 2
     assert "eval_turns/frac_zero_std_groups" in metrics and "eval_outcome/frac_reward_zero_std" in metrics
     assert "eval_frac_reward_zero_std" not in metrics
+
+
+class _RaisingExecutor:
+    def run(self, calls):
+        raise ConnectionError("sandbox service down")
+
+    def close_session(self, session_id):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_an_executor_that_keeps_raising_fails_the_step_unless_contained(tiny_model_path, tmp_path, caplog):
+    """Default: the step fails with the cause. tool_executor_errors="contain": training goes on, the failures are
+    counted in tools/executor_failures (one failed run() per step: the scripted trajectories run code once) and
+    warned about once."""
+    import logging
+
+    from helpers import TaggedScripts
+    from trl_gtpo.interpreter.loop import ExecutorError
+
+    dataset = Dataset.from_dict({"prompt": [QUESTION] * 4})
+
+    def build(**fields):
+        args = make_args(tmp_path, max_steps=2, max_completion_length=96, shaping_alpha=0.0, **fields)
+        scripted = lambda trainer, stops: TaggedScripts(trainer.processing_class)  # noqa: E731
+        rollout = CodeInterpreterRollout(args, executor=_RaisingExecutor(), generate_turn=scripted)
+        return GTPOTrainer(
+            model=tiny_model_path, reward_funcs=boxed_42, args=args, rollout_func=rollout, train_dataset=dataset
+        )
+
+    with pytest.raises(ExecutorError, match="_RaisingExecutor raised on 3 tries.*sandbox service down") as caught:
+        build().train()
+    assert isinstance(caught.value.__cause__, ConnectionError)
+    trainer = build(tool_executor_errors="contain")
+    with caplog.at_level(logging.WARNING, logger="trl_gtpo.interpreter.rollout"):
+        trainer.train()
+    key = "tools/executor_failures"
+    logged = [entry[key] for entry in trainer.state.log_history if key in entry]
+    assert logged == [1.0, 1.0]
+    assert sum("this warning is not repeated" in record.getMessage() for record in caplog.records) == 1

@@ -1,5 +1,9 @@
 """GTPOConfig: GRPOConfig plus the knobs of GTPO (turn rewards, returns, shaping) and of its code interpreter."""
 
+import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -7,6 +11,7 @@ from trl import GRPOConfig
 from .advantages import AGGREGATIONS, ESTIMATORS, REMOVED_ESTIMATOR_REASON, REMOVED_ESTIMATORS
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "turn", "sequence")
+EXECUTOR_ERROR_MODES = ("raise", "contain")
 
 
 @dataclass
@@ -76,7 +81,8 @@ class GTPOConfig(GRPOConfig):
         tool_timeout (`float`, *optional*, defaults to `10.0`):
             Seconds one code block may run.
         tool_memory_limit_mb (`int`, *optional*, defaults to `1024`):
-            Address-space limit of the process running model code.
+            Address-space limit of the process running model code; the local sandbox needs at least 256 with its
+            default preload, 96 with a `preload` of your own.
         tool_pool_size (`int`, *optional*):
             Warm sandbox workers; None: this process's share of the node's cores (at most 8).
         persistent_tool_sessions (`bool`, *optional*, defaults to `True`):
@@ -85,6 +91,10 @@ class GTPOConfig(GRPOConfig):
             Dotted path of a factory of your own `CodeExecutor`.
         tool_executor_kwargs (`dict` or `str`, *optional*):
             Keyword arguments of that factory (or of the local `SandboxPool`).
+        tool_executor_errors (`str`, *optional*, defaults to `"raise"`):
+            What an executor whose `run()` keeps raising does to training: `"raise"` (the step fails with the cause,
+            after 2 retries) or `"contain"` (the calls get a `crash` result the model reads; warned once, counted in
+            the `tools/executor_failures` metric).
     """
 
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["tool_executor_kwargs"]
@@ -206,7 +216,11 @@ class GTPOConfig(GRPOConfig):
     )
     tool_memory_limit_mb: int = field(
         default=1024,
-        metadata={"help": "Address-space limit, in MiB, of the process that runs model-written code."},
+        metadata={
+            "help": "Address-space limit, in MiB, of the process that runs model-written code. The local sandbox needs "
+            "at least 256 with its default preload (a session starts as a copy of its worker, 134 MiB with numpy and "
+            "sympy, plus 64 MiB to run anything), 96 with a `preload` of your own (checked exactly when it starts)."
+        },
     )
     tool_pool_size: int | None = field(
         default=None,
@@ -237,8 +251,21 @@ class GTPOConfig(GRPOConfig):
             "one, to the local `SandboxPool` (e.g. {\"preload\": [\"numpy\", \"sympy\"]})."
         },
     )
+    tool_executor_errors: str = field(
+        default="raise",
+        metadata={
+            "help": "What happens when the executor's run() raises (a failure of the executor, not of the model's "
+            "code, which always becomes a tool result): 'raise' retries the call twice, then fails the step with the "
+            "cause; 'contain' gives the calls a 'crash' result the model reads (trajectories go on), logs a warning "
+            "once and counts the failures in the `tools/executor_failures` metric. A local sandbox that cannot start "
+            "fails the step either way (a setup error, not a passing fault)."
+        },
+    )
 
     def __post_init__(self):
+        # Before GRPOConfig's: TrainingArguments parses dict-like fields with a bare json.loads, and a wrong type would
+        # fail inside the range checks below with an error that names no field.
+        _check_types(self)
         super().__post_init__()
         _check(0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "a number in [0, 1], e.g. 0.9")
         if self.turn_advantage_estimator in REMOVED_ESTIMATORS:
@@ -274,11 +301,20 @@ class GTPOConfig(GRPOConfig):
             "an integer >= 16, e.g. 1024",
         )
         _check(self.tool_timeout > 0, "tool_timeout", self.tool_timeout, "a positive number of seconds, e.g. 10")
+        floor = _memory_floor_mb(self.tool_executor, self.tool_executor_kwargs)
         _check(
-            self.tool_memory_limit_mb >= 64,
+            self.tool_memory_limit_mb >= floor,
             "tool_memory_limit_mb",
             self.tool_memory_limit_mb,
-            "an integer >= 64 (MiB), e.g. 1024",
+            f"at least {floor} (MiB) for the local sandbox with "
+            + ("its default preload" if floor > 96 else "your preload")
+            + ", e.g. 1024: a session starts as a copy of its worker (numpy and sympy preloaded) and needs room to run",
+        )
+        _check(
+            self.tool_executor_errors in EXECUTOR_ERROR_MODES,
+            "tool_executor_errors",
+            self.tool_executor_errors,
+            " or ".join(repr(mode) for mode in EXECUTOR_ERROR_MODES),
         )
         _check(
             self.tool_pool_size is None or self.tool_pool_size >= 1,
@@ -303,3 +339,76 @@ class GTPOConfig(GRPOConfig):
 def _check(ok: bool, name: str, value, allowed: str) -> None:
     if not ok:
         raise ValueError(f"GTPOConfig.{name}={value!r} is not allowed: use {allowed}.")
+
+
+def _check_types(config: "GTPOConfig") -> None:
+    """Every field GTPOConfig adds (and its `importance_sampling_level`) has the type of its annotation, numbers are
+    finite, and `tool_executor_kwargs` given as a string is a JSON object (parsed here)."""
+    if isinstance(config.tool_executor_kwargs, str):
+        try:
+            parsed = json.loads(config.tool_executor_kwargs)
+        except ValueError as e:
+            raise ValueError(
+                f"GTPOConfig.tool_executor_kwargs={config.tool_executor_kwargs!r} is not valid JSON ({e}): use a JSON "
+                'object such as \'{"preload": ["math"]}\', or pass a dict.'
+            ) from None
+        if not isinstance(parsed, dict):
+            raise ValueError(
+                f"GTPOConfig.tool_executor_kwargs={config.tool_executor_kwargs!r} is JSON but not an object: use a "
+                'JSON object such as \'{"preload": ["math"]}\', or pass a dict.'
+            )
+        config.tool_executor_kwargs = parsed
+    hints = typing.get_type_hints(GTPOConfig)
+    for name in GTPOConfig.__annotations__:
+        if name.startswith("_"):
+            continue
+        value, expected = getattr(config, name), hints[name]
+        if not _has_type(value, expected):
+            raise TypeError(
+                f"GTPOConfig.{name}={value!r} has type {type(value).__name__}: it must be of type "
+                f"{_type_name(expected)} (e.g. the default, {GTPOConfig.__dataclass_fields__[name].default!r})."
+            )
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in numbers if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"GTPOConfig.{name}={value!r} is not allowed: use finite numbers (no inf or nan).")
+
+
+def _has_type(value, expected) -> bool:
+    if expected is typing.Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(expected)[:1] or (typing.Any,)
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+    if expected is float:  # an int is a fine float; a bool is neither
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or expected)
+
+
+def _type_name(expected) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return "None"
+    if typing.get_origin(expected) in (list, tuple):
+        return f"list of {_type_name(typing.get_args(expected)[0])}s"
+    return {float: "number", int: "integer", bool: "bool (True or False)", str: "string"}.get(
+        expected, getattr(expected, "__name__", str(expected))
+    )
+
+
+def _memory_floor_mb(tool_executor, tool_executor_kwargs) -> int:
+    """The least `tool_memory_limit_mb` the local sandbox can run with (no floor for an executor of your own)."""
+    if tool_executor is not None:
+        return 1
+    from .interpreter.sandbox.pool import min_memory_limit_mb  # stdlib only, no workers started
+
+    custom = isinstance(tool_executor_kwargs, dict) and "preload" in tool_executor_kwargs
+    return min_memory_limit_mb(default_preload=not custom)

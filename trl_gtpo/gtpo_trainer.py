@@ -15,8 +15,9 @@ from .advantages import (
     turn_advantages,
     zero_std_groups,
 )
+from .dataset_columns import check_dataset
 from .gtpo_config import GTPOConfig
-from .interpreter.executor import CodeExecutor
+from .interpreter.executor import CodeExecutor, check_executor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.format import format_terms
 from .rewards.turn import call_turn_reward_funcs, checked_turn_values, turn_reward_table
@@ -74,6 +75,8 @@ class GTPOTrainer(GRPOTrainer):
                 f"GTPOTrainer got `executor` together with `{own_paths[0]}`: the executor runs the code of GTPO's own "
                 f"code interpreter, which `{own_paths[0]}` replaces. Drop one of the two."
             )
+        if executor is not None:
+            check_executor(executor, "GTPOTrainer(executor=...)")
         if args is None:
             model_name = model if isinstance(model, str) else trl_private.get_config_model_id(model.config)
             args = GTPOConfig(f"{model_name.split('/')[-1]}-GTPO")
@@ -91,6 +94,16 @@ class GTPOTrainer(GRPOTrainer):
                 "reward functions: give one weight per function passed as `turn_reward_funcs`, or None (all 1.0)."
             )
         self.turn_reward_weights = list(weights) if weights is not None else [1.0] * len(self.turn_reward_funcs)
+        # The columns the rollout and the reward functions read, checked now (TRL would fail inside step 1). Only on
+        # GTPO's own code interpreter are the reward functions' other arguments known to be dataset columns.
+        ours = not own_paths or isinstance(kwargs.get("rollout_func"), CodeInterpreterRollout)
+        funcs = [
+            func
+            for func in _as_list(reward_funcs) + self.turn_reward_funcs
+            if ours and callable(func) and not isinstance(func, torch.nn.Module)
+        ]
+        for split in ("train_dataset", "eval_dataset"):
+            check_dataset(kwargs.get(split), split, funcs, extra=("env_mask",))
         if kwargs.get("environment_factory") is not None:  # its get_turn_rewards() is read here, not a tool
             kwargs["environment_factory"] = trl_private.hide_environment_methods(
                 kwargs["environment_factory"], ["get_turn_rewards"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .transcript import code_blocks, tool_output_text, turn_end
-from .executor import CodeCall, CodeExecutor, ExecutionResult
+from .executor import CodeCall, CodeExecutor, ExecutionResult, check_results
 
 # generate_turn(prompt_ids_per_trajectory, max_new_tokens) -> (new_ids_per_trajectory, logprobs_per_trajectory | None)
 GenerateTurn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list[float]] | None]]
@@ -20,6 +20,11 @@ GenerateTurn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list
 logger = logging.getLogger(__name__)
 
 NO_CODE_MESSAGE = "No ```python block to run: write the code in a ```python block, then close it with ```."
+EXECUTOR_RETRIES = 2  # extra tries of a turn's calls when the executor's run() raises
+
+
+class ExecutorError(RuntimeError):
+    """The executor failed (it raised on every try, or could not start): training cannot go on as configured."""
 
 
 @dataclass
@@ -89,6 +94,7 @@ class CodeInterpreterLoop:
         stop_marker: str = "```output",
         eos_token_ids: Sequence[int] = (),
         keep_in_step: Callable[[bool], bool] | None = None,
+        executor_errors: str = "raise",
     ):
         self.tokenizer = tokenizer
         self.executor = executor
@@ -99,6 +105,11 @@ class CodeInterpreterLoop:
         # Distributed runs: returns True while any process still has a live trajectory. Collective backends
         # (ZeRO-3 parameter gathering, vLLM server mode) need every process to generate the same number of times.
         self.keep_in_step = keep_in_step
+        # An executor whose run() raises on every try: "raise" (an ExecutorError with the cause) or "contain" (the
+        # calls get a "crash" result; counted in `executor_failures`, the last cause in `last_executor_error`).
+        self.executor_errors = executor_errors
+        self.executor_failures = 0
+        self.last_executor_error: BaseException | None = None
         self.seconds = {"generation": 0.0, "tools": 0.0}  # where the time of the last `run` went
         # The prompt index (in `run`'s prompt_ids) of each history in the current `generate_turn` call: what a
         # generator that needs more than the token ids (a VLM prompt's images) looks up.
@@ -247,13 +258,29 @@ class CodeInterpreterLoop:
             trajectory.stop_reason, rollout.done = "budget", True
 
     def _execute(self, calls: list[CodeCall]) -> list[ExecutionResult]:
-        """Run one turn's code; an executor failure becomes an error message for those trajectories, never a crash."""
-        try:
-            results = self.executor.run(calls)
-        except Exception as error:  # a broken executor must not kill training
-            message = f"SandboxError: the code could not be run ({type(error).__name__}: {error})"
-            return [ExecutionResult(output=message, status="crash") for _ in calls]
-        if len(results) != len(calls):
-            message = f"SandboxError: the executor returned {len(results)} results for {len(calls)} calls"
-            return [ExecutionResult(output=message, status="crash") for _ in calls]
-        return results
+        """Run one turn's code. The model's code failing is a result the model reads; the executor raising is retried
+        `EXECUTOR_RETRIES` times, then raised (or, with executor_errors="contain", a "crash" result); results that are
+        not one `ExecutionResult` per call are the executor's bug and raised, naming it."""
+        name = getattr(self.executor, "executor_name", None) or type(self.executor).__name__
+        error: Exception | None = None
+        for attempt in range(1 + EXECUTOR_RETRIES):
+            try:
+                results = self.executor.run(calls)
+            except ExecutorError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- the executor's own failure, retried then reported
+                error = e
+                tries = f"try {attempt + 1} of {1 + EXECUTOR_RETRIES}"
+                logger.warning(f"{name}.run() raised {type(e).__name__}: {e} ({tries})")
+                continue
+            return check_results(results, calls, name)
+        self.executor_failures += 1
+        self.last_executor_error = error
+        if self.executor_errors != "contain":
+            raise ExecutorError(
+                f"The code executor {name} raised on {1 + EXECUTOR_RETRIES} tries of the same calls "
+                f"({type(error).__name__}: {error}). Fix the executor, or set GTPOConfig.tool_executor_errors="
+                "'contain' to give such calls a 'crash' result the model reads and train on."
+            ) from error
+        message = f"SandboxError: the code could not be run ({type(error).__name__}: {error})"
+        return [ExecutionResult(output=message, status="crash") for _ in calls]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 _FAILED = ("error", "timeout", "limit", "crash")
+# Turn rewards enter float32 returns and group statistics: a square above 3.4e38 makes the std inf and every
+# advantage of the group 0. 1e15 leaves room for sums over thousands of turns.
+MAX_TURN_REWARD = 1e15
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 
 
@@ -129,8 +133,30 @@ def checked_turn_values(
                 f"{what} returned {count} values for trajectory {i}, which has {len(trajectory)} turns: return one "
                 f"value (float or None) per turn of `turns[{i}]`."
             )
-        rows.append([None if value is None else float(value) for value in row])
+        rows.append([_turn_value(value, what, i, j) for j, value in enumerate(row)])
     return rows
+
+
+def _turn_value(value, what: str, i: int, j: int) -> float | None:
+    """One turn reward as a float: None stays None ("no opinion"); anything but a finite real number is an error
+    naming its source (a NaN or inf would silently erase its whole group's advantages)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{what} returned {value!r} ({type(value).__name__}) for turn {j} of trajectory {i}: return a number "
+            "(float) or None for no opinion."
+        )
+    value = float(value)
+    if not math.isfinite(value) or abs(value) > MAX_TURN_REWARD:
+        raise ValueError(
+            f"{what} returned {value!r} for turn {j} of trajectory {i}: return a finite number within "
+            f"+-{MAX_TURN_REWARD:g}, or None for no opinion (a NaN, an inf or a value whose square overflows the "
+            "float32 group statistics would wipe out the advantages of its whole group)."
+        )
+    return value
 
 
 def turn_reward_table(values: Sequence[Sequence[float | None]], width: int) -> torch.Tensor:
