@@ -232,3 +232,35 @@ def test_logged_figures_are_gtpos_also_when_the_eval_batch_outgrows_the_completi
     assert len(trainer._logs["extra"]["turn_advantages"]) == 2
     assert "eval_turns/frac_zero_std_groups" in metrics and "eval_outcome/frac_reward_zero_std" in metrics
     assert "eval_frac_reward_zero_std" not in metrics
+
+
+# TRL 1.16's own checks of `GRPOTrainer.get_off_policy_mask` (tests/test_grpo_trainer.py: test_get_off_policy_mask,
+# test_get_off_policy_mask_padding), written anew with GTPOTrainer: one advantage per sequence gives TRL's (B, 1).
+def test_get_off_policy_mask_with_one_advantage_per_sequence_is_trls():
+    mask = torch.ones(3, 4)
+    advantages = torch.tensor([[2.0], [-0.5], [-3.0]])
+    sampling = torch.zeros(3, 4)
+    # drift sampling - current: row 0 3.0 (positive advantage: kept), row 1 0.25 (under 1.0: kept), row 2 3.0: dropped
+    logps = torch.tensor([[-3.0] * 4, [-0.25] * 4, [-3.0] * 4])
+    keep = GTPOTrainer.get_off_policy_mask(advantages, logps, sampling, mask, 1.0)
+    assert keep.shape == (3, 1)
+    torch.testing.assert_close(keep, torch.tensor([[1.0], [1.0], [0.0]]))
+    torch.testing.assert_close(GTPOTrainer.get_off_policy_mask(advantages[:, 0], logps, sampling, mask, 1.0), keep)
+
+
+def test_get_off_policy_mask_with_one_advantage_per_sequence_ignores_padding():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]])
+    logps = torch.tensor([[-1.5, -1.5, -1.5, 50_000.0, -50_000.0]])  # padding holds anything
+    sampling = torch.zeros(1, 5)
+    keep = GTPOTrainer.get_off_policy_mask(torch.tensor([[-0.1]]), logps, sampling, mask, 1.0)
+    torch.testing.assert_close(keep, torch.tensor([[0.0]]))  # drift 1.5 over the 3 real tokens: dropped
+    keep = GTPOTrainer.get_off_policy_mask(torch.tensor([[-0.1]]), logps, sampling, mask, 2.0)
+    torch.testing.assert_close(keep, torch.tensor([[1.0]]))
+
+
+def test_get_off_policy_mask_with_turn_advantages_keeps_its_turn_reading():
+    mask = torch.tensor([[1, 1, 0, 1, 1]])
+    advantages = torch.tensor([[-1.0, -1.0, 0.0, -1.0, -1.0]])
+    logps = torch.tensor([[-2.0, -2.0, 0.0, 0.0, 0.0]])  # only the first turn drifted
+    keep = GTPOTrainer.get_off_policy_mask(advantages, logps, torch.zeros(1, 5), mask, 1.0)
+    assert keep.tolist() == [[0, 0, 1, 1, 1]]

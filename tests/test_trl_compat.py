@@ -180,3 +180,35 @@ def test_prompt_media_selects_the_rows_of_a_turn_and_extends_per_token_fields():
     assert fields["pixel_values"].tolist() == [[2.0, 2.0], [0.0, 0.0]]
     assert fields["token_type_ids"] == [[1, 1, 0, 0, 0], [1, 1, 0]]  # the history's completion tokens are text
     assert fields["image_sizes"] == [[2, 2], [0, 0]]
+
+
+class _RewardedBase:
+    def reset(self, **kwargs):
+        self.calls = []
+
+    def get_turn_rewards(self):
+        return [1.0] * len(self.calls)
+
+
+class _Calc(_RewardedBase):
+    def divide(self, a: float, b: float) -> float:
+        """Divide a by b.
+
+        Args:
+            a: the dividend
+            b: the divisor
+        """
+        self.calls.append(b)
+        return a / b
+
+
+def test_an_inherited_get_turn_rewards_is_hidden_from_trls_tool_listing():
+    factory = trl_private.hide_environment_methods(_Calc, ["get_turn_rewards"])
+    environment = factory()
+    # TRL 1.16 lists an environment's tools this way (GRPOTrainer.__init__, _generate_and_score_completions)
+    listed = [name for name, _ in inspect.getmembers(type(environment), predicate=inspect.isfunction)]
+    assert listed == ["divide", "reset"]
+    environment.reset()
+    environment.divide(6, 3)
+    assert environment.get_turn_rewards() == [1.0]  # still callable on the instance
+    assert inspect.isfunction(_RewardedBase.__dict__["get_turn_rewards"])  # the base class is left as it was

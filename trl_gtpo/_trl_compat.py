@@ -240,8 +240,11 @@ def hide_environment_methods(environment_factory, names: Sequence[str]):
     (e.g. `get_turn_rewards`) are not exposed to the model as tools.
 
     TRL 1.16 (`GRPOTrainer.__init__` and `_generate_and_score_completions`) makes every public function of an
-    environment's class a tool except `reset` and `get_reward`. The first instance a wrapped factory makes replaces
-    those methods on its class by a descriptor that is not a function, so TRL skips them and instances still call them.
+    environment's class a tool except `reset` and `get_reward`, listing them with
+    `inspect.getmembers(type(environment), predicate=inspect.isfunction)`, inherited methods included. The first
+    instance a wrapped factory makes sets, on its own class, a descriptor that is not a function over each of those
+    methods (found the way TRL finds them, so one defined on a base class is hidden too, the base class untouched):
+    TRL skips them and instances still call them.
     """
     if environment_factory is None:
         return None
@@ -250,10 +253,10 @@ def hide_environment_methods(environment_factory, names: Sequence[str]):
 
     def factory():
         environment = environment_factory()
+        members = dict(inspect.getmembers(type(environment), predicate=inspect.isfunction))
         for name in names:
-            member = type(environment).__dict__.get(name)
-            if inspect.isfunction(member):
-                setattr(type(environment), name, _NotATool(member))
+            if name in members:
+                setattr(type(environment), name, _NotATool(members[name]))
         return environment
 
     return factory

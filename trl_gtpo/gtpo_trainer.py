@@ -131,7 +131,12 @@ class GTPOTrainer(GRPOTrainer):
     def get_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold):
         # Overrides GRPOTrainer.get_off_policy_mask, which `_compute_loss` calls when `off_policy_mask_threshold` is
         # set: TRL's mask keys a sequence on its one advantage and its mean drift; GTPO's advantages are per turn, so
-        # each turn is kept or dropped on its own advantage and the drift over its own tokens.
+        # each turn is kept or dropped on its own advantage and the drift over its own tokens. Called with one
+        # advantage per sequence ((B,) or (B, 1), TRL's contract), it is TRL's mask, (B, 1).
+        if advantages.dim() < 2 or advantages.shape[1] == 1:
+            return GRPOTrainer.get_off_policy_mask(
+                advantages.reshape(-1, 1), per_token_logps, sampling_per_token_logps, mask, off_policy_threshold
+            )
         return turn_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold)
 
     def _turn_level_advantages(self, step: trl_private.StepValues, output: dict) -> torch.Tensor:
