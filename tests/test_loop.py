@@ -144,16 +144,27 @@ def test_state_persists_across_turns_and_sessions_close(tokenizer):
 def test_stop_marker_written_by_the_model_gets_the_output_and_no_code_gets_a_message(tokenizer):
     scripts = {
         "A": ["```python\nprint(3)\n```output\nFAKE OUTPUT", "ok<EOS>"],
-        "B": ["I will not write code ```output\nmade up", "fine<EOS>"],
+        "B": ["I will not write code\n```output\nmade up", "fine<EOS>"],
     }
     (a, b), _, _ = run(tokenizer, scripts)
     text_a = tokenizer.decode(a.completion_ids)
     assert "FAKE" not in text_a and "```output\n3\n```\n" in text_a
     assert a.turns[0].status == "ok"
     runs_b = split_by_mask(tokenizer, b)
-    assert runs_b[0] == ("I will not write code ```output", True)
+    assert runs_b[0] == ("I will not write code\n```output", True)
     assert runs_b[1] == (f"\n{NO_CODE_MESSAGE}\n```\n", False)
     assert b.turns[0].status == "no_code" and not b.turns[0].well_formed
+
+
+def test_a_stop_marker_mid_line_does_not_end_the_turn_and_generation_goes_on(tokenizer):
+    # A backend stops at the marker anywhere (it is one of its stop strings); mid-line it is prose: the loop asks
+    # for more tokens of the same turn.
+    scripts = {"Q": ["Tools answer in a ```output", " block.\n```python\nprint(5)\n```\n", "It is 5.<EOS>"]}
+    (trajectory,), model, _ = run(tokenizer, scripts)
+    runs = split_by_mask(tokenizer, trajectory)
+    assert runs[0] == ("Tools answer in a ```output block.\n```python\nprint(5)\n```", True)
+    assert runs[1] == ("\n```output\n5\n```\n", False)
+    assert [t.status for t in trajectory.turns] == ["ok", None] and len(model.calls) == 3
 
 
 def test_a_tool_call_in_the_last_allowed_turn_ends_the_trajectory_unrun(tokenizer):

@@ -69,7 +69,8 @@ class GTPOConfig(GRPOConfig):
         max_turns (`int`, *optional*, defaults to `4`):
             Model turns per trajectory; a tool call in the last one ends the trajectory unrun.
         turn_stop_marker (`str`, *optional*, defaults to `"```output"`):
-            Text that ends a model turn besides a closed ```python block and EOS.
+            Text that ends a model turn besides a closed ```python block and EOS, when written at the start of a
+            line (as fences count).
         max_tool_output_chars (`int`, *optional*, defaults to `1024`):
             Characters of a tool output the model sees.
         tool_timeout (`float`, *optional*, defaults to `10.0`):
@@ -189,8 +190,9 @@ class GTPOConfig(GRPOConfig):
     turn_stop_marker: str = field(
         default="```output",
         metadata={
-            "help": "Text that ends a model turn (besides a closed ```python block and EOS); the code block before "
-            "it is run and its output follows. The default is the Qwen2.5-Math tool-integrated reasoning format."
+            "help": "Text that ends a model turn (besides a closed ```python block and EOS) when written at the "
+            "start of a line, as fences count; the code block before it is run and its output follows. The default "
+            "is the Qwen2.5-Math tool-integrated reasoning format."
         },
     )
     max_tool_output_chars: int = field(
