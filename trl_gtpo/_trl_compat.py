@@ -196,7 +196,9 @@ def turn_level_ratio(trainer, inputs: dict):
     itself is untouched, so the KL term and the `log pi` factor of CISPO and VESPO stay exact.
 
     `inputs` must be the caller's own copy of the batch dict (the buffered batch is reused across iterations); the
-    turns are those of TRL's loss mask, `completion_mask * tool_mask`.
+    turns are those of TRL's loss mask, `completion_mask * tool_mask`. With `top_entropy_quantile < 1`, TRL trains
+    only the tokens of its entropy mask (`GRPOTrainer.get_high_entropy_mask`, which `_compute_loss` calls on the same
+    entropies and mask): each turn's ratio is then taken over those tokens, so the others get no gradient.
     """
     had_attribute, attribute = "_get_per_token_logps_and_entropies" in vars(trainer), vars(trainer).get(
         "_get_per_token_logps_and_entropies"
@@ -206,12 +208,14 @@ def turn_level_ratio(trainer, inputs: dict):
     def turn_level_forward(*args, **kwargs):
         from .turn_level import turn_level_old_logps  # here: turn_level -> advantages imports this module
 
-
         per_token_logps, entropies, aux_loss = forward(*args, **kwargs)
         old = inputs.get("old_per_token_logps")
         old = per_token_logps.detach() if old is None else old
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
-        inputs["old_per_token_logps"] = turn_level_old_logps(per_token_logps, old, mask)
+        kept = None
+        if trainer.top_entropy_quantile < 1.0:
+            kept = trainer.get_high_entropy_mask(entropies, mask, 1 - trainer.top_entropy_quantile)
+        inputs["old_per_token_logps"] = turn_level_old_logps(per_token_logps, old, mask, kept)
         return per_token_logps, entropies, aux_loss
 
     trainer._get_per_token_logps_and_entropies = turn_level_forward
