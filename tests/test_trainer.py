@@ -264,3 +264,59 @@ def test_get_off_policy_mask_with_turn_advantages_keeps_its_turn_reading():
     logps = torch.tensor([[-2.0, -2.0, 0.0, 0.0, 0.0]])  # only the first turn drifted
     keep = GTPOTrainer.get_off_policy_mask(advantages, logps, torch.zeros(1, 5), mask, 1.0)
     assert keep.tolist() == [[0, 0, 1, 1, 1]]
+
+
+class _Scripted:
+    """`generate_turn` replaying per-tag scripts (trajectories share a prompt; each is told apart by its [tag])."""
+
+    def __init__(self, tokenizer, scripts: dict[str, list[str]]):
+        self.tokenizer, self.remaining, self.unassigned = tokenizer, {t: list(s) for t, s in scripts.items()}, list(scripts)
+
+    def __call__(self, prompt_ids, max_new_tokens):
+        outputs = []
+        for ids in prompt_ids:
+            text = self.tokenizer.decode(ids)
+            tag = next((t for t in self.remaining if f"[{t}]" in text), None) or self.unassigned.pop(0)
+            segment = self.remaining[tag].pop(0) if self.remaining[tag] else "<EOS>"
+            new = self.tokenizer.encode(segment.replace("<EOS>", ""), add_special_tokens=False)
+            outputs.append((new + [self.tokenizer.eos_token_id] if segment.endswith("<EOS>") else new)[:max_new_tokens])
+        return outputs, None
+
+
+CALL = "```python\nprint(6 * 7)\n```\n"
+RAMBLE = "and so on " * 40  # never ends: cut by max_completion_length
+
+
+@pytest.mark.parametrize(
+    "max_turns, scripts, expected_stops",
+    [
+        (1, {"A": [f"[A]\n{CALL}"], "B": ["[B] \\boxed{42}<EOS>"], "C": [f"[C] {RAMBLE}"], "D": [f"[D]\n{CALL}"]},
+         {"A": "max_turns", "B": "eos", "C": "budget", "D": "max_turns"}),
+        (2, {"A": [f"[A]\n{CALL}", CALL], "B": [f"[B]\n{CALL}", "\\boxed{42}<EOS>"], "C": [f"[C]\n{CALL}", RAMBLE],
+             "D": [f"[D]\n{CALL}", f"Again:\n{CALL}"]},
+         {"A": "max_turns", "B": "eos", "C": "budget", "D": "max_turns"}),
+    ],
+)
+def test_mask_truncated_completions_drops_cut_trajectories_not_those_that_ran_out_of_turns(
+    max_turns, scripts, expected_stops, tiny_model_path, tmp_path
+):
+    """TRL's `mask_truncated_completions` masks a completion that does not end with EOS. A trajectory whose tool call
+    came in its last allowed turn ends there by design: all its turns stay trained. One cut by the completion budget
+    is still masked whole, and the loss normalizer counts only what is trained."""
+    args = make_args(tmp_path, max_steps=1, max_turns=max_turns, max_completion_length=48, mask_truncated_completions=True)
+    rollout = CodeInterpreterRollout(args, generate_turn=lambda trainer, stops: _Scripted(trainer.processing_class, scripts))
+    stops = []
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=lambda completions, **kw: stops.extend(kw.get("stop_reason", [None] * 4)) or [0.0] * len(completions),
+        args=args, rollout_func=rollout, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+    )
+    trainer.train()
+    record = trainer.records[0]
+    tokenizer = trainer.processing_class
+    tags = [next(t for t in scripts if f"[{t}]" in tokenizer.decode(ids)) for ids in record["completion_ids"]]
+    for row, tag in enumerate(tags):
+        trained, model_tokens = record["mask"][row].sum().item(), record["unmasked"][row].sum().item()
+        assert trained == (0 if tag == "C" else model_tokens), tag
+    assert record["num_items_in_batch"].item() == record["mask"].sum().item()
+    assert {tag: stop for tag, stop in zip(tags, stops)} == expected_stops  # the rollout says why each one ended

@@ -40,6 +40,8 @@ __all__ = [
     "stop_padding_start",
     "tokenize_prompts",
     "tokenizer",
+    "truncated_rows",
+    "truncation_masking_off",
     "turn_level_ratio",
     "vllm_sleep_once_per_rollout",
 ]
@@ -65,6 +67,9 @@ _OVERRIDDEN_METHODS = {
 # the old ones from `inputs` (TRL 1.16.0, grpo_trainer.py, `_compute_loss`): these lines, in this order.
 _COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("old_per_token_logps")')
 
+# `truncation_masking_off` relies on `_generate_and_score_completions` reading this attribute (TRL 1.16.0).
+_TRUNCATION_MASKING_READ = "if self.mask_truncated_completions:"
+
 
 def check_trl_api() -> None:
     """Raise if a private GRPOTrainer method this module relies on is gone or takes other parameters."""
@@ -87,6 +92,12 @@ def check_trl_api() -> None:
                 f"GRPOTrainer.{name} takes {parameters}, trl_gtpo overrides it with {expected}: install trl==1.16.0 or "
                 "update trl_gtpo/gtpo_trainer.py."
             )
+    if _TRUNCATION_MASKING_READ not in inspect.getsource(GRPOTrainer._generate_and_score_completions):
+        raise RuntimeError(
+            "GRPOTrainer._generate_and_score_completions no longer reads `self.mask_truncated_completions`, which "
+            "GTPO turns off to mask truncated completions itself: install trl==1.16.0 or update "
+            "trl_gtpo/_trl_compat.py (truncation_masking_off)."
+        )
     source = inspect.getsource(GRPOTrainer._compute_loss)
     positions = [source.find(line) for line in _COMPUTE_LOSS_ORDER]
     if -1 in positions or positions != sorted(positions):
@@ -181,6 +192,32 @@ def capture_step(trainer):
         yield step
     finally:
         del trainer._generate, trainer._calculate_rewards
+
+
+@contextmanager
+def truncation_masking_off(trainer):
+    """Turn TRL's `mask_truncated_completions` off for one `_generate_and_score_completions` call; yields whether it
+    was on, so that the caller masks the rows it counts as truncated itself (`truncated_rows`).
+
+    TRL 1.16 reads `self.mask_truncated_completions` once in `_generate_and_score_completions` and zeroes the
+    `completion_mask` and `tool_mask` rows of every completion whose last token is neither an EOS nor the pad token.
+    A code-interpreter trajectory that ran out of turns ends on its unrun tool call: it was not cut by the completion
+    budget, yet TRL would drop it whole. With TRL's masking off, the rows' masks come back unmasked (the truncated
+    rows' old and reference log-probs are then computed over their whole completion, which the loss never reads).
+    """
+    saved = trainer.mask_truncated_completions
+    trainer.mask_truncated_completions = False
+    try:
+        yield saved
+    finally:
+        trainer.mask_truncated_completions = saved
+
+
+def truncated_rows(trainer, completion_ids: Sequence) -> list[bool]:
+    """TRL 1.16's truncation rule (`_generate_and_score_completions`, `mask_truncated_completions`): a completion is
+    truncated when its last token is neither one of the trainer's EOS tokens nor the pad token (an empty one too)."""
+    eos_and_pad = {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id}
+    return [len(ids) == 0 or int(ids[-1]) not in eos_and_pad for ids in completion_ids]
 
 
 @contextmanager

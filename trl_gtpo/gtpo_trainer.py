@@ -112,10 +112,34 @@ class GTPOTrainer(GRPOTrainer):
         # Overrides GRPOTrainer._generate_and_score_completions to replace its (B,) trajectory advantages by GTPO's
         # (B, T) turn-level ones. TRL 1.16 computes advantages inline there, so this is the narrowest hook; the values
         # it computes on the way and drops (tool masks, gathered rewards) are read as they pass (`capture_step`).
-        with trl_private.capture_step(self) as step:
+        # `mask_truncated_completions` is applied here rather than by TRL, so that a trajectory that ran out of turns
+        # is not taken for a truncated one (`_mask_truncated`).
+        with trl_private.capture_step(self) as step, trl_private.truncation_masking_off(self) as mask_truncated:
             output = super()._generate_and_score_completions(inputs)
         output["advantages"] = self._turn_level_advantages(step, output)
+        if mask_truncated:
+            self._mask_truncated(step, output)
         return output
+
+    def _mask_truncated(self, step: trl_private.StepValues, output: dict) -> None:
+        """TRL's `mask_truncated_completions`, except for code-interpreter trajectories that ran out of turns.
+
+        TRL drops (masks every token of) a completion that does not end with EOS: one cut by `max_completion_length`.
+        A trajectory whose tool call came in its last allowed turn (`max_turns`) ends there on purpose, with its call
+        unrun and no EOS; it was not cut, so its turns stay trained. Rewards and advantages are untouched, as in TRL.
+        """
+        reasons = step.extra_fields.get("stop_reason") or [None] * len(step.completion_ids)
+        truncated = [
+            cut and reason != "max_turns"
+            for cut, reason in zip(trl_private.truncated_rows(self, step.completion_ids), reasons, strict=True)
+        ]
+        keep = torch.tensor([[not cut] for cut in truncated], device=output["completion_mask"].device)
+        output["completion_mask"] = output["completion_mask"] * keep.int()
+        loss_mask = output["completion_mask"]
+        if "tool_mask" in output:
+            output["tool_mask"] = output["tool_mask"] * keep.int()
+            loss_mask = loss_mask * output["tool_mask"]
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Overrides GRPOTrainer.compute_loss (TRL's entry to `_compute_loss`) for importance_sampling_level="turn"

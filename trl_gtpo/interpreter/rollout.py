@@ -21,8 +21,10 @@ class CodeInterpreterRollout:
     single-turn generation (`_generate_single_turn`, any backend) and returns TRL's rollout dict.
 
     Besides TRL's keys (`prompt_ids`, `completion_ids`, `logprobs`, and `env_mask`, the tool mask) the dict has
-    `turns`: per trajectory, one `TurnRecord` per model turn. TRL hands extra keys to the reward functions as keyword
-    arguments, and GTPO's advantage step reads them for the format rule, shaping and turn rewards.
+    `turns`: per trajectory, one `TurnRecord` per model turn, and `stop_reason`: why each trajectory ended ("eos",
+    "budget", "max_turns", see `Trajectory.stop_reason`). TRL hands extra keys to the reward functions as keyword
+    arguments; GTPO's advantage step reads `turns` for the format rule, shaping and turn rewards, and its truncation
+    masking reads `stop_reason` (a trajectory that ran out of turns is not a truncated completion).
 
     Prompts with images are tokenized one at a time and each keeps its images and processor fields, which go with its
     trajectories into every turn's `_generate_single_turn` (`_trl_compat.PromptMedia`). A custom `generate_turn` gets
@@ -100,6 +102,7 @@ class CodeInterpreterRollout:
             "logprobs": [t.logprobs for t in trajectories] if trajectories[0].logprobs is not None else None,
             "env_mask": [t.tool_mask for t in trajectories],
             "turns": [turn_records(t, decode) for t in trajectories],
+            "stop_reason": [t.stop_reason for t in trajectories],
         }
 
 
