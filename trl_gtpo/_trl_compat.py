@@ -29,6 +29,7 @@ __all__ = [
     "append_logged_columns",
     "capture_step",
     "check_trl_api",
+    "environment_tools",
     "get_config_model_id",
     "hide_environment_methods",
     "log_completion_column",
@@ -274,6 +275,16 @@ class _NotATool:
 
     def __get__(self, instance, owner=None):
         return self if instance is None else self.function.__get__(instance, owner)
+
+
+def environment_tools(environment) -> dict:
+    """An environment's tools by name, as TRL 1.16 lists them (`GRPOTrainer._generate_and_score_completions`): the
+    public functions of its class, inherited ones included, except `reset` and `get_reward`; bound to the instance."""
+    return {
+        name: getattr(environment, name)
+        for name, _ in inspect.getmembers(type(environment), predicate=inspect.isfunction)
+        if name not in ("reset", "get_reward") and not name.startswith("_")
+    }
 
 
 def hide_environment_methods(environment_factory, names: Sequence[str]):

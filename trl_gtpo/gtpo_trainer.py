@@ -19,9 +19,9 @@ from .gtpo_config import GTPOConfig
 from .interpreter.executor import CodeExecutor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.format import format_terms
-from .rewards.turn import call_turn_reward_funcs, checked_turn_values, turn_reward_table
+from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values, turn_reward_table
 from .turn_level import turn_off_policy_mask
-from .turn_records import TurnRecord, records_from_mask, records_from_messages, turn_index
+from .turn_records import TurnRecord, environment_call_turns, records_from_mask, records_from_messages, turn_index
 
 
 class GTPOTrainer(GRPOTrainer):
@@ -254,11 +254,16 @@ class GTPOTrainer(GRPOTrainer):
             )
             sources.update(zip(self.turn_reward_func_names, values))
         if self.environment_factories is not None:  # every process has this source, so logging gathers alike
-            sources["environment"] = checked_turn_values(
+            # Values per call of the environment's tools, mapped to the turns that made them by TRL's messages.
+            call_turns = [
+                environment_call_turns(messages, trl_private.environment_tools(env), self.max_tool_calling_iterations)
+                for messages, env in zip(step.completions, self.environments, strict=True)
+            ]
+            sources["environment"] = environment_turn_values(
                 [env.get_turn_rewards() if hasattr(env, "get_turn_rewards") else None for env in self.environments],
-                "The environments' get_turn_rewards()",
+                call_turns,
                 turns,
-                missing_rows=True,
+                "The environments' get_turn_rewards()",
             )
         if "turn_rewards" in step.extra_fields:
             values = step.extra_fields["turn_rewards"]
