@@ -212,3 +212,44 @@ def test_an_inherited_get_turn_rewards_is_hidden_from_trls_tool_listing():
     environment.divide(6, 3)
     assert environment.get_turn_rewards() == [1.0]  # still callable on the instance
     assert inspect.isfunction(_RewardedBase.__dict__["get_turn_rewards"])  # the base class is left as it was
+
+
+def test_the_turn_generator_merges_the_users_vllm_stop_strings_and_restores_the_sampling_settings():
+    """vLLM (colocate or server): each turn's SamplingParams stop at the loop's stop strings and the user's own
+    `stop`, with the stop string kept in the output so that the loop sees where the model wrote it."""
+    tokenizer = make_tiny_tokenizer()
+    user = {"stop": ["DONE"], "temperature": 0.5}
+    generation = SimpleNamespace(max_completion_length=512, generation_kwargs=dict(user), mode="colocate")
+    seen = {}
+
+    def generate_single_turn(prompt_ids, images, multimodal_fields, num_generations):
+        seen.update(budget=generation.max_completion_length, kwargs=dict(generation.generation_kwargs))
+        return [[5, 6]], [[-0.1, -0.2]]
+
+    trainer = SimpleNamespace(
+        use_vllm=True, vllm_generation=generation, _tokenizer=tokenizer, eos_token_ids=[tokenizer.eos_token_id],
+        accelerator=SimpleNamespace(num_processes=1), _generate_single_turn=generate_single_turn,
+    )
+    stops = CodeInterpreterLoop(tokenizer, None, max_turns=2, max_completion_length=8, user_stop_strings=["DONE"]).stop_strings
+    ids, logprobs = trl_private.TurnGenerator(trainer, stops)([[1, 2, 3]], 7)
+    assert ids == [[5, 6]] and logprobs == [[-0.1, -0.2]]
+    assert seen == {
+        "budget": 7,
+        "kwargs": {"stop": ["```output", "\n```\n", "DONE"], "temperature": 0.5, "include_stop_str_in_output": True},
+    }
+    assert generation.generation_kwargs == user and generation.max_completion_length == 512
+
+
+def test_stop_padding_start_reads_a_stop_string_that_starts_in_the_history():
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    pad = tokenizer.pad_token_id
+    history = tokenizer.encode("```output\n42\n```\n")
+    fence = tokenizer.encode("```\n")
+    stops = ["```output", "\n```\n"]
+    assert trl_private.stop_padding_start(fence + [pad], tokenizer, [pad], stops, history) == len(fence)
+    # without the history the stop string is not complete: the EOS is the model's
+    assert trl_private.stop_padding_start(fence + [pad], tokenizer, [pad], stops) == len(fence) + 1
+    # an EOS sampled after text that ends no stop string is kept, history or not
+    text = tokenizer.encode("It is 42.")
+    assert trl_private.stop_padding_start(text + [pad], tokenizer, [pad], stops, history) == len(text) + 1

@@ -402,7 +402,9 @@ class TurnGenerator:
 
     def __init__(self, trainer, stop_strings: list[str], media: PromptMedia | None = None):
         self.trainer = trainer
-        self.stop_strings = list(stop_strings)
+        # The turn's stop strings, then the user's own (`generation_kwargs`: `stop` on vLLM, `stop_strings` on
+        # transformers): every turn stops at all of them, on both backends.
+        self.stop_strings = list(dict.fromkeys([*stop_strings, *_user_stop_strings(trainer)]))
         self.media = media
 
     def __call__(self, prompt_ids: list[list[int]], max_new_tokens: int):
@@ -430,7 +432,8 @@ class TurnGenerator:
         if not self.trainer.use_vllm:
             tokenizer = self.trainer._tokenizer
             for k, ids in enumerate(completion_ids):
-                end = stop_padding_start(ids, tokenizer, self.trainer.eos_token_ids, self.stop_strings)
+                history = prompt_ids[k]
+                end = stop_padding_start(ids, tokenizer, self.trainer.eos_token_ids, self.stop_strings, history)
                 completion_ids[k] = ids[:end]
                 if logprobs is not None:
                     logprobs[k] = logprobs[k][:end]
@@ -443,12 +446,7 @@ class TurnGenerator:
             generation = trainer.vllm_generation
             saved = generation.max_completion_length, generation.generation_kwargs
             generation.max_completion_length = max_new_tokens
-            user_stop = saved[1].get("stop") or []
-            generation.generation_kwargs = {
-                **saved[1],
-                "stop": list(dict.fromkeys([*self.stop_strings, *user_stop])),
-                "include_stop_str_in_output": True,
-            }
+            generation.generation_kwargs = {**saved[1], "stop": self.stop_strings, "include_stop_str_in_output": True}
             try:
                 yield
             finally:
@@ -479,6 +477,17 @@ class TurnGenerator:
                 config.max_new_tokens, config.stop_strings = saved
 
 
+def _user_stop_strings(trainer) -> list[str]:
+    """The stop strings the trainer's generation already has: vLLM's `generation_kwargs["stop"]`
+    (`VLLMGeneration.generation_kwargs`), transformers' `GenerationConfig.stop_strings` (from `generation_kwargs`)."""
+    if trainer.use_vllm:
+        stops = (getattr(trainer.vllm_generation, "generation_kwargs", None) or {}).get("stop")
+    else:
+        stops = getattr(trainer.generation_config, "stop_strings", None)
+    stops = stops or []
+    return [stops] if isinstance(stops, str) else list(stops)
+
+
 _STOP_STRING_CRITERIA = weakref.WeakKeyDictionary()  # tokenizer -> {(len(tokenizer), stop strings): criterion}
 
 
@@ -504,13 +513,17 @@ def stop_string_criteria(tokenizer, stop_strings: list[str]):
     return by_strings[key]
 
 
-def stop_padding_start(ids: list[int], tokenizer, eos_token_ids, stop_strings: list[str]) -> int:
+def stop_padding_start(
+    ids: list[int], tokenizer, eos_token_ids, stop_strings: list[str], history: Sequence[int] = ()
+) -> int:
     """Length of `ids` without the padding transformers adds after a row that stopped at a stop string.
 
     transformers pads such a row up to the longest row of the batch, and TRL keeps everything up to the first EOS, so
     when the pad token is an EOS token (SmolLM2, Qwen2.5, any tokenizer without a pad token) the row ends with a pad
-    the model never sampled. It is padding when the tokens before it already end with a stop string: generation
-    stopped there, so no EOS can have been sampled after it.
+    the model never sampled. It is padding when a stop string ends within the last token before it: generation
+    stopped there, so no EOS can have been sampled after it. transformers' `StopStringCriteria` matches over the
+    whole sequence, so a stop string may start in `history` (the tokens the turn continues: "\n```\n" when a turn
+    opens with a fence right after a tool output ending in a newline); its last tokens are read with the new ones.
     """
     pad = tokenizer.pad_token_id
     end = len(ids)
@@ -521,9 +534,11 @@ def stop_padding_start(ids: list[int], tokenizer, eos_token_ids, stop_strings: l
             end -= 1
         return end
     if end >= 2 and ids[end - 1] == pad:
-        before = tokenizer.decode(ids[: end - 1], skip_special_tokens=False)
-        earlier = tokenizer.decode(ids[: end - 2], skip_special_tokens=False)
-        if any(stop in before and stop not in earlier for stop in stop_strings):
+        tail = list(history[-max((len(stop) for stop in stop_strings), default=0) :]) if stop_strings else []
+        before = tokenizer.decode(tail + list(ids[: end - 1]), skip_special_tokens=False)
+        earlier = tokenizer.decode(tail + list(ids[: end - 2]), skip_special_tokens=False)
+        # a stop string that ends past `earlier`, i.e. within the last generated token
+        if any(before.find(stop, max(0, len(earlier) - len(stop) + 1)) != -1 for stop in stop_strings):
             return end - 1
     return end
 

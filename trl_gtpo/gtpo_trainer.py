@@ -126,11 +126,12 @@ class GTPOTrainer(GRPOTrainer):
 
         TRL drops (masks every token of) a completion that does not end with EOS: one cut by `max_completion_length`.
         A trajectory whose tool call came in its last allowed turn (`max_turns`) ends there on purpose, with its call
-        unrun and no EOS; it was not cut, so its turns stay trained. Rewards and advantages are untouched, as in TRL.
+        unrun and no EOS, as does one that wrote a user stop string: neither was cut, so their turns stay trained.
+        Rewards and advantages are untouched, as in TRL.
         """
         reasons = step.extra_fields.get("stop_reason") or [None] * len(step.completion_ids)
         truncated = [
-            cut and reason != "max_turns"
+            cut and reason not in ("max_turns", "stop_string")
             for cut, reason in zip(trl_private.truncated_rows(self, step.completion_ids), reasons, strict=True)
         ]
         keep = torch.tensor([[not cut] for cut in truncated], device=output["completion_mask"].device)

@@ -82,6 +82,7 @@ class CodeInterpreterRollout:
             stop_marker=self.args.turn_stop_marker,
             eos_token_ids=trainer.eos_token_ids,
             keep_in_step=_any_process_live(accelerator) if accelerator.num_processes > 1 else None,
+            user_stop_strings=user_stop_strings(trainer.args),
         )
         if self._generate_turn is trl_private.TurnGenerator:
             if media is not None:
@@ -104,6 +105,14 @@ class CodeInterpreterRollout:
             "turns": [turn_records(t, decode) for t in trajectories],
             "stop_reason": [t.stop_reason for t in trajectories],
         }
+
+
+def user_stop_strings(args) -> list[str]:
+    """The user's stop strings, in the key of the generation backend (`generation_kwargs`): `stop` for vLLM's
+    SamplingParams, `stop_strings` for transformers' generate. Both backends end the trajectory at one (the loop)."""
+    kwargs = getattr(args, "generation_kwargs", None) or {}
+    stops = kwargs.get("stop" if getattr(args, "use_vllm", False) else "stop_strings") or []
+    return [stops] if isinstance(stops, str) else list(stops)
 
 
 def turn_records(trajectory: Trajectory, decode: Callable[[list[int]], str]) -> list[TurnRecord]:
