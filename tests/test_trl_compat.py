@@ -253,3 +253,27 @@ def test_stop_padding_start_reads_a_stop_string_that_starts_in_the_history():
     # an EOS sampled after text that ends no stop string is kept, history or not
     text = tokenizer.encode("It is 42.")
     assert trl_private.stop_padding_start(text + [pad], tokenizer, [pad], stops, history) == len(text) + 1
+
+
+def test_the_completions_sample_printer_is_swapped_only_during_the_call(capsys):
+    import trl.trainer.grpo_trainer as grpo_module
+
+    original = grpo_module.print_prompt_completions_sample
+    with trl_private.compact_completions_sample():
+        grpo_module.print_prompt_completions_sample(["p"], ["c"], {"r": [1.0]}, [0.0], 7)
+    with trl_private.compact_completions_sample(enabled=False):  # the end-of-training summary: nothing printed
+        grpo_module.print_prompt_completions_sample(["p"], ["c"], {"r": [1.0]}, [0.0], 8)
+    assert grpo_module.print_prompt_completions_sample is original
+    assert capsys.readouterr().out.split("\n")[:2] == ["--- step 7: 1 of 1 completions ---", "[1] r 1.00 | advantage +0.00"]
+
+
+def test_the_checkpointing_deprecation_is_silenced_exactly_and_only_inside():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with trl_private.without_trl_checkpointing_warning():
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("something else is deprecated", FutureWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+    assert [str(w.message).split()[0] for w in caught] == ["something", "`is_gradient_checkpointing`"]

@@ -13,6 +13,7 @@ What GTPO needs that TRL does not expose:
 """
 
 import inspect
+import warnings
 import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ __all__ = [
     "append_logged_columns",
     "capture_step",
     "check_trl_api",
+    "compact_completions_sample",
     "environment_tools",
     "get_config_model_id",
     "hide_environment_methods",
@@ -45,6 +47,7 @@ __all__ = [
     "truncation_masking_off",
     "turn_level_ratio",
     "vllm_sleep_once_per_rollout",
+    "without_trl_checkpointing_warning",
 ]
 
 # The private GRPOTrainer methods used here, with the parameters relied on (TRL 1.16.0, trl/trainer/grpo_trainer.py).
@@ -62,6 +65,7 @@ _PRIVATE_METHODS = {
 # Public GRPOTrainer methods GTPOTrainer overrides, with the keyword parameters TRL passes them (TRL 1.16.0).
 _OVERRIDDEN_METHODS = {
     "get_off_policy_mask": ["advantages", "per_token_logps", "sampling_per_token_logps", "mask", "off_policy_threshold"],
+    "log": ["self", "logs", "start_time"],
 }
 
 # `turn_level_ratio` needs `_compute_loss` to compute the current log-probs before it reads the old ones, and to read
@@ -70,6 +74,9 @@ _COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("
 
 # `truncation_masking_off` relies on `_generate_and_score_completions` reading this attribute (TRL 1.16.0).
 _TRUNCATION_MASKING_READ = "if self.mask_truncated_completions:"
+
+# `compact_completions_sample` relies on `GRPOTrainer.log` printing the sample through this module-level name.
+_SAMPLE_PRINTER = "print_prompt_completions_sample"
 
 
 def check_trl_api() -> None:
@@ -98,6 +105,14 @@ def check_trl_api() -> None:
             "GRPOTrainer._generate_and_score_completions no longer reads `self.mask_truncated_completions`, which "
             "GTPO turns off to mask truncated completions itself: install trl==1.16.0 or update "
             "trl_gtpo/_trl_compat.py (truncation_masking_off)."
+        )
+    import trl.trainer.grpo_trainer as grpo_module
+
+    if not hasattr(grpo_module, _SAMPLE_PRINTER) or f"{_SAMPLE_PRINTER}(" not in inspect.getsource(GRPOTrainer.log):
+        raise RuntimeError(
+            f"GRPOTrainer.log no longer prints the completions sample through trl.trainer.grpo_trainer."
+            f"{_SAMPLE_PRINTER}, which GTPO replaces in log files: install trl==1.16.0 or update "
+            "trl_gtpo/_trl_compat.py (compact_completions_sample)."
         )
     source = inspect.getsource(GRPOTrainer._compute_loss)
     positions = [source.find(line) for line in _COMPUTE_LOSS_ORDER]
@@ -193,6 +208,41 @@ def capture_step(trainer):
         yield step
     finally:
         del trainer._generate, trainer._calculate_rewards
+
+
+@contextmanager
+def compact_completions_sample(enabled: bool = True):
+    """While `GRPOTrainer.log` runs, print its completions sample (`log_completions`) compactly, a few lines per
+    sample (`trl_gtpo.sample_log`), instead of TRL's rich table (not at all when not `enabled`): `log` looks the
+    printer up at call time as `trl.trainer.grpo_trainer.print_prompt_completions_sample`, which is swapped for the
+    call. The text goes through `tqdm.write`, so the progress bar is redrawn below it rather than split by it."""
+    import trl.trainer.grpo_trainer as grpo_module
+    from tqdm.auto import tqdm
+
+    from .sample_log import compact_samples
+
+    original = getattr(grpo_module, _SAMPLE_PRINTER)
+
+    def print_compact(*args, **kwargs):
+        if enabled:
+            tqdm.write(compact_samples(*args, **kwargs))
+
+    setattr(grpo_module, _SAMPLE_PRINTER, print_compact)
+    try:
+        yield
+    finally:
+        setattr(grpo_module, _SAMPLE_PRINTER, original)
+
+
+@contextmanager
+def without_trl_checkpointing_warning():
+    """Around one `GRPOTrainer._generate_and_score_completions` call: TRL 1.16 reads `model.is_gradient_checkpointing`
+    there (`disable_gradient_checkpointing` before its no-grad forward passes, and `unwrap_model_for_generation` in
+    every transformers `_generate_single_turn`), which transformers 5 deprecates with a FutureWarning, printed again
+    at every step. Exactly that warning is ignored, only during the call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """GTPOTrainer: GRPOTrainer with a multi-turn code interpreter and turn-level advantages."""
 
 import asyncio
+import sys
 
 import torch
 from accelerate.utils import gather_object
@@ -114,7 +115,11 @@ class GTPOTrainer(GRPOTrainer):
         # it computes on the way and drops (tool masks, gathered rewards) are read as they pass (`capture_step`).
         # `mask_truncated_completions` is applied here rather than by TRL, so that a trajectory that ran out of turns
         # is not taken for a truncated one (`_mask_truncated`).
-        with trl_private.capture_step(self) as step, trl_private.truncation_masking_off(self) as mask_truncated:
+        with (
+            trl_private.capture_step(self) as step,
+            trl_private.truncation_masking_off(self) as mask_truncated,
+            trl_private.without_trl_checkpointing_warning(),
+        ):
             output = super()._generate_and_score_completions(inputs)
         output["advantages"] = self._turn_level_advantages(step, output)
         if mask_truncated:
@@ -141,6 +146,16 @@ class GTPOTrainer(GRPOTrainer):
             output["tool_mask"] = output["tool_mask"] * keep.int()
             loss_mask = loss_mask * output["tool_mask"]
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Overrides GRPOTrainer.log only for where its completions sample (`log_completions`) goes: a rich table sized
+        # for a terminal, which a log file gets 80 columns wide, one word per line. When stdout is not a terminal the
+        # sample is printed a few lines per completion instead (`trl_gtpo.sample_log`), and not again with the
+        # end-of-training summary (no new completions there); the rest is TRL's.
+        if sys.stdout.isatty():
+            return super().log(logs, start_time)
+        with trl_private.compact_completions_sample(enabled="train_runtime" not in logs):
+            return super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Overrides GRPOTrainer.compute_loss (TRL's entry to `_compute_loss`) for importance_sampling_level="turn"
