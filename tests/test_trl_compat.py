@@ -277,3 +277,20 @@ def test_the_checkpointing_deprecation_is_silenced_exactly_and_only_inside():
             warnings.warn("something else is deprecated", FutureWarning)
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
     assert [str(w.message).split()[0] for w in caught] == ["something", "`is_gradient_checkpointing`"]
+
+
+def test_a_moved_truncation_mask_or_sample_printer_fails_loudly(monkeypatch):
+    def _generate_and_score_completions(self, inputs):  # no longer reads mask_truncated_completions
+        return inputs
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", _generate_and_score_completions)
+    with pytest.raises(RuntimeError, match="truncation_masking_off"):
+        trl_private.check_trl_api()
+    monkeypatch.undo()
+
+    def log(self, logs, start_time=None):  # prints its sample some other way
+        return logs
+
+    monkeypatch.setattr(GRPOTrainer, "log", log)
+    with pytest.raises(RuntimeError, match="compact_completions_sample"):
+        trl_private.check_trl_api()

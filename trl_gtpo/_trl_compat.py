@@ -9,7 +9,13 @@ What GTPO needs that TRL does not expose:
 - the tokenizer, prompt tokenization, the metric dict and the completions table (`tokenizer`, `tokenize_prompts`,
   `metrics`, `log_completion_column`, `append_logged_columns`, `replace_logged_advantages`);
 - two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`);
-- the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`).
+- the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`);
+- `mask_truncated_completions` applied by GTPO, so that a trajectory that ran out of turns is not dropped
+  (`truncation_masking_off`, `truncated_rows`);
+- an environment's tools as TRL lists them, and hiding `get_turn_rewards` from that list (`environment_tools`,
+  `hide_environment_methods`);
+- a readable log: the completions sample in a log file, one TRL deprecation warning per step silenced
+  (`compact_completions_sample`, `without_trl_checkpointing_warning`).
 """
 
 import inspect
