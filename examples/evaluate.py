@@ -52,7 +52,8 @@ def parse_args(argv=None):
                         help="auto: vLLM when it is installed and a GPU is visible, else transformers.")
     parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.85)
     parser.add_argument("--vllm_max_model_len", type=int, default=4096)
-    parser.add_argument("--synthetic_difficulty", type=int, default=1, help="Size of the numbers of the synthetic task.")
+    parser.add_argument("--synthetic_difficulty", type=int, default=1,
+                        help="Size of the numbers of the synthetic task.")
     parser.add_argument("--synthetic_kinds", nargs="+", default=list(DEFAULT_SYNTHETIC_KINDS),
                         help="Kinds of problem of the synthetic task, taking turns: 'product', 'sum', 'modpow', "
                              "'word' (as in examples/train_gtpo.py).")
