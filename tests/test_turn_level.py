@@ -22,6 +22,16 @@ def test_turn_means_average_each_turn_and_carry_every_tokens_gradient():
     torch.testing.assert_close(values.grad, expected)
 
 
+def test_turn_means_over_kept_tokens_keep_the_turns_of_the_mask():
+    values = torch.tensor([[1.0, 3.0, 100.0, 2.0, 4.0, 6.0, 7.0], [1.0, 2.0, 3.0, 4.0, 5.0, 9.0, 9.0]], requires_grad=True)
+    kept = torch.tensor([[1, 0, 1, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0, 0]])  # row 1 keeps nothing: its turn gets 0
+    means = turn_means(values, MASK, kept)
+    torch.testing.assert_close(means, torch.tensor([[1.0, 1.0, 0.0, 6.0, 6.0, 6.0, 0.0], [0.0] * 7]))
+    means.sum().backward()
+    # turn 1 of row 0 (2 tokens) averages token 0 only; turn 2 (3 tokens) token 5 only: the others get no gradient
+    torch.testing.assert_close(values.grad, torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0], [0.0] * 7]))
+
+
 def test_turn_level_old_logps_make_the_token_log_ratio_the_turn_mean():
     logps = torch.randn(2, 7, requires_grad=True)
     old = torch.randn(2, 7)

@@ -75,7 +75,9 @@ class GTPOConfig(GRPOConfig):
         max_turns (`int`, *optional*, defaults to `4`):
             Model turns per trajectory; a tool call in the last one ends the trajectory unrun.
         turn_stop_marker (`str`, *optional*, defaults to `"```output"`):
-            Text that ends a model turn besides a closed ```python block and EOS.
+            Text that ends a model turn besides a closed ```python block and EOS, when written at the start of a
+            line (as fences count). Your own stop strings in `generation_kwargs` (`stop_strings` on transformers,
+            `stop` on vLLM) end the whole trajectory where the model writes them, as EOS does.
         max_tool_output_chars (`int`, *optional*, defaults to `1024`):
             Characters of a tool output the model sees.
         tool_timeout (`float`, *optional*, defaults to `10.0`):
@@ -200,8 +202,11 @@ class GTPOConfig(GRPOConfig):
     turn_stop_marker: str = field(
         default="```output",
         metadata={
-            "help": "Text that ends a model turn (besides a closed ```python block and EOS); the code block before "
-            "it is run and its output follows. The default is the Qwen2.5-Math tool-integrated reasoning format."
+            "help": "Text that ends a model turn (besides a closed ```python block and EOS) when written at the "
+            "start of a line, as fences count; the code block before it is run and its output follows. The default "
+            "is the Qwen2.5-Math tool-integrated reasoning format. Your own stop strings in generation_kwargs "
+            "('stop_strings' on transformers, 'stop' on vLLM) end the whole trajectory where the model writes them, "
+            "as EOS does (stop reason 'stop_string')."
         },
     )
     max_tool_output_chars: int = field(

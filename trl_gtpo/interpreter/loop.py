@@ -46,7 +46,8 @@ class Trajectory:
     tool_mask: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
     turns: list[Turn] = field(default_factory=list)
-    stop_reason: str = ""  # "eos", "budget" or "max_turns" (a tool call in the last allowed turn)
+    # "eos", "budget", "max_turns" (a tool call in the last allowed turn) or "stop_string" (one of the user's)
+    stop_reason: str = ""
 
     @property
     def num_tool_calls(self) -> int:
@@ -77,7 +78,8 @@ class _Rollout:
 
 
 class CodeInterpreterLoop:
-    """Runs trajectories turn by turn until EOS, a tool call in turn `max_turns`, or the completion budget.
+    """Runs trajectories turn by turn until EOS, one of the user's stop strings, a tool call in turn `max_turns`, or
+    the completion budget.
 
     All live trajectories generate together each turn; the code blocks that end their turns run in one executor call
     (in parallel). A turn ends at a closed ```python block, at the stop marker, or at EOS; the tokens generated past
@@ -95,8 +97,11 @@ class CodeInterpreterLoop:
         eos_token_ids: Sequence[int] = (),
         keep_in_step: Callable[[bool], bool] | None = None,
         executor_errors: str = "raise",
+        user_stop_strings: Sequence[str] = (),
     ):
         self.tokenizer = tokenizer
+        # The user's own stop strings (generation_kwargs): like EOS, one ends the trajectory where the model wrote it.
+        self.user_stop_strings = [stop for stop in user_stop_strings if stop]
         self.executor = executor
         self.max_turns = max_turns
         self.max_completion_length = max_completion_length
@@ -117,8 +122,9 @@ class CodeInterpreterLoop:
 
     @property
     def stop_strings(self) -> list[str]:
-        """Strings a backend may stop at. A closing fence is usually followed by a newline; the rest is cut after."""
-        return [self.stop_marker, "\n```\n"]
+        """Strings a backend may stop at: the turn ends (a closing fence is usually followed by a newline; the rest
+        is cut after), then the user's stop strings."""
+        return list(dict.fromkeys([self.stop_marker, "\n```\n", *self.user_stop_strings]))
 
     def run(self, prompt_ids: list[list[int]], generate_turn: GenerateTurn) -> list[Trajectory]:
         rollouts = [_Rollout(row, list(ids), uuid.uuid4().hex, Trajectory()) for row, ids in enumerate(prompt_ids)]
@@ -180,6 +186,16 @@ class CodeInterpreterLoop:
         """
         trajectory = rollout.trajectory
         cut = self._turn_cut(rollout.turn_ids, ids)
+        user_stop = self._user_stop_cut(rollout.turn_ids, ids)
+        if user_stop is not None and (cut is None or user_stop < cut):  # the user's stop string ends it all, as EOS
+            ids, logprobs = ids[:user_stop], logprobs[:user_stop] if logprobs is not None else None
+            rollout.turn_ids += ids
+            if logprobs is not None:
+                rollout.turn_logprobs += logprobs
+            blocks = code_blocks(self.tokenizer.decode(rollout.turn_ids, skip_special_tokens=True))
+            turn = Turn(code=blocks[-1].code if blocks else None, well_formed=not blocks or blocks[-1].well_formed)
+            self._close_turn(rollout, turn, stop_reason="stop_string")
+            return None
         if cut is not None:
             ids = ids[:cut]
             logprobs = logprobs[:cut] if logprobs is not None else None
@@ -216,13 +232,23 @@ class CodeInterpreterLoop:
 
     def _turn_cut(self, turn_ids: list[int], ids: list[int]) -> int | None:
         """Fewest of the new tokens whose text ends the turn, or None if they do not end it."""
-        decode = self.tokenizer.decode
-        if turn_end(decode(turn_ids + ids, skip_special_tokens=True), self.stop_marker) is None:
+        return self._fewest(turn_ids, ids, lambda text: turn_end(text, self.stop_marker) is not None)
+
+    def _user_stop_cut(self, turn_ids: list[int], ids: list[int]) -> int | None:
+        """Fewest of the new tokens whose turn text holds one of the user's stop strings, or None."""
+        if not self.user_stop_strings:
             return None
-        low, high = 1, len(ids)  # binary search: the turn end, once in the text, stays in longer prefixes
+        return self._fewest(turn_ids, ids, lambda text: any(stop in text for stop in self.user_stop_strings))
+
+    def _fewest(self, turn_ids: list[int], ids: list[int], ends: Callable[[str], bool]) -> int | None:
+        """Fewest of the new tokens after which `ends(turn text)` holds, or None; `ends` must stay true once true."""
+        decode = self.tokenizer.decode
+        if not ends(decode(turn_ids + ids, skip_special_tokens=True)):
+            return None
+        low, high = 1, len(ids)  # binary search: once true on a prefix, true on every longer one
         while low < high:
             middle = (low + high) // 2
-            if turn_end(decode(turn_ids + ids[:middle], skip_special_tokens=True), self.stop_marker) is None:
+            if not ends(decode(turn_ids + ids[:middle], skip_special_tokens=True)):
                 low = middle + 1
             else:
                 high = middle

@@ -24,8 +24,10 @@ class CodeInterpreterRollout:
     single-turn generation (`_generate_single_turn`, any backend) and returns TRL's rollout dict.
 
     Besides TRL's keys (`prompt_ids`, `completion_ids`, `logprobs`, and `env_mask`, the tool mask) the dict has
-    `turns`: per trajectory, one `TurnRecord` per model turn. TRL hands extra keys to the reward functions as keyword
-    arguments, and GTPO's advantage step reads them for the format rule, shaping and turn rewards.
+    `turns`: per trajectory, one `TurnRecord` per model turn, and `stop_reason`: why each trajectory ended ("eos",
+    "budget", "max_turns", see `Trajectory.stop_reason`). TRL hands extra keys to the reward functions as keyword
+    arguments; GTPO's advantage step reads `turns` for the format rule, shaping and turn rewards, and its truncation
+    masking reads `stop_reason` (a trajectory that ran out of turns is not a truncated completion).
 
     Prompts with images are tokenized one at a time and each keeps its images and processor fields, which go with its
     trajectories into every turn's `_generate_single_turn` (`_trl_compat.PromptMedia`). A custom `generate_turn` gets
@@ -96,6 +98,7 @@ class CodeInterpreterRollout:
             eos_token_ids=trainer.eos_token_ids,
             keep_in_step=_any_process_live(accelerator) if accelerator.num_processes > 1 else None,
             executor_errors=getattr(self.args, "tool_executor_errors", "raise"),
+            user_stop_strings=user_stop_strings(trainer.args),
         )
         if self._generate_turn is trl_private.TurnGenerator:
             if media is not None:
@@ -123,7 +126,16 @@ class CodeInterpreterRollout:
             "logprobs": [t.logprobs for t in trajectories] if trajectories[0].logprobs is not None else None,
             "env_mask": [t.tool_mask for t in trajectories],
             "turns": [turn_records(t, decode) for t in trajectories],
+            "stop_reason": [t.stop_reason for t in trajectories],
         }
+
+
+def user_stop_strings(args) -> list[str]:
+    """The user's stop strings, in the key of the generation backend (`generation_kwargs`): `stop` for vLLM's
+    SamplingParams, `stop_strings` for transformers' generate. Both backends end the trajectory at one (the loop)."""
+    kwargs = getattr(args, "generation_kwargs", None) or {}
+    stops = kwargs.get("stop" if getattr(args, "use_vllm", False) else "stop_strings") or []
+    return [stops] if isinstance(stops, str) else list(stops)
 
 
 def turn_records(trajectory: Trajectory, decode: Callable[[list[int]], str]) -> list[TurnRecord]:
