@@ -1,4 +1,5 @@
-"""Exact bias and variance of each turn-advantage estimator on a toy tool-use decision process (issue 10, part 1).
+"""Exact bias and variance of each turn-advantage estimator on two toy decision processes: a tool-use process and a
+chain where each turn's own choice earns its own turn reward (see `run_chain`).
 
 Why a toy: on a real model the expected update of an estimator cannot be computed, only sampled, and the sampling
 noise hides biases of a few percent. Here every trajectory and every ordered group of G trajectories is enumerated,
@@ -17,8 +18,8 @@ The process (at most 3 model turns, a tabular softmax policy with 2 logits per s
 Rewards are GTPO's: outcome 1/0 on the last turn, format penalty -0.1 as above, and discount gamma. The objective is
 J = E[R_1] = E[sum_j gamma^(j-1) r_j]; its exact gradient comes from autograd through the enumerated probabilities.
 Each estimator's update of one group is U = (1/G) sum_i sum_j A_ij grad log pi(a_ij | s_ij), the A_ij from the
-real `trl_gtpo.advantages.turn_advantages`. A "loo_ungated" row is leave_one_out/none without its zero-signal rule
-(written out here, a reference only). A "grpo" row gives every turn its trajectory's GRPO advantage (the
+real `trl_gtpo.advantages.turn_advantages`. A "loo_ungated" row is a reference written out here: the return R_ij
+minus the mean first-turn return of the other trajectories (RLOO), no scaling. A "grpo" row gives every turn its trajectory's GRPO advantage (the
 undiscounted total reward normalized in the group), as TRL's GRPOTrainer does with the same rollout.
 
 Columns:
@@ -32,7 +33,7 @@ Columns:
     trace      trace of Cov[U] (the per-group variance)
     noise      trace / |E[U]|^2: scale-free noise-to-signal (groups needed for a unit signal-to-noise ratio)
 
-One command, about a minute on one core:
+One command, about two minutes on one core (both toys):
 
     python benchmarks/estimator_bias.py [--group_sizes 2 3 4] [--gammas 0.9 1.0] [--json out.json]
 
@@ -40,6 +41,7 @@ The scale "batch" is left out: with one prompt per batch it equals "group".
 """
 
 import argparse
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -160,9 +162,8 @@ def group_updates(trajectories, groups: torch.Tensor, score: torch.Tensor, estim
     n_groups, group_size = groups.shape
     rows = groups.flatten()
     if estimator == "loo_ungated":
-        # Reference: leave_one_out with scale "none" but without its rule that a group of equal totals gets 0 (from
-        # the real returns R_ij). It isolates what that rule costs: the rule drops turn-level differences (a format
-        # penalty on turn 1 of a trajectory that still succeeds) inside groups whose totals are all equal.
+        # Reference: R_ij minus the mean first-turn return of the other trajectories, no scaling: its expectation is
+        # exactly g_R (the baseline does not depend on the trajectory's own actions).
         settings = AdvantageSettings(gamma=gamma, estimator="pooled", scale="none")
         returns = turn_advantages(as_batch(trajectories, rows, group_size), settings).returns.double()
         first = returns[:, 0].view(n_groups, group_size)
@@ -172,7 +173,7 @@ def group_updates(trajectories, groups: torch.Tensor, score: torch.Tensor, estim
         # GRPO: one advantage per trajectory from its undiscounted total reward, given to every turn's tokens.
         totals = torch.tensor([t.outcome + sum(t.terms) for t in trajectories])[rows]
         batch = TurnBatch(outcome=totals, num_turns=torch.ones_like(rows), group_size=group_size)
-        table = turn_advantages(batch, AdvantageSettings(gamma=1.0, estimator="trajectory", scale=scale))
+        table = turn_advantages(batch, AdvantageSettings(gamma=1.0, estimator="aligned", scale=scale))
         advantages = table.advantages.double().expand(-1, MAX_TURNS)
     else:
         settings = AdvantageSettings(gamma=gamma, estimator=estimator, scale=scale)
@@ -194,8 +195,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-METHODS = [(e, s) for e in ("pooled", "trajectory", "leave_one_out", "grpo") for s in ("group", "none")]
-METHODS.insert(6, ("loo_ungated", "none"))
+METHODS = [(e, s) for e in ("pooled", "aligned", "grpo") for s in ("group", "none")]
+METHODS.insert(4, ("loo_ungated", "none"))
 
 
 def run(group_sizes=(2, 3, 4), gammas=(0.9, 1.0), theta: torch.Tensor = THETA) -> list[dict]:
@@ -251,10 +252,107 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The chain toy: each turn's own choice earns or loses its own turn reward, and the outcome needs every choice right.
+#
+#     turn j = 1..S, one logit theta_j:  right w.p. sigmoid(theta_j) -> turn reward CHAIN_TURN_REWARD (a verified
+#                                         intermediate value); wrong -> 0
+#     outcome (on turn S):                1 when every turn was right, else 0
+#
+# The objective is the expected total reward E[sum_j t_j + outcome] (what GRPO on the summed rewards optimizes), so
+# grad_j = sigma'(theta_j) (CHAIN_TURN_REWARD + prod_{k != j} p_k). A turn's own reward is information about that
+# turn's choice only: an estimator that places it on its turn has less noise than one that spreads every reward over
+# every turn (GRPO). Groups are enumerated as multisets of the 2^S trajectory types, weighted by their multinomial
+# probability (advantages do not depend on the order of a group), so G = 8 takes seconds.
+
+CHAIN_TURN_REWARD = 0.3
+CHAIN_THETA = torch.tensor([0.3, -0.2, 0.1, -0.4], dtype=torch.float64)
+CHAIN_METHODS = [("aligned", "group"), ("aligned", "none"), ("pooled", "group"), ("pooled", "none"),
+                 ("grpo", "group"), ("grpo", "none"), ("grpo_outcome", "group")]
+
+
+def chain_types(steps: int) -> torch.Tensor:
+    """(2^steps, steps) every trajectory of the chain: 1 where the turn was right."""
+    return torch.tensor(list(itertools.product([1.0, 0.0], repeat=steps)), dtype=torch.float64)
+
+
+def multisets(num_types: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, G) every multiset of G trajectory types (sorted indices) and (C,) its number of orderings."""
+    groups = torch.tensor(list(itertools.combinations_with_replacement(range(num_types), group_size)))
+    counts = torch.stack([(groups == t).sum(dim=1) for t in range(num_types)], dim=1)
+    orderings = math.factorial(group_size) / torch.lgamma(counts.double() + 1).exp().prod(dim=1)
+    return groups, orderings
+
+
+def chain_group_advantages(right: torch.Tensor, groups: torch.Tensor, estimator: str, scale: str, gamma: float):
+    """(C * G, S) A_ij of every enumerated group under one estimator; `right` is (M, S)."""
+    steps = right.shape[1]
+    rows = right[groups.flatten()]
+    terms = (CHAIN_TURN_REWARD * rows).float()
+    outcome = rows.prod(dim=1).float()
+    group_size, n = groups.shape[1], rows.shape[0]
+    if estimator in ("grpo", "grpo_outcome"):
+        total = outcome + (terms.sum(dim=1) if estimator == "grpo" else 0.0)
+        batch = TurnBatch(outcome=total, num_turns=torch.ones(n, dtype=torch.long), group_size=group_size)
+        table = turn_advantages(batch, AdvantageSettings(gamma=1.0, estimator="aligned", scale=scale))
+        return table.advantages.double().expand(-1, steps)
+    batch = TurnBatch(outcome=outcome, num_turns=torch.full((n,), steps), group_size=group_size, turn_terms=terms)
+    return turn_advantages(batch, AdvantageSettings(gamma=gamma, estimator=estimator, scale=scale)).advantages.double()
+
+
+def run_chain(steps: int = 3, group_sizes=(2, 4, 8), gammas=(0.9, 1.0), theta: torch.Tensor = CHAIN_THETA) -> list[dict]:
+    """One row per (gamma, G, estimator, scale) on the chain of `steps` turns."""
+    right = chain_types(steps)
+    p = torch.sigmoid(theta[:steps])
+    probs = torch.where(right > 0, p, 1 - p).prod(dim=1)
+    score = torch.where(right > 0, 1 - p, -p)  # d log pi(a_j) / d theta_j
+    grad = p * (1 - p) * (CHAIN_TURN_REWARD + torch.stack([p[torch.arange(steps) != j].prod() for j in range(steps)]))
+    out = []
+    for gamma in gammas:
+        for group_size in group_sizes:
+            groups, orderings = multisets(len(right), group_size)
+            weights = orderings * probs[groups].prod(dim=1)
+            assert math.isclose(float(weights.sum()), 1.0, rel_tol=1e-9), "the enumeration misses groups"
+            for estimator, scale in CHAIN_METHODS:
+                advantages = torch.nan_to_num(chain_group_advantages(right, groups, estimator, scale, gamma))
+                updates = (advantages * score[groups.flatten()]).view(len(groups), group_size, steps).mean(dim=1)
+                mean, trace = moments(updates, weights)
+                out.append(
+                    {
+                        "toy": f"chain{steps}",
+                        "gamma": gamma,
+                        "G": group_size,
+                        "estimator": estimator,
+                        "scale": scale,
+                        "cos": cosine(mean, grad),
+                        "sign_agreement": float((mean.sign() == grad.sign()).double().mean()),
+                        "trace_cov": trace,
+                        "noise": trace / float(mean.pow(2).sum()),
+                        "mean_update": mean.tolist(),
+                    }
+                )
+    out.append({"toy": f"chain{steps}", "true_gradient": grad.tolist()})
+    return out
+
+
+def chain_table(rows: list[dict]) -> str:
+    lines = [f"{'gamma':>5} {'G':>2} {'estimator':<14}{'scale':<6}{'cos':>8}{'sign':>6}{'trace':>10}{'noise':>8}"]
+    for row in rows:
+        if "true_gradient" in row:
+            lines.append(f"{row['toy']}: grad E[total] = [{', '.join(f'{v:+.4f}' for v in row['true_gradient'])}]")
+            continue
+        lines.append(
+            f"{row['gamma']:>5} {row['G']:>2} {row['estimator']:<14}{row['scale']:<6}{row['cos']:>8.4f}"
+            f"{row['sign_agreement']:>6.2f}{row['trace_cov']:>10.4f}{row['noise']:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--group_sizes", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.9, 1.0])
+    parser.add_argument("--chain_steps", type=int, default=3)
+    parser.add_argument("--chain_group_sizes", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -262,9 +360,14 @@ def main():
     rows = run(args.group_sizes, args.gammas)
     print(f"{len(trajectories)} trajectories; all ordered groups of G enumerated; U = (1/G) sum_ij A_ij grad log pi")
     print(table(rows))
+    chain = run_chain(args.chain_steps, args.chain_group_sizes, args.gammas)
+    print(f"\nThe chain toy: {args.chain_steps} turns, each right w.p. sigmoid(theta_j) for a turn reward of "
+          f"{CHAIN_TURN_REWARD}, outcome 1 when all are right; every multiset of G trajectories enumerated.")
+    print("cos to grad E[total]; noise = trace Cov[U] / |E U|^2 (groups needed for a unit signal-to-noise ratio)")
+    print(chain_table(chain))
     if args.json:
         with open(args.json, "w") as file:
-            json.dump(rows, file, indent=1)
+            json.dump(rows + chain, file, indent=1)
         print(f"\nWrote {args.json}")
 
 

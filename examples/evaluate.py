@@ -18,7 +18,7 @@ import re
 import torch
 from transformers import AutoTokenizer
 
-from trl_gtpo.demo.data import is_known_dataset, load_math_dataset
+from trl_gtpo.demo.data import DEFAULT_SYNTHETIC_KINDS, is_known_dataset, load_math_dataset
 from trl_gtpo.demo.models import resolve_model_name_or_path
 from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT, build_prompt
 from trl_gtpo.evaluation import (
@@ -52,7 +52,16 @@ def parse_args(argv=None):
                         help="auto: vLLM when it is installed and a GPU is visible, else transformers.")
     parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.85)
     parser.add_argument("--vllm_max_model_len", type=int, default=4096)
-    parser.add_argument("--synthetic_difficulty", type=int, default=1)
+    parser.add_argument("--synthetic_difficulty", type=int, default=1,
+                        help="Size of the numbers of the synthetic task.")
+    parser.add_argument("--synthetic_kinds", nargs="+", default=list(DEFAULT_SYNTHETIC_KINDS),
+                        help="Kinds of problem of the synthetic task, taking turns: 'product', 'sum', 'modpow', "
+                             "'word' (as in examples/train_gtpo.py).")
+    parser.add_argument("--few_shot_examples", default="arithmetic",
+                        help="Worked examples before each question of a packaged set "
+                             "(trl_gtpo.demo.prompts.EXAMPLE_SETS): 'arithmetic' or 'word' (as in "
+                             "examples/train_gtpo.py). The synthetic task is generated from --seed: give the training "
+                             "run's seed to evaluate on its held-out problems.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="eval_results", help="<output_dir>/<model>/{summary.json, *.jsonl}")
     return parser.parse_args(argv)
@@ -62,7 +71,8 @@ def load_benchmark(name: str, args):
     """A packaged data set by name, else `datasets.load_dataset(name)`, as `prompt` / `answer` columns."""
     if is_known_dataset(name):
         return load_math_dataset(name, args.split, limit=args.limit, seed=args.seed,
-                                 difficulty=args.synthetic_difficulty)
+                                 difficulty=args.synthetic_difficulty, kinds=args.synthetic_kinds,
+                                 examples=args.few_shot_examples)
     from datasets import load_dataset
 
     if os.path.isfile(name):

@@ -54,7 +54,14 @@ def make_args(tmp_path, **overrides):
 
 
 class RecordingGTPOTrainer(GTPOTrainer):
-    """Keeps GRPO's (B,) advantages and GTPO's (B, T) ones of every batch, to compare them."""
+    """Keeps GRPO's (B,) advantages and GTPO's (B, T) ones of every batch, to compare them, and the loss mask the
+    batch is trained with (`mask`, after `mask_truncated_completions`)."""
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        self.records[-1]["mask"] = (output["completion_mask"] * output.get("tool_mask", 1)).clone()
+        self.records[-1]["num_items_in_batch"] = output["num_items_in_batch"]
+        return output
 
     def _turn_level_advantages(self, step, output):
         advantages = super()._turn_level_advantages(step, output)

@@ -154,68 +154,60 @@ def test_pooled_gives_a_solved_group_unit_sized_advantages_from_the_discount_alo
     assert advantages[0, 0].item() == pytest.approx(-0.934, abs=1e-3)
 
 
-@pytest.mark.parametrize("estimator", ["trajectory", "leave_one_out"])
-def test_a_group_whose_trajectories_all_earned_the_same_gets_zero(estimator):
-    advantages = advantages_of([1.0] * 4, [2, 2, 1, 1], 4, estimator)
-    assert torch.nan_to_num(advantages, nan=0.0).abs().sum() == 0
-    assert torch.isnan(advantages[2:, 1]).all()  # the one-turn trajectories still have no second turn
-
-
-@pytest.mark.parametrize("estimator", ["trajectory", "leave_one_out"])
-def test_equal_totals_summed_in_a_different_order_are_equal(estimator):
-    # All correct, each with one -0.1 format penalty on a different turn: every total is 0.9, but in float32
-    # -0.1 + 1 and 0 + -0.1 + 1 differ by an ulp. That rounding is no signal: the group gets 0, not ~1e3.
-    advantages = advantages_of(
-        [1.0, 1.0, 1.0], [1, 2, 3], 3, estimator, turn_terms=[[-0.1, 0, 0], [-0.1, 0, 0], [0, -0.1, 0]]
+def test_aligned_estimator_by_hand():
+    # A: two turns, correct: t = [0, 0], F = 1. B: one turn, wrong, malformed call: t = [-0.1], F = 0. gamma 0.9.
+    # Places: F (mean 0.5), t_1 (mean -0.05), t_2 (A 0, B 0 past its end: mean 0).
+    advantages = advantages_of([1.0, 0.0], [2, 1], 2, "aligned", turn_terms=[[0.0, 0.0], [-0.1, 0.0]])
+    sigma = (torch.tensor([1.0, 0.0]).var() + torch.tensor([0.0, -0.1]).var()).sqrt().item() + 1e-4
+    expected = torch.tensor(
+        [
+            [(0.9 * 0.5 + 0.05) / sigma, 0.5 / sigma],  # turn 1 gets the outcome discounted once, and beat B's turn 1
+            [(-0.5 - 0.05) / sigma, nan],
+        ]
     )
-    assert torch.nan_to_num(advantages, nan=0.0).abs().max() == 0
-
-
-def test_trajectory_estimator_by_hand():
-    # A: two turns, correct: r = [0, 1], R = [0.9, 1.0]. B: one turn, wrong: R = [0].
-    advantages = advantages_of([1.0, 0.0], [2, 1], 2, "trajectory")
-    baseline, std = (0.9 + 0.0) / 2, torch.tensor([1.0, 0.0]).std().item()
-    expected = torch.tensor([[(0.9 - baseline) / (std + 1e-4), (1.0 - baseline) / (std + 1e-4)], [(0.0 - baseline) / (std + 1e-4), nan]])
-    torch.testing.assert_close(advantages, expected, equal_nan=True)
-    assert advantages[0, 0] > 0 and advantages[0, 1] > advantages[0, 0]  # the solving turn gets the most credit
-
-
-def test_leave_one_out_estimator_by_hand():
-    advantages = advantages_of([1.0, 0.0, 1.0], [2, 1, 1], 3, "leave_one_out")
-    std = torch.tensor([1.0, 0.0, 1.0]).std().item() + 1e-4
-    # baselines: A: mean(R_B1, R_C1) = 0.5; B: mean(0.9, 1.0) = 0.95; C: mean(0.9, 0) = 0.45
-    expected = torch.tensor([[(0.9 - 0.5) / std, (1.0 - 0.5) / std], [(0.0 - 0.95) / std, nan], [(1.0 - 0.45) / std, nan]])
     torch.testing.assert_close(advantages, expected, equal_nan=True)
 
 
-def test_format_penalties_give_a_solved_group_signal_under_the_trajectory_estimator():
-    # Both correct; B's first turn was malformed (-0.1): totals differ, B's first turn is pushed down.
-    advantages = advantages_of([1.0, 1.0], [2, 2], 2, "trajectory", turn_terms=[[0.0, 0.0], [-0.1, 0.0]])
-    assert advantages[1, 0] < 0 < advantages[0, 0]
+def test_aligned_turn_terms_count_zero_past_a_trajectorys_end():
+    # Same outcome; A took 3 turns with a +0.3 turn reward on turn 3, B one turn. t_3: A 0.3, B 0 (ended): mean 0.15.
+    advantages = advantages_of([1.0, 1.0], [3, 1], 2, "aligned", turn_terms=[[0.0, 0.0, 0.3], [0.0, 0.0, 0.0]], gamma=0.5)
+    sigma = torch.tensor([0.3, 0.0]).var().sqrt().item() + 1e-4
+    expected = torch.tensor([[0.25 * 0.15 / sigma, 0.5 * 0.15 / sigma, 0.15 / sigma], [0.25 * -0.15 / sigma, nan, nan]])
+    torch.testing.assert_close(advantages, expected, equal_nan=True)
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
-def test_trajectory_estimator_is_exactly_grpo_with_one_turn(scale):
+def test_aligned_estimator_is_exactly_grpo_with_one_turn(scale):
     torch.manual_seed(0)
     outcome = torch.randint(0, 2, (12,)).float() + torch.rand(12) * 0.1
-    advantages = advantages_of(outcome.tolist(), [1] * 12, 4, "trajectory", scale=scale)
+    advantages = advantages_of(outcome.tolist(), [1] * 12, 4, "aligned", scale=scale)
     torch.testing.assert_close(advantages[:, 0], grpo_advantages(outcome, 4, scale))
 
 
-@pytest.mark.parametrize("estimator", ["pooled", "trajectory", "leave_one_out"])
+@pytest.mark.parametrize("estimator", ["pooled", "aligned"])
 def test_a_group_of_one_trajectory_gets_zero_advantages_as_in_grpo(estimator):
     # num_generations_eval=1: a group of one has no baseline; TRL gives 0.
     advantages = advantages_of([0.0, 1.0], [2, 2], 1, estimator, turn_terms=[[0.1, 0.0], [0.0, 0.0]])
     assert advantages.tolist() == [[0.0, 0.0], [0.0, 0.0]]
 
 
-@pytest.mark.parametrize("estimator", ["trajectory", "leave_one_out"])
+@pytest.mark.parametrize("estimator", ["pooled", "aligned"])
 def test_unscorable_trajectories_are_left_out_of_every_estimator(estimator):
     advantages = advantages_of([1.0, nan, 0.0, 0.0], [1, 2, 1, 1], 4, estimator)
     assert torch.isnan(advantages[1]).all()
     assert advantages[0, 0] > 0 > advantages[2, 0]
+    # the unscorable row's turn count does not leak into the others: the same group without it
+    without = advantages_of([1.0, 0.0, 0.0], [1, 1, 1], 3, estimator)
+    if estimator == "aligned":
+        torch.testing.assert_close(advantages[[0, 2, 3], 0], without[:, 0])
 
 
 def test_unknown_estimator_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match="pooled, trajectory, leave_one_out"):
+    with pytest.raises(ValueError, match="aligned, pooled"):
         AdvantageSettings(estimator="mean")
+
+
+@pytest.mark.parametrize("estimator", ["trajectory", "leave_one_out"])
+def test_removed_estimators_are_refused_with_the_reason_and_the_replacement(estimator):
+    with pytest.raises(ValueError, match="removed.*Use 'aligned'"):
+        AdvantageSettings(estimator=estimator)

@@ -76,3 +76,27 @@ def test_benchmarks_command_prints_one_table_and_writes_summary_and_traces(
     first_turn = traces[0]["samples"][0]["turns"][0]
     assert first_turn["status"] == "ok" and first_turn["output"].strip() == "42"  # the code ran in the sandbox
     assert len(Path(summary["gsm8k"]["traces"]).read_text().splitlines()) == 2
+
+
+def _script(name: str, file: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_reads_the_main_jobs_synthetic_task_as_train_gtpo_does():
+    """`--synthetic_kinds word --few_shot_examples word` give the problems and prompts the training script holds out."""
+    from types import SimpleNamespace
+
+    evaluate, train = _script("evaluate_script", "evaluate.py"), _script("train_script", "train_gtpo.py")
+    argv = ["--benchmarks", "synthetic", "--synthetic_kinds", "word", "--few_shot_examples", "word", "--limit", "4",
+            "--seed", "7"]
+    evaluated = evaluate.load_benchmark("synthetic", evaluate.parse_args(argv))
+    script_args = train.GTPOScriptArguments(
+        dataset_name="synthetic", synthetic_kinds=["word"], few_shot_examples="word", train_size=1, eval_size=4
+    )
+    _, held_out = train.load_splits(script_args, SimpleNamespace(seed=7, eval_strategy="no"))
+    assert evaluated["prompt"] == held_out["prompt"] and evaluated["answer"] == held_out["answer"]
+    default = evaluate.load_benchmark("synthetic", evaluate.parse_args(argv[:2] + ["--limit", "4", "--seed", "7"]))
+    assert default["prompt"] != held_out["prompt"]  # the defaults are another task: the flags matter

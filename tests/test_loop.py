@@ -4,7 +4,7 @@ import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, ExecutionResult
 from trl_gtpo.testing import make_tiny_tokenizer
-from trl_gtpo.interpreter.loop import NO_CODE_MESSAGE, CodeInterpreterLoop
+from trl_gtpo.interpreter.loop import EXECUTOR_RETRIES, NO_CODE_MESSAGE, CodeInterpreterLoop, ExecutorError
 
 MARKER = "```output"
 
@@ -144,16 +144,56 @@ def test_state_persists_across_turns_and_sessions_close(tokenizer):
 def test_stop_marker_written_by_the_model_gets_the_output_and_no_code_gets_a_message(tokenizer):
     scripts = {
         "A": ["```python\nprint(3)\n```output\nFAKE OUTPUT", "ok<EOS>"],
-        "B": ["I will not write code ```output\nmade up", "fine<EOS>"],
+        "B": ["I will not write code\n```output\nmade up", "fine<EOS>"],
     }
     (a, b), _, _ = run(tokenizer, scripts)
     text_a = tokenizer.decode(a.completion_ids)
     assert "FAKE" not in text_a and "```output\n3\n```\n" in text_a
     assert a.turns[0].status == "ok"
     runs_b = split_by_mask(tokenizer, b)
-    assert runs_b[0] == ("I will not write code ```output", True)
+    assert runs_b[0] == ("I will not write code\n```output", True)
     assert runs_b[1] == (f"\n{NO_CODE_MESSAGE}\n```\n", False)
     assert b.turns[0].status == "no_code" and not b.turns[0].well_formed
+
+
+def test_a_stop_marker_mid_line_does_not_end_the_turn_and_generation_goes_on(tokenizer):
+    # A backend stops at the marker anywhere (it is one of its stop strings); mid-line it is prose: the loop asks
+    # for more tokens of the same turn.
+    scripts = {"Q": ["Tools answer in a ```output", " block.\n```python\nprint(5)\n```\n", "It is 5.<EOS>"]}
+    (trajectory,), model, _ = run(tokenizer, scripts)
+    runs = split_by_mask(tokenizer, trajectory)
+    assert runs[0] == ("Tools answer in a ```output block.\n```python\nprint(5)\n```", True)
+    assert runs[1] == ("\n```output\n5\n```\n", False)
+    assert [t.status for t in trajectory.turns] == ["ok", None] and len(model.calls) == 3
+
+
+def test_a_user_stop_string_ends_the_trajectory_where_the_model_wrote_it(tokenizer):
+    """Like EOS: the turn ends right after the stop string (a backend that ran on past it is cut), nothing in it is
+    run, the trajectory ends with stop reason "stop_string"; in another turn, it ends that turn the same way."""
+    executor = PythonExecutor()
+    scripts = {
+        "A": ["So:\n```python\nprint(1)\nEND OF IT\n```\nmore", "never"],  # before the block closes: not run
+        "B": ["```python\nprint(2)\n```\n", "It is 2. END and on<EOS>"],  # in the second turn
+        "C": ["It is 3.<EOS>"],
+    }
+    (a, b, c), model, loop = run(tokenizer, scripts, executor=executor, user_stop_strings=["END"])
+    assert loop.stop_strings == [MARKER, "\n```\n", "END"]  # the backends stop there too
+    assert tokenizer.decode(a.completion_ids) == "So:\n```python\nprint(1)\nEND"
+    assert a.stop_reason == "stop_string" and a.turns[0].status is None and a.tool_mask == [1] * len(a.completion_ids)
+    assert split_by_mask(tokenizer, b)[-1] == ("It is 2. END", True) and b.stop_reason == "stop_string"
+    assert [t.status for t in b.turns] == ["ok", None] and executor.batches == [1]
+    assert c.stop_reason == "eos"
+
+
+def test_the_user_stop_strings_come_from_the_backends_generation_kwargs():
+    from types import SimpleNamespace
+
+    from trl_gtpo.interpreter.rollout import user_stop_strings
+
+    kwargs = {"stop": ["A"], "stop_strings": "B"}
+    assert user_stop_strings(SimpleNamespace(use_vllm=True, generation_kwargs=kwargs)) == ["A"]  # SamplingParams'
+    assert user_stop_strings(SimpleNamespace(use_vllm=False, generation_kwargs=kwargs)) == ["B"]  # generate's
+    assert user_stop_strings(SimpleNamespace(use_vllm=False, generation_kwargs=None)) == []
 
 
 def test_a_tool_call_in_the_last_allowed_turn_ends_the_trajectory_unrun(tokenizer):
@@ -226,15 +266,63 @@ def test_logprobs_stay_aligned_with_tokens(tokenizer):
     assert {lp for lp, m in zip(trajectory.logprobs, trajectory.tool_mask, strict=True) if m} == {-0.5}
 
 
-def test_a_broken_executor_becomes_an_error_message_not_a_crash(tokenizer):
+def test_a_broken_executor_is_contained_only_when_asked(tokenizer):
     class Broken(PythonExecutor):
         def run(self, calls):
             raise RuntimeError("worker pool is gone")
 
-    (trajectory,), _, _ = run(tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Broken())
+    (trajectory,), _, loop = run(
+        tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Broken(), executor_errors="contain"
+    )
     assert trajectory.turns[0].status == "crash"
     assert "worker pool is gone" in trajectory.turns[0].output
     assert trajectory.stop_reason == "eos"
+    assert loop.executor_failures == 1 and "worker pool is gone" in str(loop.last_executor_error)
+
+
+def test_an_executor_that_keeps_raising_fails_the_step_with_the_cause(tokenizer):
+    class Broken(PythonExecutor):
+        tries = 0
+
+        def run(self, calls):
+            Broken.tries += 1
+            raise RuntimeError("worker pool is gone")
+
+    with pytest.raises(ExecutorError, match="Broken raised on 3 tries.*worker pool is gone.*tool_executor_errors") as e:
+        run(tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Broken())
+    assert Broken.tries == 1 + EXECUTOR_RETRIES and isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_an_executor_that_raises_once_is_retried(tokenizer):
+    class Flaky(PythonExecutor):
+        failed = False
+
+        def run(self, calls):
+            if not Flaky.failed:
+                Flaky.failed = True
+                raise ConnectionError("sandbox service restarting")
+            return super().run(calls)
+
+    (trajectory,), _, loop = run(tokenizer, {"Q": ["```python\nprint(6 * 7)\n```\n", "ok<EOS>"]}, executor=Flaky())
+    assert (trajectory.turns[0].status, trajectory.turns[0].output) == ("ok", "42\n")
+    assert loop.executor_failures == 0
+
+
+@pytest.mark.parametrize(
+    "answer, error, phrase",
+    [
+        (lambda calls: ["42"] * len(calls), TypeError, "Wrong.run\\(\\) returned a str"),
+        (lambda calls: "42", TypeError, "Wrong.run\\(\\) returned a str"),
+        (lambda calls: [], ValueError, "Wrong.run\\(\\) returned 0 results for 1 calls"),
+    ],
+)
+def test_wrong_results_of_an_executor_are_raised_naming_it(tokenizer, answer, error, phrase):
+    class Wrong(PythonExecutor):
+        def run(self, calls):
+            return answer(calls)
+
+    with pytest.raises(error, match=phrase):
+        run(tokenizer, {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}, executor=Wrong())
 
 
 def test_processes_keep_in_step_with_dummy_calls(tokenizer):

@@ -168,6 +168,38 @@ def test_sequence_level_ratio_averages_the_turn_advantages_away(tiny_model_path,
     torch.testing.assert_close(turn_grad, torch.tensor([[-0.25, -0.25, 0.0, 0.0, 0.25, 0.25]]))
 
 
+def test_on_policy_token_and_turn_levels_give_the_same_gradient_and_sequence_level_none(tiny_model_path, tmp_path):
+    """What README and docs/SETTINGS.md say of ratio 1 (num_iterations=1): "token" and "turn" give each turn's tokens
+    their own advantage, -A_ij / n per token (grpo: mean over the row's n = 4 model tokens); "sequence" gives every
+    token the trajectory's mean turn advantage, 0 for two equal turns with +1 and -1."""
+    mask, tool = torch.ones(1, 6, dtype=torch.long), torch.tensor([[1, 1, 0, 0, 1, 1]])
+    batch = prepared_batch(torch.tensor([[1.0, 1.0, 0.0, 0.0, -1.0, -1.0]]), mask, tool)
+    logps = torch.tensor([[-1.0, -2.0, -3.0, -3.0, -0.5, -1.5]])
+    grads = {
+        level: loss_and_grad(_gtpo(tiny_model_path, tmp_path, loss_type="grpo", importance_sampling_level=level), batch, logps)[1]
+        for level in ("token", "turn", "sequence")
+    }
+    expected = torch.tensor([[-0.25, -0.25, 0.0, 0.0, 0.25, 0.25]])
+    torch.testing.assert_close(grads["token"], expected)
+    torch.testing.assert_close(grads["turn"], expected)
+    torch.testing.assert_close(grads["sequence"], torch.zeros(1, 6))
+
+
+@pytest.mark.parametrize("level", ["token", "turn"])
+def test_a_token_the_entropy_mask_drops_gets_no_gradient_at_any_level(level, tiny_model_path, tmp_path):
+    """top_entropy_quantile=0.5 keeps the tokens of entropy >= the median of the model tokens' entropies (2.0):
+    tokens 0, 2 (turn 1, A = +1) and 4 (turn 2, A = -1). At "turn" level the ratio of turn 1 is the geometric mean
+    over its kept tokens 0 and 2 only, so token 1 gets no gradient, as at "token" level. grpo: mean over the 5 model
+    tokens; d/d logp_0 = -(1/5) * (2 tokens * 1/2) = -0.2."""
+    mask, tool = torch.ones(1, 6, dtype=torch.long), torch.tensor([[1, 1, 1, 0, 1, 1]])
+    batch = prepared_batch(torch.tensor([[1.0, 1.0, 1.0, 0.0, -1.0, -1.0]]), mask, tool)
+    logps = torch.tensor([[-1.0, -2.0, -0.7, -3.0, -0.5, -1.5]])
+    entropies = torch.tensor([[3.0, 0.1, 2.0, 9.0, 5.0, 0.2]])  # token 3 is tool output: not a model token
+    trainer = _gtpo(tiny_model_path, tmp_path, loss_type="grpo", importance_sampling_level=level, top_entropy_quantile=0.5)
+    _, grad = loss_and_grad(trainer, batch, logps, entropies)
+    torch.testing.assert_close(grad, torch.tensor([[-0.2, 0.0, -0.2, 0.0, 0.2, 0.0]]))
+
+
 def test_turn_level_luspo_weights_each_turn_by_its_length_by_hand(tiny_model_path, tmp_path):
     """LUSPO: the sum over a row's model tokens of the turn losses, i.e. each turn's GSPO loss times its length."""
     logps, old = _multi_turn_inputs()

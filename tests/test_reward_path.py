@@ -11,7 +11,7 @@ from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, mak
 
 pytestmark = pytest.mark.slow
 
-@pytest.mark.parametrize("estimator", ["pooled", "trajectory", "leave_one_out"])
+@pytest.mark.parametrize("estimator", ["pooled", "aligned"])
 def test_reward_to_advantage_path_by_hand(estimator, tiny_model_path, tmp_path):
     gamma, alpha, penalty = 0.9, 0.5, -0.1
     args = make_args(
@@ -42,12 +42,22 @@ def test_reward_to_advantage_path_by_hand(estimator, tiny_model_path, tmp_path):
     returns = {tag: [r[0] + gamma * r[1], r[1]] if len(r) == 2 else r for tag, r in turn_rewards.items()}
     if estimator == "pooled":  # baseline and std over every turn return of the group
         values = torch.tensor([value for tag in "ABCD" for value in returns[tag]])
-        baseline, std = {tag: values.mean() for tag in "ABCD"}, values.std()
-    else:  # baseline over the first-turn returns (of the others for leave_one_out), std of the total rewards
-        first = {tag: returns[tag][0] for tag in "ABCD"}
-        others = {tag: [first[t] for t in "ABCD" if t != tag or estimator == "trajectory"] for tag in "ABCD"}
-        baseline = {tag: torch.tensor(others[tag]).mean() for tag in "ABCD"}
-        std = torch.tensor([sum(turn_rewards[tag]) for tag in "ABCD"]).std()
+        expected = {tag: [(value - values.mean()) / (values.std() + 1e-4) for value in returns[tag]] for tag in "ABCD"}
+    else:  # each reward against the group's mean at its place: F at the end, turn terms at their turn index
+        final = {"A": 1.0, "B": shaping_b, "C": 1.0, "D": shaping_d}
+        terms = {"A": [0.0, 0.0], "B": [0.0, 0.0], "C": [penalty, 0.0], "D": [penalty, 0.0]}  # 0 past the end
+        mean_final = sum(final.values()) / 4
+        mean_terms = [sum(terms[tag][m] for tag in "ABCD") / 4 for m in range(2)]
+        sigma = (torch.tensor(list(final.values())).var() + torch.tensor([terms[t][0] for t in "ABCD"]).var()).sqrt()
+        expected = {}
+        for tag in "ABCD":
+            k = len(returns[tag])
+            deviations = [terms[tag][m] - mean_terms[m] for m in range(2)]
+            expected[tag] = [
+                (gamma ** (k - 1 - j) * (final[tag] - mean_final) + sum(gamma ** (m - j) * deviations[m] for m in range(j, 2)))
+                / (sigma + 1e-4)
+                for j in range(k)
+            ]
 
     advantages, mask = record["gtpo"], record["mask"]
     for tag, row in rows.items():
@@ -55,9 +65,8 @@ def test_reward_to_advantage_path_by_hand(estimator, tiny_model_path, tmp_path):
         # the first token of each turn: turns are maximal runs of model tokens
         starts = [index[0].item()] + [b.item() for a, b in zip(index[:-1], index[1:]) if b != a + 1]
         assert len(starts) == len(returns[tag]), tag
-        for start, value in zip(starts, returns[tag]):
-            expected = (value - baseline[tag]) / (std + 1e-4)
-            assert advantages[row, start].item() == pytest.approx(expected.item(), abs=1e-5), tag
+        for start, value in zip(starts, expected[tag]):
+            assert advantages[row, start].item() == pytest.approx(float(value), abs=1e-5), tag
 
     turns_d = record["turns"][rows["D"]]
     assert not turns_d[0].well_formed and turns_d[0].status == "error"

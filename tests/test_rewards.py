@@ -92,6 +92,19 @@ FORMATTING_CASES = [
     pytest.param("\\boxed{1\\,000}", "1000", 1.0, id="thin-space-thousands"),
     pytest.param("\\boxed{90°}", "90^\\circ", 1.0, id="degree-sign"),
     pytest.param("\\boxed{90}", "90°", 1.0, id="degree-sign-in-reference"),
+    pytest.param("\\boxed{18 dollars}", "18", 1.0, id="unit-word-in-the-box"),
+    pytest.param("\\boxed{1,080 dollars.}", "#### 1080", 1.0, id="unit-word-thousands"),
+    pytest.param("\\boxed{12 miles per hour}", "12", 1.0, id="unit-words"),
+    pytest.param("\\boxed{3 km/h}", "3", 1.0, id="unit-with-slash"),
+    pytest.param("\\boxed{19 dollars}", "18", 0.0, id="wrong-number-with-unit-is-wrong"),
+    pytest.param("\\boxed{18}", "18 dollars", 1.0, id="unit-word-in-reference"),
+    pytest.param("\\boxed{3x}", "3", 0.0, id="a-variable-is-not-a-unit"),
+    pytest.param("\\boxed{2 pi}", "2", 0.0, id="pi-is-not-a-unit"),
+    pytest.param("\\boxed{72°F}", "72", 1.0, id="fahrenheit"),
+    pytest.param("\\boxed{72 °C}", "72", 1.0, id="celsius-spaced"),
+    pytest.param("\\boxed{72^\\circ F}", "72", 1.0, id="circ-fahrenheit"),
+    pytest.param("\\boxed{72^{\\circ}\\text{C}}", "72°C", 1.0, id="circ-text-celsius"),
+    pytest.param("\\boxed{73°F}", "72", 0.0, id="wrong-temperature"),
 ]
 
 

@@ -8,8 +8,10 @@ import ctypes
 import errno
 import glob
 import os
+import json
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, ExecutionResult
 from trl_gtpo.interpreter.sandbox import SandboxPool
-from trl_gtpo.interpreter.sandbox.pool import default_size
+from trl_gtpo.interpreter.sandbox.pool import DEFAULT_PRELOAD, HUNG_WORKER_MARGIN_S, default_size, min_memory_limit_mb
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
@@ -435,6 +437,20 @@ def test_answer_keys_cannot_be_found_or_read(planted):
         assert exists.strip() == str([False] * len(paths))
 
 
+def test_native_code_reads_none_of_the_planted_keys(planted):
+    """The same keys (a data directory, a package's data in site-packages, the repository, the HF cache) through
+    ctypes open() and os.open(): namespaces hide them, Landlock refuses them where there are none."""
+    pool, keys, secret = planted
+    reads = planted_key_reads(pool, keys, secret)
+    readable = sorted(where for where, (native, by_os, _) in reads.items() if native or by_os)
+    if any(layer.startswith("Landlock") for layer in pool.isolation_layers) or not any(
+        "native code (ctypes) can read" in note for note in pool.isolation_notes
+    ):
+        assert readable == [], reads
+    else:  # a kernel without Landlock and a layer without namespaces: said in isolation_notes
+        assert readable == sorted(keys), reads
+
+
 def test_only_preloaded_packages_are_importable(planted):
     pool, keys, _ = planted
     assert run(pool, "import okpkg\nokpkg.VALUE").output == "7\n"
@@ -482,6 +498,144 @@ def test_model_code_cannot_create_namespaces(planted):
     assert_healthy(pool)
 
 
+def _landlock_abi() -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return max(0, libc.syscall(ctypes.c_long(444), None, ctypes.c_size_t(0), ctypes.c_uint32(1)))
+
+
+@pytest.fixture(scope="module")
+def system_keys():
+    """Answer keys planted where a trainer's machine keeps data and secrets: system data and configuration folders
+    (where this user may write there), temporary folders, the home folder and the working directory. All removed
+    after the module."""
+    secret = "gtpo-answer-key-" + uuid.uuid4().hex
+    tag = secret[-8:]
+    places = {
+        "system data (/usr/share)": "/usr/share",
+        "system config (/etc)": "/etc",
+        "temp (/tmp)": tempfile.gettempdir(),
+        "temp (/var/tmp)": "/var/tmp",
+        "home": os.path.expanduser("~"),
+    }
+    keys, made = {}, []
+    for where, parent in places.items():
+        if not os.access(parent, os.W_OK):
+            continue
+        folder = os.path.join(parent, f"gtpo-planted-{tag}")
+        os.makedirs(folder)
+        made.append(folder)
+        keys[where] = os.path.join(folder, "answer-key.txt")
+    keys["working directory"] = os.path.join(os.getcwd(), f"gtpo-planted-{tag}-answer-key.txt")
+    for path in keys.values():
+        with open(path, "w") as f:
+            f.write(secret)
+    try:
+        yield keys, secret
+    finally:
+        os.remove(keys["working directory"])
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+_NATIVE_READS = """
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+def native_open(path):
+    fd = libc.open(path.encode(), 0)
+    if fd < 0:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    n = libc.read(fd, buf, 255)
+    libc.close(fd)
+    return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+def os_open(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 255).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+def stat(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+print(json.dumps({p: [native_open(p), os_open(p), stat(p)] for p in PATHS}))
+"""
+
+
+def planted_key_reads(pool: SandboxPool, keys: dict, secret: str) -> dict:
+    """For each planted key: (read by ctypes open(), read by os.open(), revealed by os.stat()) from model code."""
+    result = run(pool, f"PATHS = {sorted(keys.values())!r}\n" + _NATIVE_READS)
+    assert result.status == "ok", result
+    found = json.loads(result.output)
+    return {
+        where: (secret in (found[path][0] or ""), secret in (found[path][1] or ""), found[path][2])
+        for where, path in keys.items()
+    }
+
+
+@pytest.mark.parametrize("isolation", ["auto", "userns", "hooks"])
+def test_native_code_reads_no_planted_key_where_landlock_is(isolation, system_keys):
+    """ctypes open(), os.open() and os.stat() from model code against answer keys in system, temp, home and working
+    folders. Without Landlock the "hooks" layer (no namespaces) read every key through ctypes; with it none is
+    readable on any layer. os.stat() is outside Landlock: on "hooks" it still tells a key exists (and says so)."""
+    keys, secret = system_keys
+    with SandboxPool(1, timeout=TIMEOUT, memory_limit_mb=512, preload=("math",), isolation=isolation) as p:
+        reads = planted_key_reads(p, keys, secret)
+        landlock = any(layer.startswith("Landlock") for layer in p.isolation_layers)
+        readable = sorted(where for where, (native, by_os, _) in reads.items() if native or by_os)
+        revealed = sorted(where for where, (_, _, exists) in reads.items() if exists)
+        count = len(keys)
+        print(f"{isolation}: landlock={landlock} readable {len(readable)}/{count} revealed {len(revealed)}/{count}")
+        if _landlock_abi():
+            assert landlock, p.isolation_notes
+        else:
+            assert any("no Landlock" in note for note in p.isolation_notes), p.isolation_notes
+        if landlock or isolation != "hooks":
+            assert readable == [], reads
+        if isolation == "hooks":
+            assert any("os.stat()" in note for note in p.isolation_notes), p.isolation_notes
+        else:
+            assert revealed == [], reads
+        assert_healthy(p)
+
+
+def test_landlock_refuses_tcp_and_signals_to_native_code():
+    """On the "hooks" layer (no network namespace), native connect() is refused by Landlock (ABI >= 4), and a signal
+    to the worker outside the session (ABI >= 6) too; the audit hook cannot see calls reached by address."""
+    abi = _landlock_abi()
+    if abi < 6:
+        pytest.skip(f"Landlock ABI {abi} < 6 on this kernel")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    libc = ctypes.CDLL(None)
+    address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    offsets = {name: address(getattr(libc, name)) - address(libc.getpid) for name in ("socket", "connect", "kill")}
+    code = (
+        "import ctypes, os, struct\n"
+        "libc = ctypes.CDLL(None)\n"
+        "base = ctypes.cast(libc.getpid, ctypes.c_void_p).value\n"
+        "f = lambda off, *args: ctypes.CFUNCTYPE(ctypes.c_int, *args, use_errno=True)(base + off)\n"
+        f"sock = f({offsets['socket']}, ctypes.c_int, ctypes.c_int, ctypes.c_int)(2, 1, 0)\n"
+        f"addr = struct.pack('<HH4s8x', 2, __import__('socket').htons({port}), bytes([127, 0, 0, 1]))\n"
+        f"connect = f({offsets['connect']}, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)\n"
+        "print('connect', connect(sock, addr, 16), ctypes.get_errno())\n"
+        f"print('kill', f({offsets['kill']}, ctypes.c_int, ctypes.c_int)(os.getppid(), 0), ctypes.get_errno())\n"
+    )
+    try:
+        with SandboxPool(1, timeout=TIMEOUT, memory_limit_mb=512, preload=("math",), isolation="hooks") as p:
+            result = run(p, code)
+    finally:
+        server.close()
+    assert result.output.splitlines() == [f"connect -1 {errno.EACCES}", f"kill -1 {errno.EPERM}"], result.output
+
+
 def test_default_size_shares_the_cores_among_local_ranks(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
     monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
@@ -508,6 +662,47 @@ def test_dead_worker_is_replaced():
         assert result.output.startswith("[note:") and "NameError" in result.output  # told its state is gone
         assert p.worker_pids() != [old]
         assert_healthy(p, "s")
+
+
+def test_worker_killed_during_a_call_is_replaced():
+    with SandboxPool(1, timeout=TIMEOUT, preload=()) as p:
+        (old,) = p.worker_pids()
+        killer = __import__("threading").Timer(0.5, lambda: os.killpg(old, signal.SIGKILL))
+        killer.start()
+        result = run(p, "import time\ntime.sleep(1.5)")
+        killer.join()
+        assert result.status == "crash" and result.output.startswith("SandboxCrash:"), result
+        assert p.worker_pids() != [old]
+        assert_healthy(p)
+
+
+def test_frozen_worker_is_replaced_within_the_timeout_plus_the_margin():
+    """A worker stopped with SIGSTOP (e.g. by a debugger or the OOM killer's freezer) cannot answer: it is replaced
+    once the call's timeout plus HUNG_WORKER_MARGIN_S have passed (it used to be a fixed 60 s). Generous upper bound,
+    a functional check: 1 s timeout + 8 s margin, asserted under 30 s."""
+    timeout = 1.0
+    with SandboxPool(1, timeout=timeout, preload=()) as p:
+        run(p, "x = 1", "s")
+        (old,) = p.worker_pids()
+        os.killpg(old, signal.SIGSTOP)  # the worker and, with namespaces, the process that waits for it
+        start = time.monotonic()
+        result = run(p, "x", "s")
+        elapsed = time.monotonic() - start
+        assert result.status == "crash" and "stopped responding" in result.output, result
+        assert elapsed < timeout + HUNG_WORKER_MARGIN_S + 20, elapsed
+        assert p.worker_pids() != [old]
+        assert_healthy(p, "s")
+
+
+def test_the_config_memory_floor_covers_the_measured_worker_footprint():
+    """GTPOConfig refuses tool_memory_limit_mb below `min_memory_limit_mb()`: that floor must hold a session (a copy
+    of its worker, measured here with the default preload) plus the 64 MiB the pool requires."""
+    with SandboxPool(1, timeout=TIMEOUT, preload=DEFAULT_PRELOAD, isolation="hooks") as p:
+        footprint = p._workers[0].footprint_mb
+    print(f"worker footprint with the default preload: {footprint} MiB")
+    assert footprint + 64 <= min_memory_limit_mb(default_preload=True)
+    with SandboxPool(1, timeout=TIMEOUT, preload=(), isolation="hooks") as p:
+        assert p._workers[0].footprint_mb + 64 <= min_memory_limit_mb(default_preload=False)
 
 
 def test_falls_back_to_the_portable_layer_when_namespaces_fail(monkeypatch):

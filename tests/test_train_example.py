@@ -84,3 +84,46 @@ def test_success_curve_reads_the_logged_steps_and_is_saved_as_png(example, tmp_p
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert example.save_success_curve([{"loss": 0.1, "step": 1}], "math_answer_reward", str(tmp_path / "no.png")) is None
     assert not (tmp_path / "no.png").exists()
+
+
+def _main_job_flags() -> list[str]:
+    """The flags scripts/train_default.sh gives examples/train_gtpo.py (the main job), read from the script."""
+    import shlex
+
+    script = (_PATH.parents[1] / "scripts" / "train_default.sh").read_text()
+    command = script.rsplit("examples/train_gtpo.py", 1)[1].split('"$@"', 1)[0]
+    return shlex.split(command.replace("\\\n", " "))
+
+
+@pytest.mark.slow
+def test_the_main_jobs_log_has_no_repeated_warning_and_a_few_lines_per_sample(tiny_model_path, tmp_path):
+    """The main job's training, 2 steps with the tiny model, its output going to a file (not a terminal): every
+    warning is printed at most once, and each step's completions sample is a header and 3 lines per completion
+    (TRL's rich table would be 80 columns wide there, one word per line)."""
+    import collections
+    import os
+    import subprocess
+    import sys
+
+    flags = _main_job_flags()
+    assert "--log_completions" in flags and flags[flags.index("--num_completions_to_print") + 1] == "2"
+    flags += ["--model_name_or_path", tiny_model_path, "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
+              "--train_size", "16", "--eval_size", "0"]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as output:
+        result = subprocess.run(
+            [sys.executable, str(_PATH), *flags], stdout=output, stderr=subprocess.STDOUT, timeout=600,
+            env={**os.environ, "PYTHONWARNINGS": "default"}, cwd=tmp_path,
+        )
+    text = log.read_bytes().decode(errors="replace")  # as written: progress bar updates are "\r"-separated
+    assert result.returncode == 0, text[-3000:]
+    lines = [segment for line in text.split("\n") for segment in line.split("\r") if segment.strip()]
+    warnings = collections.Counter(line.split("Warning: ", 1)[1] for line in lines if "Warning: " in line)
+    assert warnings and max(warnings.values()) == 1, warnings
+    for step in (1, 2):
+        (header,) = [k for k, line in enumerate(lines) if line.startswith(f"--- step {step}: 2 of 8 completions")]
+        sample = lines[header + 1 : header + 7]
+        assert [line.split()[0] for line in sample] == ["[1]", "prompt:", "completion:", "[2]", "prompt:", "completion:"]
+        assert "math_answer_reward" in sample[0] and "tool_calls T1:" in sample[0] and "How many" in sample[1]
+    assert not any(char in text for char in "│┃━"), "a rich table was printed"
+    assert len(text.split("\n")) < 40  # the whole log of two steps, the progress bar on the lines it shares

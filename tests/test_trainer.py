@@ -250,3 +250,133 @@ def test_logged_figures_are_gtpos_also_when_the_eval_batch_outgrows_the_completi
     assert len(trainer._logs["extra"]["turn_advantages"]) == 2
     assert "eval_turns/frac_zero_std_groups" in metrics and "eval_outcome/frac_reward_zero_std" in metrics
     assert "eval_frac_reward_zero_std" not in metrics
+
+
+class _RaisingExecutor:
+    def run(self, calls):
+        raise ConnectionError("sandbox service down")
+
+    def close_session(self, session_id):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_an_executor_that_keeps_raising_fails_the_step_unless_contained(tiny_model_path, tmp_path, caplog):
+    """Default: the step fails with the cause. tool_executor_errors="contain": training goes on, the failures are
+    counted in tools/executor_failures (one failed run() per step: the scripted trajectories run code once) and
+    warned about once."""
+    import logging
+
+    from helpers import TaggedScripts
+    from trl_gtpo.interpreter.loop import ExecutorError
+
+    dataset = Dataset.from_dict({"prompt": [QUESTION] * 4})
+
+    def build(**fields):
+        args = make_args(tmp_path, max_steps=2, max_completion_length=96, shaping_alpha=0.0, **fields)
+        scripted = lambda trainer, stops: TaggedScripts(trainer.processing_class)  # noqa: E731
+        rollout = CodeInterpreterRollout(args, executor=_RaisingExecutor(), generate_turn=scripted)
+        return GTPOTrainer(
+            model=tiny_model_path, reward_funcs=boxed_42, args=args, rollout_func=rollout, train_dataset=dataset
+        )
+
+    with pytest.raises(ExecutorError, match="_RaisingExecutor raised on 3 tries.*sandbox service down") as caught:
+        build().train()
+    assert isinstance(caught.value.__cause__, ConnectionError)
+    trainer = build(tool_executor_errors="contain")
+    with caplog.at_level(logging.WARNING, logger="trl_gtpo.interpreter.rollout"):
+        trainer.train()
+    key = "tools/executor_failures"
+    logged = [entry[key] for entry in trainer.state.log_history if key in entry]
+    assert logged == [1.0, 1.0]
+    assert sum("this warning is not repeated" in record.getMessage() for record in caplog.records) == 1
+
+
+# TRL 1.16's own checks of `GRPOTrainer.get_off_policy_mask` (tests/test_grpo_trainer.py: test_get_off_policy_mask,
+# test_get_off_policy_mask_padding), written anew with GTPOTrainer: one advantage per sequence gives TRL's (B, 1).
+def test_get_off_policy_mask_with_one_advantage_per_sequence_is_trls():
+    mask = torch.ones(3, 4)
+    advantages = torch.tensor([[2.0], [-0.5], [-3.0]])
+    sampling = torch.zeros(3, 4)
+    # drift sampling - current: row 0 3.0 (positive advantage: kept), row 1 0.25 (under 1.0: kept), row 2 3.0: dropped
+    logps = torch.tensor([[-3.0] * 4, [-0.25] * 4, [-3.0] * 4])
+    keep = GTPOTrainer.get_off_policy_mask(advantages, logps, sampling, mask, 1.0)
+    assert keep.shape == (3, 1)
+    torch.testing.assert_close(keep, torch.tensor([[1.0], [1.0], [0.0]]))
+    torch.testing.assert_close(GTPOTrainer.get_off_policy_mask(advantages[:, 0], logps, sampling, mask, 1.0), keep)
+
+
+def test_get_off_policy_mask_with_one_advantage_per_sequence_ignores_padding():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]])
+    logps = torch.tensor([[-1.5, -1.5, -1.5, 50_000.0, -50_000.0]])  # padding holds anything
+    sampling = torch.zeros(1, 5)
+    keep = GTPOTrainer.get_off_policy_mask(torch.tensor([[-0.1]]), logps, sampling, mask, 1.0)
+    torch.testing.assert_close(keep, torch.tensor([[0.0]]))  # drift 1.5 over the 3 real tokens: dropped
+    keep = GTPOTrainer.get_off_policy_mask(torch.tensor([[-0.1]]), logps, sampling, mask, 2.0)
+    torch.testing.assert_close(keep, torch.tensor([[1.0]]))
+
+
+def test_get_off_policy_mask_with_turn_advantages_keeps_its_turn_reading():
+    mask = torch.tensor([[1, 1, 0, 1, 1]])
+    advantages = torch.tensor([[-1.0, -1.0, 0.0, -1.0, -1.0]])
+    logps = torch.tensor([[-2.0, -2.0, 0.0, 0.0, 0.0]])  # only the first turn drifted
+    keep = GTPOTrainer.get_off_policy_mask(advantages, logps, torch.zeros(1, 5), mask, 1.0)
+    assert keep.tolist() == [[0, 0, 1, 1, 1]]
+
+
+class _Scripted:
+    """`generate_turn` replaying per-tag scripts (trajectories share a prompt; each is told apart by its [tag])."""
+
+    def __init__(self, tokenizer, scripts: dict[str, list[str]]):
+        self.tokenizer, self.remaining, self.unassigned = tokenizer, {t: list(s) for t, s in scripts.items()}, list(scripts)
+
+    def __call__(self, prompt_ids, max_new_tokens):
+        outputs = []
+        for ids in prompt_ids:
+            text = self.tokenizer.decode(ids)
+            tag = next((t for t in self.remaining if f"[{t}]" in text), None) or self.unassigned.pop(0)
+            segment = self.remaining[tag].pop(0) if self.remaining[tag] else "<EOS>"
+            new = self.tokenizer.encode(segment.replace("<EOS>", ""), add_special_tokens=False)
+            outputs.append((new + [self.tokenizer.eos_token_id] if segment.endswith("<EOS>") else new)[:max_new_tokens])
+        return outputs, None
+
+
+CALL = "```python\nprint(6 * 7)\n```\n"
+RAMBLE = "and so on " * 40  # never ends: cut by max_completion_length
+
+
+@pytest.mark.parametrize(
+    "max_turns, scripts, expected_stops",
+    [
+        (1, {"A": [f"[A]\n{CALL}"], "B": ["[B] \\boxed{42}<EOS>"], "C": [f"[C] {RAMBLE}"], "D": [f"[D]\n{CALL}"]},
+         {"A": "max_turns", "B": "eos", "C": "budget", "D": "max_turns"}),
+        (2, {"A": [f"[A]\n{CALL}", CALL], "B": [f"[B]\n{CALL}", "\\boxed{42}<EOS>"], "C": [f"[C]\n{CALL}", RAMBLE],
+             "D": [f"[D]\n{CALL}", f"Again:\n{CALL}"]},
+         {"A": "max_turns", "B": "eos", "C": "budget", "D": "max_turns"}),
+    ],
+)
+def test_mask_truncated_completions_drops_cut_trajectories_not_those_that_ran_out_of_turns(
+    max_turns, scripts, expected_stops, tiny_model_path, tmp_path
+):
+    """TRL's `mask_truncated_completions` masks a completion that does not end with EOS. A trajectory whose tool call
+    came in its last allowed turn ends there by design: all its turns stay trained. One cut by the completion budget
+    is still masked whole, and the loss normalizer counts only what is trained."""
+    args = make_args(tmp_path, max_steps=1, max_turns=max_turns, max_completion_length=48, mask_truncated_completions=True)
+    rollout = CodeInterpreterRollout(args, generate_turn=lambda trainer, stops: _Scripted(trainer.processing_class, scripts))
+    stops = []
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=lambda completions, **kw: stops.extend(kw.get("stop_reason", [None] * 4)) or [0.0] * len(completions),
+        args=args, rollout_func=rollout, train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+    )
+    trainer.train()
+    record = trainer.records[0]
+    tokenizer = trainer.processing_class
+    tags = [next(t for t in scripts if f"[{t}]" in tokenizer.decode(ids)) for ids in record["completion_ids"]]
+    for row, tag in enumerate(tags):
+        trained, model_tokens = record["mask"][row].sum().item(), record["unmasked"][row].sum().item()
+        assert trained == (0 if tag == "C" else model_tokens), tag
+    assert record["num_items_in_batch"].item() == record["mask"].sum().item()
+    assert {tag: stop for tag, stop in zip(tags, stops)} == expected_stops  # the rollout says why each one ended

@@ -24,9 +24,16 @@ def test_a_closed_python_block_ends_the_turn_right_after_its_fence():
 
 
 def test_the_stop_marker_ends_the_turn_and_an_open_block_is_closed_by_it():
-    assert turn_end("no code here ```output\n5", M) == len("no code here ```output")
+    assert turn_end("no code here\n```output\n5", M) == len("no code here\n```output")
+    assert turn_end("no code here\n  ```output\n5", M) == len("no code here\n  ```output")
     text = "```python\nx = 1\n```output\n"
     assert text[: turn_end(text, M)] == "```python\nx = 1\n```"
+
+
+def test_a_stop_marker_in_the_middle_of_a_line_is_prose_and_does_not_end_the_turn():
+    assert turn_end("A tool answers in a ```output block.\nSo", M) is None
+    text = "A tool answers in a ```output block.\n```output\n"
+    assert text[: turn_end(text, M)] == "A tool answers in a ```output block.\n```output"
 
 
 def test_an_unclosed_block_or_plain_blocks_do_not_end_the_turn():

@@ -180,3 +180,117 @@ def test_prompt_media_selects_the_rows_of_a_turn_and_extends_per_token_fields():
     assert fields["pixel_values"].tolist() == [[2.0, 2.0], [0.0, 0.0]]
     assert fields["token_type_ids"] == [[1, 1, 0, 0, 0], [1, 1, 0]]  # the history's completion tokens are text
     assert fields["image_sizes"] == [[2, 2], [0, 0]]
+
+
+class _RewardedBase:
+    def reset(self, **kwargs):
+        self.calls = []
+
+    def get_turn_rewards(self):
+        return [1.0] * len(self.calls)
+
+
+class _Calc(_RewardedBase):
+    def divide(self, a: float, b: float) -> float:
+        """Divide a by b.
+
+        Args:
+            a: the dividend
+            b: the divisor
+        """
+        self.calls.append(b)
+        return a / b
+
+
+def test_an_inherited_get_turn_rewards_is_hidden_from_trls_tool_listing():
+    factory = trl_private.hide_environment_methods(_Calc, ["get_turn_rewards"])
+    environment = factory()
+    # TRL 1.16 lists an environment's tools this way (GRPOTrainer.__init__, _generate_and_score_completions)
+    listed = [name for name, _ in inspect.getmembers(type(environment), predicate=inspect.isfunction)]
+    assert listed == ["divide", "reset"]
+    environment.reset()
+    environment.divide(6, 3)
+    assert environment.get_turn_rewards() == [1.0]  # still callable on the instance
+    assert inspect.isfunction(_RewardedBase.__dict__["get_turn_rewards"])  # the base class is left as it was
+
+
+def test_the_turn_generator_merges_the_users_vllm_stop_strings_and_restores_the_sampling_settings():
+    """vLLM (colocate or server): each turn's SamplingParams stop at the loop's stop strings and the user's own
+    `stop`, with the stop string kept in the output so that the loop sees where the model wrote it."""
+    tokenizer = make_tiny_tokenizer()
+    user = {"stop": ["DONE"], "temperature": 0.5}
+    generation = SimpleNamespace(max_completion_length=512, generation_kwargs=dict(user), mode="colocate")
+    seen = {}
+
+    def generate_single_turn(prompt_ids, images, multimodal_fields, num_generations):
+        seen.update(budget=generation.max_completion_length, kwargs=dict(generation.generation_kwargs))
+        return [[5, 6]], [[-0.1, -0.2]]
+
+    trainer = SimpleNamespace(
+        use_vllm=True, vllm_generation=generation, _tokenizer=tokenizer, eos_token_ids=[tokenizer.eos_token_id],
+        accelerator=SimpleNamespace(num_processes=1), _generate_single_turn=generate_single_turn,
+    )
+    stops = CodeInterpreterLoop(tokenizer, None, max_turns=2, max_completion_length=8, user_stop_strings=["DONE"]).stop_strings
+    ids, logprobs = trl_private.TurnGenerator(trainer, stops)([[1, 2, 3]], 7)
+    assert ids == [[5, 6]] and logprobs == [[-0.1, -0.2]]
+    assert seen == {
+        "budget": 7,
+        "kwargs": {"stop": ["```output", "\n```\n", "DONE"], "temperature": 0.5, "include_stop_str_in_output": True},
+    }
+    assert generation.generation_kwargs == user and generation.max_completion_length == 512
+
+
+def test_stop_padding_start_reads_a_stop_string_that_starts_in_the_history():
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    pad = tokenizer.pad_token_id
+    history = tokenizer.encode("```output\n42\n```\n")
+    fence = tokenizer.encode("```\n")
+    stops = ["```output", "\n```\n"]
+    assert trl_private.stop_padding_start(fence + [pad], tokenizer, [pad], stops, history) == len(fence)
+    # without the history the stop string is not complete: the EOS is the model's
+    assert trl_private.stop_padding_start(fence + [pad], tokenizer, [pad], stops) == len(fence) + 1
+    # an EOS sampled after text that ends no stop string is kept, history or not
+    text = tokenizer.encode("It is 42.")
+    assert trl_private.stop_padding_start(text + [pad], tokenizer, [pad], stops, history) == len(text) + 1
+
+
+def test_the_completions_sample_printer_is_swapped_only_during_the_call(capsys):
+    import trl.trainer.grpo_trainer as grpo_module
+
+    original = grpo_module.print_prompt_completions_sample
+    with trl_private.compact_completions_sample():
+        grpo_module.print_prompt_completions_sample(["p"], ["c"], {"r": [1.0]}, [0.0], 7)
+    with trl_private.compact_completions_sample(enabled=False):  # the end-of-training summary: nothing printed
+        grpo_module.print_prompt_completions_sample(["p"], ["c"], {"r": [1.0]}, [0.0], 8)
+    assert grpo_module.print_prompt_completions_sample is original
+    assert capsys.readouterr().out.split("\n")[:2] == ["--- step 7: 1 of 1 completions ---", "[1] r 1.00 | advantage +0.00"]
+
+
+def test_the_checkpointing_deprecation_is_silenced_exactly_and_only_inside():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with trl_private.without_trl_checkpointing_warning():
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("something else is deprecated", FutureWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+    assert [str(w.message).split()[0] for w in caught] == ["something", "`is_gradient_checkpointing`"]
+
+
+def test_a_moved_truncation_mask_or_sample_printer_fails_loudly(monkeypatch):
+    def _generate_and_score_completions(self, inputs):  # no longer reads mask_truncated_completions
+        return inputs
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", _generate_and_score_completions)
+    with pytest.raises(RuntimeError, match="truncation_masking_off"):
+        trl_private.check_trl_api()
+    monkeypatch.undo()
+
+    def log(self, logs, start_time=None):  # prints its sample some other way
+        return logs
+
+    monkeypatch.setattr(GRPOTrainer, "log", log)
+    with pytest.raises(RuntimeError, match="compact_completions_sample"):
+        trl_private.check_trl_api()

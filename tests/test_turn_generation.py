@@ -5,6 +5,7 @@ from datasets import Dataset
 from transformers.generation import stopping_criteria as transformers_stopping
 from trl import GRPOConfig, GRPOTrainer
 
+from helpers import QUESTION, RecordingGTPOTrainer, make_args
 from trl_gtpo._trl_compat import TurnGenerator
 
 pytestmark = pytest.mark.slow
@@ -57,3 +58,109 @@ def test_stop_string_tables_are_built_once_across_turns_and_steps(tool_using_mod
     # Still a stop string criterion: the model's code block ends the turn right after its closing fence.
     assert any(text.endswith("\n```\n") and len(text) < 60 for text in texts), texts
     assert trainer.generation_config.stop_strings is None  # the turn's settings were restored
+
+
+class StoppingScript:
+    """`model.generate` as transformers runs it, on scripted tokens: each row's continuation (chosen by `script` from
+    the row's text) comes one token at a time, the stopping criteria are asked after each, and a finished row is
+    padded with the pad token while the others go on."""
+
+    def __init__(self, model, tokenizer, script):
+        self.tokenizer, self.script = tokenizer, script
+        model.generate = self
+
+    def __call__(self, input_ids, attention_mask=None, generation_config=None, stopping_criteria=None, **kwargs):
+        import torch
+
+        tokenizer = self.tokenizer
+        rows = []
+        for text in tokenizer.batch_decode(input_ids, skip_special_tokens=False):
+            continuation = self.script(text)
+            ids = tokenizer.encode(continuation.replace("<EOS>", ""), add_special_tokens=False)
+            rows.append(ids + [tokenizer.eos_token_id] if continuation.endswith("<EOS>") else ids)
+        done = [False] * len(rows)
+        for step in range(generation_config.max_new_tokens):
+            column = [tokenizer.pad_token_id if done[i] or step >= len(ids) else ids[step] for i, ids in enumerate(rows)]
+            input_ids = torch.cat([input_ids, torch.tensor(column).unsqueeze(1)], dim=1)
+            stopped = stopping_criteria(input_ids, None) if stopping_criteria is not None else [False] * len(rows)
+            done = [d or token == tokenizer.eos_token_id or bool(s) for d, token, s in zip(done, column, stopped)]
+            if all(done):
+                break
+        return input_ids
+
+
+def _pad_is_eos_trainer(model_path, tmp_path, **generation_kwargs):
+    """A GRPOTrainer on the transformers backend whose tokenizer pads with its EOS token (as SmolLM2 and Qwen do)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.pad_token = tokenizer.eos_token
+    args = GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, max_completion_length=64,
+        report_to="none", use_cpu=True, bf16=False, generation_kwargs=generation_kwargs or None,
+    )
+    return GRPOTrainer(
+        model=model_path, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+        processing_class=tokenizer, train_dataset=Dataset.from_dict({"prompt": ["x"] * 2}),
+    )
+
+
+HISTORY = "What is 6 * 7?\n```python\nprint(6 * 7)\n```\n```output\n42\n```\n"  # ends right after a tool output
+
+
+def test_a_pad_after_a_stop_string_that_starts_in_the_history_is_not_read_as_eos(tiny_model_path, tmp_path):
+    """The turn opens with a fence right after the tool output: "\\n```\\n" is matched across the history boundary
+    and the row stops while the other row goes on; its pad (= EOS) was never sampled, so it is cut, not kept as the
+    model's EOS (which the loop would read as the end of the trajectory, and TRL would train)."""
+    trainer = _pad_is_eos_trainer(tiny_model_path, tmp_path)
+    tokenizer = trainer.processing_class
+    StoppingScript(
+        trainer.model, tokenizer,
+        lambda text: "```\nSo it is 42.<EOS>" if text.endswith("```\n") else "Let me think about it for a while.<EOS>",
+    )
+    histories = [tokenizer.encode(HISTORY), tokenizer.encode("What is 6 * 7?\n")]
+    ids, _ = TurnGenerator(trainer, STOP_STRINGS)(histories, 48)
+    assert tokenizer.decode(ids[0]) == "```\n"  # stopped at the stop string, nothing after it
+    assert ids[1][-1] == tokenizer.eos_token_id  # a sampled EOS stays
+    assert tokenizer.decode(ids[1]) == "Let me think about it for a while.<|im_end|>"
+
+
+def test_a_users_stop_strings_stop_every_turn_on_transformers(tiny_model_path, tmp_path):
+    """`generation_kwargs={"stop_strings": [...]}` reaches the turn's generation (it used to be replaced by None)."""
+    trainer = _pad_is_eos_trainer(tiny_model_path, tmp_path, stop_strings=["DONE"])
+    tokenizer = trainer.processing_class
+    StoppingScript(
+        trainer.model, tokenizer,
+        lambda text: "It is 42. DONE and more<EOS>" if "6" in text else "Let me think about it for a long while.<EOS>",
+    )
+    generate_turn = TurnGenerator(trainer, STOP_STRINGS)
+    assert generate_turn.stop_strings == [*STOP_STRINGS, "DONE"]
+    ids, _ = generate_turn([tokenizer.encode("What is 6 * 7?\n"), tokenizer.encode("Why?\n")], 48)
+    assert tokenizer.decode(ids[0]) == "It is 42. DONE"  # stopped there; its pad is not an EOS
+    assert trainer.generation_config.stop_strings == ["DONE"]  # the user's setting is back after the turn
+
+
+def test_a_users_stop_string_ends_gtpo_trajectories_which_stay_trained(tiny_model_path, tmp_path):
+    """End to end on transformers: the code interpreter's trajectory ends where the model wrote the user's stop
+    string (stop reason "stop_string", nothing after it), and `mask_truncated_completions` does not drop it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    tokenizer.pad_token = tokenizer.eos_token
+    stops = []
+
+    def reward(completions, **kwargs):
+        stops.extend(kwargs["stop_reason"])
+        return [0.0] * len(completions)
+
+    args = make_args(tmp_path, max_steps=1, generation_kwargs={"stop_strings": ["DONE"]}, mask_truncated_completions=True)
+    trainer = RecordingGTPOTrainer(
+        model=tiny_model_path, reward_funcs=reward, args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+    )
+    StoppingScript(trainer.model, tokenizer, lambda text: "It is 42. DONE and then more text<EOS>")
+    trainer.train()
+    record = trainer.records[0]
+    assert stops == ["stop_string"] * 4
+    assert [tokenizer.decode(ids) for ids in record["completion_ids"]] == ["It is 42. DONE"] * 4
+    assert (record["mask"].sum(dim=1) == record["unmasked"].sum(dim=1)).all()  # trained, not masked as truncated

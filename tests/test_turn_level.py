@@ -22,6 +22,16 @@ def test_turn_means_average_each_turn_and_carry_every_tokens_gradient():
     torch.testing.assert_close(values.grad, expected)
 
 
+def test_turn_means_over_kept_tokens_keep_the_turns_of_the_mask():
+    values = torch.tensor([[1.0, 3.0, 100.0, 2.0, 4.0, 6.0, 7.0], [1.0, 2.0, 3.0, 4.0, 5.0, 9.0, 9.0]], requires_grad=True)
+    kept = torch.tensor([[1, 0, 1, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0, 0]])  # row 1 keeps nothing: its turn gets 0
+    means = turn_means(values, MASK, kept)
+    torch.testing.assert_close(means, torch.tensor([[1.0, 1.0, 0.0, 6.0, 6.0, 6.0, 0.0], [0.0] * 7]))
+    means.sum().backward()
+    # turn 1 of row 0 (2 tokens) averages token 0 only; turn 2 (3 tokens) token 5 only: the others get no gradient
+    torch.testing.assert_close(values.grad, torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0], [0.0] * 7]))
+
+
 def test_turn_level_old_logps_make_the_token_log_ratio_the_turn_mean():
     logps = torch.randn(2, 7, requires_grad=True)
     old = torch.randn(2, 7)
@@ -89,7 +99,7 @@ def test_normalize_then_sum_one_turn_per_trajectory_gives_trls_advantages():
     weights = torch.tensor([2.0, 0.5])
     expected = _trl_normalize_then_sum(rewards_per_func, weights, 4)
     outcome = outcome_rewards(rewards_per_func, weights, 4, "normalize_then_sum")
-    for estimator in ("pooled", "trajectory"):
+    for estimator in ("pooled", "aligned"):
         for scope in ("group", "batch"):
             batch = TurnBatch(outcome=outcome, num_turns=torch.ones(8, dtype=torch.long), group_size=4)
             table = turn_advantages(batch, AdvantageSettings(0.9, estimator, scope, scale="batch"))
@@ -107,7 +117,7 @@ def test_normalize_then_sum_enters_the_final_turn_and_the_returns():
     batch = TurnBatch(
         outcome=outcome, num_turns=torch.tensor([2, 1, 1]), group_size=3, turn_terms=torch.tensor([[-0.1, 0.0]] * 3)
     )
-    table = turn_advantages(batch, AdvantageSettings(gamma=0.5, scale="batch"))
+    table = turn_advantages(batch, AdvantageSettings(gamma=0.5, estimator="pooled", scale="batch"))
     torch.testing.assert_close(table.rewards, torch.tensor([[-0.1, z[0]], [z[1] - 0.1, torch.nan], [z[2] - 0.1, torch.nan]]), equal_nan=True)
     returns = torch.tensor([-0.1 + 0.5 * z[0], z[0], z[1] - 0.1, z[2] - 0.1])  # R_01, R_02, R_11, R_21
     expected = (returns - returns.mean()) / (returns.std() + 1e-4)

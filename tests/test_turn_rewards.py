@@ -9,14 +9,22 @@ import trl
 from datasets import Dataset
 
 from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, make_args, rows_by_tag
+from trl_gtpo import GTPOConfig
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.rewards.turn import (
     call_turn_reward_funcs,
+    environment_turn_values,
     intermediate_value_turn_reward,
     tool_success_turn_reward,
     verified_answer_turn_reward,
 )
-from trl_gtpo.turn_records import TurnRecord, records_from_mask, records_from_messages, turn_spans
+from trl_gtpo.turn_records import (
+    TurnRecord,
+    environment_call_turns,
+    records_from_mask,
+    records_from_messages,
+    turn_spans,
+)
 
 
 def record(index, status="none", response=None, call=None):
@@ -292,3 +300,166 @@ def test_format_rule_by_hand():
     ]
     terms = format_terms(turns, torch.tensor([2, 2, 2, 1]), width=2, penalty=-0.1)
     torch.testing.assert_close(terms, torch.tensor([[0.0, 0.0], [0.0, -0.1], [-0.1, 0.0], [-0.2, 0.0]]))
+
+
+# ------------------------------------------------------------------------- environments: values per tool call
+
+
+def call(name, **arguments):
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def divide(a: float, b: float) -> float:
+    return a / b
+
+
+def test_environment_call_turns_follow_trls_messages():
+    tools = {"divide": divide}
+    messages = [
+        {"role": "assistant", "content": "", "tool_calls": [call("divide", a=6, b=3), call("divide", a=1, b=0)]},
+        {"role": "tool", "name": "divide", "content": "2.0"},
+        {"role": "tool", "name": "divide", "content": "{'error': 'division by zero'}"},  # raised: it ran, counts
+        {"role": "assistant", "content": "", "tool_calls": [call("nope", a=1), call("divide", a=1), call("divide", a=1, c=2)]},
+        {"role": "tool", "name": "nope", "content": "{'error': 'Tool nope not found.'}"},  # never entered the env
+        {"role": "tool", "name": "divide", "content": "{'error': 'missing b'}"},  # arguments do not fit: never entered
+        {"role": "tool", "name": "divide", "content": "{'error': 'unexpected c'}"},
+        {"role": "assistant", "content": "", "tool_calls": [call("divide", a=8, b=2)]},  # turn 2: ran
+        {"role": "tool", "name": "divide", "content": "4.0"},
+        {"role": "assistant", "content": "", "tool_calls": [call("divide", a=9, b=3)]},  # past the iteration limit
+    ]
+    assert environment_call_turns(messages, tools, max_iterations=3) == [0, 0, 2]
+    assert environment_call_turns(messages, tools, max_iterations=10) == [0, 0, 2, 3]
+
+
+def test_a_rolled_back_call_ran_and_keeps_its_turn():
+    """TRL rolls back the tool messages of a call whose result would overflow max_completion_length: the assistant
+    message stays, with its calls, and the trajectory ends. The environment recorded both calls."""
+    messages = [
+        {"role": "assistant", "content": "", "tool_calls": [call("divide", a=1, b=4)]},
+        {"role": "tool", "name": "divide", "content": "0.25"},
+        {"role": "assistant", "content": "", "tool_calls": [call("divide", a=6, b=3), call("divide", a=1, b=0)]},
+    ]
+    calls = environment_call_turns(messages, {"divide": divide}, max_iterations=10)
+    assert calls == [0, 1, 1]
+    turns = [[record(0), record(1)]]
+    assert environment_turn_values([[0.5, 0.1, -0.1]], [calls], turns, "env") == [[0.5, pytest.approx(0.0)]]
+
+
+def test_a_completion_cut_to_zero_tokens_after_a_tool_keeps_the_calls_before_it():
+    """The completion after the tool result was cut to 0 tokens: TRL appends no assistant message, the mask has one
+    turn, and the calls of that turn keep their values."""
+    messages = [
+        {"role": "assistant", "content": "", "tool_calls": [call("divide", a=6, b=3), call("divide", a=6, b=2)]},
+        {"role": "tool", "name": "divide", "content": "2.0"},
+        {"role": "tool", "name": "divide", "content": "3.0"},
+    ]
+    calls = environment_call_turns(messages, {"divide": divide}, max_iterations=10)
+    assert environment_turn_values([[0.1, 0.1]], [calls], [[record(0)]], "env") == [[pytest.approx(0.2)]]
+
+
+def test_environment_turn_values_per_call_per_turn_and_errors():
+    turns = [[record(0), record(1)], [record(0)], [record(0), record(1)]]
+    calls = [[0, 0], [], [0, 5]]  # trajectory 2: a call whose turn is not in the completion is dropped
+    values = [[0.25, None], None, [1.0, 3.0]]
+    assert environment_turn_values(values, calls, turns, "env") == [[0.25, None], [None], [1.0, None]]
+    # one value per turn, when that is not the call count
+    assert environment_turn_values([[1.0, 2.0], [], []], [[0], [], []], turns, "env")[0] == [1.0, 2.0]
+    # all None: no opinion
+    assert environment_turn_values([[None, None], [], []], calls, turns, "env")[0] == [None, None]
+    with pytest.raises(ValueError, match=r"env returned 3 values for trajectory 0, which made 2 calls of the "
+                                         r"environment's tools in 2 turns"):
+        environment_turn_values([[1.0, 1.0, 1.0], [], []], calls, turns, "env")
+
+
+def _readme_block(marker: str) -> str:
+    """The ```python block of README.md that contains `marker`, exactly as printed."""
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```\n", readme, re.DOTALL) if marker in b]
+    return block
+
+
+class ParallelCalls:
+    """`generate` of a tiny model replaced by a script: the k-th trajectory's first turn makes the calls of
+    FIRST_TURNS[k]; after a tool response every trajectory answers."""
+
+    FIRST_TURNS = [
+        [("divide", {"a": 6, "b": 3}), ("divide", {"a": 1, "b": 0})],  # two parallel calls, one raises
+        [("divide", {"a": 8, "b": 2})],
+        [],  # answers directly
+        [("multiply", {"a": 3, "b": 4})],  # not one of the environment's tools: TRL reports an error
+    ]
+
+    def __init__(self, model, tokenizer):
+        self.tokenizer, self.rows = tokenizer, 0
+        model.generate = self
+
+    def __call__(self, input_ids, **kwargs):
+        import json
+
+        completions = []
+        for text in self.tokenizer.batch_decode(input_ids, skip_special_tokens=False):
+            if "<tool_response>" in text:
+                body = "The answer is 2."
+            else:
+                calls = self.FIRST_TURNS[self.rows % 4]
+                self.rows += 1
+                body = "".join(
+                    f'<tool_call>\n{json.dumps({"name": n, "arguments": a})}\n</tool_call>' for n, a in calls
+                ) or "It is 2."
+            completions.append(self.tokenizer.encode(body + "<|im_end|>", add_special_tokens=False))
+        width = max(map(len, completions))
+        pad = self.tokenizer.pad_token_id
+        tail = torch.tensor([ids + [pad] * (width - len(ids)) for ids in completions])
+        return torch.cat([input_ids, tail.to(input_ids.device)], dim=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_completion_length", [400, 160])  # 160: the two-call turn's results are rolled back
+def test_the_readme_environment_example_trains_as_printed(max_completion_length, tiny_model_path, tmp_path, monkeypatch):
+    """README.md's environment example, executed as printed, with only what it leaves to the reader supplied
+    (`my_outcome_reward`, `dataset`), the Hub model swapped for the tiny one, and the config's machine settings for
+    this CPU (its own fields, turn_reward_weights, kept)."""
+    import trl_gtpo
+    from helpers import trl_args
+
+    def cpu_config(output_dir, **fields):
+        return GTPOConfig(**(trl_args(tmp_path, max_steps=1, max_completion_length=max_completion_length) | fields))
+
+    class OfflineTrainer(RecordingGTPOTrainer):
+        def __init__(self, model, reward_funcs, args, **kwargs):
+            assert model == "Qwen/Qwen3-0.6B" and args.turn_reward_weights == [1.0, 0.2]
+            kwargs["processing_class"] = tool_calling_tokenizer(tiny_model_path)
+            super().__init__(tiny_model_path, reward_funcs, args, **kwargs)
+
+        def _turn_reward_sources(self, step, turns):
+            self.sources = super()._turn_reward_sources(step, turns)
+            self.messages = step.completions
+            return self.sources
+
+    monkeypatch.setattr(trl_gtpo, "GTPOTrainer", OfflineTrainer)
+    monkeypatch.setattr(trl_gtpo, "GTPOConfig", cpu_config)
+    namespace = {
+        "my_outcome_reward": lambda completions, **kw: [float("2" in str(c[-1]["content"])) for c in completions],
+        "dataset": Dataset.from_dict({"prompt": [QUESTION] * 4}),
+    }
+    exec(_readme_block("class Calculator"), namespace)
+    trainer = namespace["trainer"]
+    assert [tool.__name__ for tool in trainer.tools] == ["divide"]
+    ParallelCalls(trainer.model, trainer.processing_class)
+    trainer.train()
+    # get_turn_rewards: 0.1 per call with b != 0, -0.1 per call with b == 0; a turn gets the sum of its calls'
+    # values. Every first turn made all the calls; the answer after the tool results (if any) is a turn without one.
+    first_turn = {(("divide", 6, 3), ("divide", 1, 0)): 0.0, (("divide", 8, 2),): 0.1, (): None, (("multiply", 3, 4),): None}
+    rolled_back = 0
+    for messages, values in zip(trainer.messages, trainer.sources["environment"], strict=True):
+        calls = tuple(
+            (c["function"]["name"], *c["function"]["arguments"].values()) for c in messages[0].get("tool_calls") or []
+        )
+        num_turns = sum(message["role"] == "assistant" for message in messages)
+        rolled_back += bool(calls) and num_turns == 1  # TRL dropped the results: the calls stay on turn 1
+        assert values == pytest.approx([first_turn[calls]] + [None] * (num_turns - 1)), calls
+    assert rolled_back == (1 if max_completion_length == 160 else 0)
+    assert set(trainer.sources) == {"short_turns", "tool_success_turn_reward", "environment"}  # all of the README's
+    assert trainer.state.log_history[0]["turn_rewards/environment/mean"] == pytest.approx(0.05)  # (0.0 + 0.1) / 2

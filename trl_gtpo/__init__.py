@@ -16,6 +16,7 @@ _EXPORTS = {
     "CodeInterpreterLoop": "interpreter.loop",
     "Trajectory": "interpreter.loop",
     "Turn": "interpreter.loop",
+    "ExecutorError": "interpreter.loop",
     "CodeCall": "interpreter.executor",
     "CodeExecutor": "interpreter.executor",
     "ExecutionResult": "interpreter.executor",

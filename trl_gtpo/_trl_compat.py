@@ -9,10 +9,17 @@ What GTPO needs that TRL does not expose:
 - the tokenizer, prompt tokenization, the metric dict and the completions table (`tokenizer`, `tokenize_prompts`,
   `metrics`, `log_completion_column`, `append_logged_columns`, `replace_logged_advantages`);
 - two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`);
-- the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`).
+- the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`);
+- `mask_truncated_completions` applied by GTPO, so that a trajectory that ran out of turns is not dropped
+  (`truncation_masking_off`, `truncated_rows`);
+- an environment's tools as TRL lists them, and hiding `get_turn_rewards` from that list (`environment_tools`,
+  `hide_environment_methods`);
+- a readable log: the completions sample in a log file, one TRL deprecation warning per step silenced
+  (`compact_completions_sample`, `without_trl_checkpointing_warning`).
 """
 
 import inspect
+import warnings
 import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -29,6 +36,8 @@ __all__ = [
     "append_logged_columns",
     "capture_step",
     "check_trl_api",
+    "compact_completions_sample",
+    "environment_tools",
     "get_config_model_id",
     "hide_environment_methods",
     "log_completion_column",
@@ -40,8 +49,11 @@ __all__ = [
     "stop_padding_start",
     "tokenize_prompts",
     "tokenizer",
+    "truncated_rows",
+    "truncation_masking_off",
     "turn_level_ratio",
     "vllm_sleep_once_per_rollout",
+    "without_trl_checkpointing_warning",
 ]
 
 # The private GRPOTrainer methods used here, with the parameters relied on (TRL 1.16.0, trl/trainer/grpo_trainer.py).
@@ -59,11 +71,18 @@ _PRIVATE_METHODS = {
 # Public GRPOTrainer methods GTPOTrainer overrides, with the keyword parameters TRL passes them (TRL 1.16.0).
 _OVERRIDDEN_METHODS = {
     "get_off_policy_mask": ["advantages", "per_token_logps", "sampling_per_token_logps", "mask", "off_policy_threshold"],
+    "log": ["self", "logs", "start_time"],
 }
 
 # `turn_level_ratio` needs `_compute_loss` to compute the current log-probs before it reads the old ones, and to read
 # the old ones from `inputs` (TRL 1.16.0, grpo_trainer.py, `_compute_loss`): these lines, in this order.
 _COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("old_per_token_logps")')
+
+# `truncation_masking_off` relies on `_generate_and_score_completions` reading this attribute (TRL 1.16.0).
+_TRUNCATION_MASKING_READ = "if self.mask_truncated_completions:"
+
+# `compact_completions_sample` relies on `GRPOTrainer.log` printing the sample through this module-level name.
+_SAMPLE_PRINTER = "print_prompt_completions_sample"
 
 
 def check_trl_api() -> None:
@@ -87,6 +106,20 @@ def check_trl_api() -> None:
                 f"GRPOTrainer.{name} takes {parameters}, trl_gtpo overrides it with {expected}: install trl==1.16.0 or "
                 "update trl_gtpo/gtpo_trainer.py."
             )
+    if _TRUNCATION_MASKING_READ not in inspect.getsource(GRPOTrainer._generate_and_score_completions):
+        raise RuntimeError(
+            "GRPOTrainer._generate_and_score_completions no longer reads `self.mask_truncated_completions`, which "
+            "GTPO turns off to mask truncated completions itself: install trl==1.16.0 or update "
+            "trl_gtpo/_trl_compat.py (truncation_masking_off)."
+        )
+    import trl.trainer.grpo_trainer as grpo_module
+
+    if not hasattr(grpo_module, _SAMPLE_PRINTER) or f"{_SAMPLE_PRINTER}(" not in inspect.getsource(GRPOTrainer.log):
+        raise RuntimeError(
+            f"GRPOTrainer.log no longer prints the completions sample through trl.trainer.grpo_trainer."
+            f"{_SAMPLE_PRINTER}, which GTPO replaces in log files: install trl==1.16.0 or update "
+            "trl_gtpo/_trl_compat.py (compact_completions_sample)."
+        )
     source = inspect.getsource(GRPOTrainer._compute_loss)
     positions = [source.find(line) for line in _COMPUTE_LOSS_ORDER]
     if -1 in positions or positions != sorted(positions):
@@ -184,6 +217,67 @@ def capture_step(trainer):
 
 
 @contextmanager
+def compact_completions_sample(enabled: bool = True):
+    """While `GRPOTrainer.log` runs, print its completions sample (`log_completions`) compactly, a few lines per
+    sample (`trl_gtpo.sample_log`), instead of TRL's rich table (not at all when not `enabled`): `log` looks the
+    printer up at call time as `trl.trainer.grpo_trainer.print_prompt_completions_sample`, which is swapped for the
+    call. The text goes through `tqdm.write`, so the progress bar is redrawn below it rather than split by it."""
+    import trl.trainer.grpo_trainer as grpo_module
+    from tqdm.auto import tqdm
+
+    from .sample_log import compact_samples
+
+    original = getattr(grpo_module, _SAMPLE_PRINTER)
+
+    def print_compact(*args, **kwargs):
+        if enabled:
+            tqdm.write(compact_samples(*args, **kwargs))
+
+    setattr(grpo_module, _SAMPLE_PRINTER, print_compact)
+    try:
+        yield
+    finally:
+        setattr(grpo_module, _SAMPLE_PRINTER, original)
+
+
+@contextmanager
+def without_trl_checkpointing_warning():
+    """Around one `GRPOTrainer._generate_and_score_completions` call: TRL 1.16 reads `model.is_gradient_checkpointing`
+    there (`disable_gradient_checkpointing` before its no-grad forward passes, and `unwrap_model_for_generation` in
+    every transformers `_generate_single_turn`), which transformers 5 deprecates with a FutureWarning, printed again
+    at every step. Exactly that warning is ignored, only during the call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+@contextmanager
+def truncation_masking_off(trainer):
+    """Turn TRL's `mask_truncated_completions` off for one `_generate_and_score_completions` call; yields whether it
+    was on, so that the caller masks the rows it counts as truncated itself (`truncated_rows`).
+
+    TRL 1.16 reads `self.mask_truncated_completions` once in `_generate_and_score_completions` and zeroes the
+    `completion_mask` and `tool_mask` rows of every completion whose last token is neither an EOS nor the pad token.
+    A code-interpreter trajectory that ran out of turns ends on its unrun tool call: it was not cut by the completion
+    budget, yet TRL would drop it whole. With TRL's masking off, the rows' masks come back unmasked (the truncated
+    rows' old and reference log-probs are then computed over their whole completion, which the loss never reads).
+    """
+    saved = trainer.mask_truncated_completions
+    trainer.mask_truncated_completions = False
+    try:
+        yield saved
+    finally:
+        trainer.mask_truncated_completions = saved
+
+
+def truncated_rows(trainer, completion_ids: Sequence) -> list[bool]:
+    """TRL 1.16's truncation rule (`_generate_and_score_completions`, `mask_truncated_completions`): a completion is
+    truncated when its last token is neither one of the trainer's EOS tokens nor the pad token (an empty one too)."""
+    eos_and_pad = {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id}
+    return [len(ids) == 0 or int(ids[-1]) not in eos_and_pad for ids in completion_ids]
+
+
+@contextmanager
 def turn_level_ratio(trainer, inputs: dict):
     """Make TRL's token-level importance ratio the turn-level one for one `_compute_loss(model, inputs)` call.
 
@@ -196,7 +290,9 @@ def turn_level_ratio(trainer, inputs: dict):
     itself is untouched, so the KL term and the `log pi` factor of CISPO and VESPO stay exact.
 
     `inputs` must be the caller's own copy of the batch dict (the buffered batch is reused across iterations); the
-    turns are those of TRL's loss mask, `completion_mask * tool_mask`.
+    turns are those of TRL's loss mask, `completion_mask * tool_mask`. With `top_entropy_quantile < 1`, TRL trains
+    only the tokens of its entropy mask (`GRPOTrainer.get_high_entropy_mask`, which `_compute_loss` calls on the same
+    entropies and mask): each turn's ratio is then taken over those tokens, so the others get no gradient.
     """
     had_attribute, attribute = "_get_per_token_logps_and_entropies" in vars(trainer), vars(trainer).get(
         "_get_per_token_logps_and_entropies"
@@ -206,12 +302,14 @@ def turn_level_ratio(trainer, inputs: dict):
     def turn_level_forward(*args, **kwargs):
         from .turn_level import turn_level_old_logps  # here: turn_level -> advantages imports this module
 
-
         per_token_logps, entropies, aux_loss = forward(*args, **kwargs)
         old = inputs.get("old_per_token_logps")
         old = per_token_logps.detach() if old is None else old
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
-        inputs["old_per_token_logps"] = turn_level_old_logps(per_token_logps, old, mask)
+        kept = None
+        if trainer.top_entropy_quantile < 1.0:
+            kept = trainer.get_high_entropy_mask(entropies, mask, 1 - trainer.top_entropy_quantile)
+        inputs["old_per_token_logps"] = turn_level_old_logps(per_token_logps, old, mask, kept)
         return per_token_logps, entropies, aux_loss
 
     trainer._get_per_token_logps_and_entropies = turn_level_forward
@@ -235,13 +333,26 @@ class _NotATool:
         return self if instance is None else self.function.__get__(instance, owner)
 
 
+def environment_tools(environment) -> dict:
+    """An environment's tools by name, as TRL 1.16 lists them (`GRPOTrainer._generate_and_score_completions`): the
+    public functions of its class, inherited ones included, except `reset` and `get_reward`; bound to the instance."""
+    return {
+        name: getattr(environment, name)
+        for name, _ in inspect.getmembers(type(environment), predicate=inspect.isfunction)
+        if name not in ("reset", "get_reward") and not name.startswith("_")
+    }
+
+
 def hide_environment_methods(environment_factory, names: Sequence[str]):
     """Wrap `environment_factory` (a callable or TRL's {name: callable}) so that the environments' methods `names`
     (e.g. `get_turn_rewards`) are not exposed to the model as tools.
 
     TRL 1.16 (`GRPOTrainer.__init__` and `_generate_and_score_completions`) makes every public function of an
-    environment's class a tool except `reset` and `get_reward`. The first instance a wrapped factory makes replaces
-    those methods on its class by a descriptor that is not a function, so TRL skips them and instances still call them.
+    environment's class a tool except `reset` and `get_reward`, listing them with
+    `inspect.getmembers(type(environment), predicate=inspect.isfunction)`, inherited methods included. The first
+    instance a wrapped factory makes sets, on its own class, a descriptor that is not a function over each of those
+    methods (found the way TRL finds them, so one defined on a base class is hidden too, the base class untouched):
+    TRL skips them and instances still call them.
     """
     if environment_factory is None:
         return None
@@ -250,10 +361,10 @@ def hide_environment_methods(environment_factory, names: Sequence[str]):
 
     def factory():
         environment = environment_factory()
+        members = dict(inspect.getmembers(type(environment), predicate=inspect.isfunction))
         for name in names:
-            member = type(environment).__dict__.get(name)
-            if inspect.isfunction(member):
-                setattr(type(environment), name, _NotATool(member))
+            if name in members:
+                setattr(type(environment), name, _NotATool(members[name]))
         return environment
 
     return factory
@@ -347,7 +458,9 @@ class TurnGenerator:
 
     def __init__(self, trainer, stop_strings: list[str], media: PromptMedia | None = None):
         self.trainer = trainer
-        self.stop_strings = list(stop_strings)
+        # The turn's stop strings, then the user's own (`generation_kwargs`: `stop` on vLLM, `stop_strings` on
+        # transformers): every turn stops at all of them, on both backends.
+        self.stop_strings = list(dict.fromkeys([*stop_strings, *_user_stop_strings(trainer)]))
         self.media = media
 
     def __call__(self, prompt_ids: list[list[int]], max_new_tokens: int):
@@ -375,7 +488,8 @@ class TurnGenerator:
         if not self.trainer.use_vllm:
             tokenizer = self.trainer._tokenizer
             for k, ids in enumerate(completion_ids):
-                end = stop_padding_start(ids, tokenizer, self.trainer.eos_token_ids, self.stop_strings)
+                history = prompt_ids[k]
+                end = stop_padding_start(ids, tokenizer, self.trainer.eos_token_ids, self.stop_strings, history)
                 completion_ids[k] = ids[:end]
                 if logprobs is not None:
                     logprobs[k] = logprobs[k][:end]
@@ -388,12 +502,7 @@ class TurnGenerator:
             generation = trainer.vllm_generation
             saved = generation.max_completion_length, generation.generation_kwargs
             generation.max_completion_length = max_new_tokens
-            user_stop = saved[1].get("stop") or []
-            generation.generation_kwargs = {
-                **saved[1],
-                "stop": list(dict.fromkeys([*self.stop_strings, *user_stop])),
-                "include_stop_str_in_output": True,
-            }
+            generation.generation_kwargs = {**saved[1], "stop": self.stop_strings, "include_stop_str_in_output": True}
             try:
                 yield
             finally:
@@ -424,6 +533,17 @@ class TurnGenerator:
                 config.max_new_tokens, config.stop_strings = saved
 
 
+def _user_stop_strings(trainer) -> list[str]:
+    """The stop strings the trainer's generation already has: vLLM's `generation_kwargs["stop"]`
+    (`VLLMGeneration.generation_kwargs`), transformers' `GenerationConfig.stop_strings` (from `generation_kwargs`)."""
+    if trainer.use_vllm:
+        stops = (getattr(trainer.vllm_generation, "generation_kwargs", None) or {}).get("stop")
+    else:
+        stops = getattr(trainer.generation_config, "stop_strings", None)
+    stops = stops or []
+    return [stops] if isinstance(stops, str) else list(stops)
+
+
 _STOP_STRING_CRITERIA = weakref.WeakKeyDictionary()  # tokenizer -> {(len(tokenizer), stop strings): criterion}
 
 
@@ -449,13 +569,17 @@ def stop_string_criteria(tokenizer, stop_strings: list[str]):
     return by_strings[key]
 
 
-def stop_padding_start(ids: list[int], tokenizer, eos_token_ids, stop_strings: list[str]) -> int:
+def stop_padding_start(
+    ids: list[int], tokenizer, eos_token_ids, stop_strings: list[str], history: Sequence[int] = ()
+) -> int:
     """Length of `ids` without the padding transformers adds after a row that stopped at a stop string.
 
     transformers pads such a row up to the longest row of the batch, and TRL keeps everything up to the first EOS, so
     when the pad token is an EOS token (SmolLM2, Qwen2.5, any tokenizer without a pad token) the row ends with a pad
-    the model never sampled. It is padding when the tokens before it already end with a stop string: generation
-    stopped there, so no EOS can have been sampled after it.
+    the model never sampled. It is padding when a stop string ends within the last token before it: generation
+    stopped there, so no EOS can have been sampled after it. transformers' `StopStringCriteria` matches over the
+    whole sequence, so a stop string may start in `history` (the tokens the turn continues: "\n```\n" when a turn
+    opens with a fence right after a tool output ending in a newline); its last tokens are read with the new ones.
     """
     pad = tokenizer.pad_token_id
     end = len(ids)
@@ -466,9 +590,11 @@ def stop_padding_start(ids: list[int], tokenizer, eos_token_ids, stop_strings: l
             end -= 1
         return end
     if end >= 2 and ids[end - 1] == pad:
-        before = tokenizer.decode(ids[: end - 1], skip_special_tokens=False)
-        earlier = tokenizer.decode(ids[: end - 2], skip_special_tokens=False)
-        if any(stop in before and stop not in earlier for stop in stop_strings):
+        tail = list(history[-max((len(stop) for stop in stop_strings), default=0) :]) if stop_strings else []
+        before = tokenizer.decode(tail + list(ids[: end - 1]), skip_special_tokens=False)
+        earlier = tokenizer.decode(tail + list(ids[: end - 2]), skip_special_tokens=False)
+        # a stop string that ends past `earlier`, i.e. within the last generated token
+        if any(before.find(stop, max(0, len(earlier) - len(stop) + 1)) != -1 for stop in stop_strings):
             return end - 1
     return end
 

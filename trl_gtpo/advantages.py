@@ -11,11 +11,12 @@ One step reads top-down: [`turn_rewards`] (r_ij) -> [`discounted_returns`] (R_ij
 The estimators (`GTPOConfig.turn_advantage_estimator`) differ in the baseline subtracted from R_ij and the scale it is
 divided by:
 
-- "pooled" (the paper's formula as we read it): baseline and std over every turn return of the group.
-- "trajectory": GRPO's group statistics of whole trajectories: baseline = mean of the group's first-turn returns
-  R_i1, scale = std of the group's total rewards sum_j r_ij; a group whose totals are all equal gets 0.
-- "leave_one_out": as "trajectory", with the baseline of trajectory i the mean over the *other* trajectories of its
-  group (RLOO).
+- "aligned" (the default): each reward is compared with the group's mean reward at the same place (the outcome at
+  the trajectory's end, a turn term at its turn index), so advantages come from reward differences only: a group
+  that earns the same gets 0 whatever its turn counts, and a turn reward or penalty moves its own turn even when
+  the group's totals tie. See [`aligned_advantages`].
+- "pooled" (the paper's formula as we read it): baseline and std over every turn return of the group. Kept with
+  its exact numbers; it gives a solved group unit-sized advantages from the discount alone.
 """
 
 from dataclasses import dataclass
@@ -24,7 +25,15 @@ import torch
 
 from ._trl_compat import nanstd
 
-ESTIMATORS = ("pooled", "trajectory", "leave_one_out")
+ESTIMATORS = ("aligned", "pooled")
+# Estimators of earlier releases, refused with the reason (they turned the discount into large advantages in tied
+# groups and dropped turn signal when totals tied).
+REMOVED_ESTIMATORS = ("trajectory", "leave_one_out")
+REMOVED_ESTIMATOR_REASON = (
+    "it was removed: in groups whose totals nearly tie it divided the discount gap by a std of reward differences "
+    "(advantages of +3 to +19 from a -0.1 penalty or a +0.01 turn reward), and it dropped turn rewards when totals "
+    "tied. Use 'aligned' (the default), or 'pooled' for the paper's formula."
+)
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 SCOPES = ("group", "batch")
 SCALES = ("group", "batch", "none")
@@ -56,11 +65,13 @@ class AdvantageSettings:
     (TRL's `scale_rewards`: SCALES)."""
 
     gamma: float = 0.9
-    estimator: str = "pooled"
+    estimator: str = "aligned"
     scope: str = "group"
     scale: str = "group"
 
     def __post_init__(self):
+        if self.estimator in REMOVED_ESTIMATORS:
+            raise ValueError(f"The turn advantage estimator {self.estimator!r}: {REMOVED_ESTIMATOR_REASON}")
         for name, allowed in (("estimator", ESTIMATORS), ("scope", SCOPES), ("scale", SCALES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}.")
@@ -83,8 +94,9 @@ def turn_advantages(batch: TurnBatch, settings: AdvantageSettings) -> TurnAdvant
     if settings.estimator == "pooled":
         advantages = normalize_returns(returns, batch.group_size, settings.scope, settings.scale)
     else:
-        leave_one_out = settings.estimator == "leave_one_out"
-        advantages = trajectory_baseline_advantages(returns, rewards, batch.group_size, settings.scale, leave_one_out)
+        final = batch.outcome.to(rewards) + (batch.shaping.to(rewards) if batch.shaping is not None else 0.0)
+        terms = turn_term_table(batch.num_turns, width, batch.turn_terms)
+        advantages = aligned_advantages(final, terms, batch.num_turns, settings.gamma, batch.group_size, settings.scale)
     return TurnAdvantages(rewards, returns, advantages)
 
 
@@ -147,6 +159,16 @@ def turn_rewards(
     return rewards
 
 
+def turn_term_table(num_turns: torch.Tensor, width: int, turn_terms: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, width) t_ij: the turn terms of the real turns, 0 past a trajectory's last turn (and everywhere when None)."""
+    table = torch.zeros(num_turns.shape[0], width, dtype=torch.float32, device=num_turns.device)
+    if turn_terms is not None:
+        k = min(width, turn_terms.shape[1])
+        table[:, :k] = torch.nan_to_num(turn_terms[:, :k].to(table), nan=0.0)
+    turns = torch.arange(width, device=num_turns.device).expand_as(table)
+    return torch.where(turns < num_turns.unsqueeze(1), table, torch.zeros_like(table))
+
+
 def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     """R_ij = sum_{m >= j} gamma^(m - j) r_im over the real turns; NaN padding stays NaN."""
     returns = torch.full_like(rewards, torch.nan)
@@ -195,62 +217,83 @@ def normalize_returns(returns: torch.Tensor, group_size: int, scope: str = "grou
     return advantages
 
 
-def trajectory_baseline_advantages(
-    returns: torch.Tensor, rewards: torch.Tensor, group_size: int, scale: str = "group", leave_one_out: bool = False
+def aligned_advantages(
+    final: torch.Tensor,
+    terms: torch.Tensor,
+    num_turns: torch.Tensor,
+    gamma: float,
+    group_size: int,
+    scale: str = "group",
 ) -> torch.Tensor:
-    """The "trajectory" and "leave_one_out" estimators: A_ij = (R_ij - b_i) / (sigma_g + 1e-4).
+    """The "aligned" estimator (the default): each reward is compared with the group's mean reward at the same place.
 
-    b_i is the mean of the first-turn returns R_i'1 (each trajectory's discounted total) of i's group: over the whole
-    group ("trajectory", GRPO's baseline) or over the other trajectories only ("leave_one_out", RLOO's). sigma_g is
-    the std of the group's total rewards T_i = sum_j r_ij (`scale="group"`), of the whole batch's (`"batch"`), or no
-    division (`"none"`). A group whose totals T_i are all equal carries no outcome signal and gets 0 on every turn,
-    as GRPO gives 0 to such a group: discount differences between equally rewarded trajectories are never amplified.
+        A_ij = [gamma^(K_i - j) (F_i - mean F) + sum_{m >= j} gamma^(m - j) (t_im - mean_m t)] / (sigma + 1e-4)
+        sigma^2 = var(F) + sum_m var_m(t)
 
-    What each is unbiased for: b_i does not depend on trajectory i's actions under "leave_one_out", so with
-    `scale="none"` the update is an unbiased estimate of g_R = E[sum_j R_ij grad log pi(a_ij | s_ij)] up to the
-    zero-signal rule above, which drops turn-level differences inside equal-total groups (measured in
-    benchmarks/estimator_bias.py: 1e-4 of the norm at gamma=1). g_R is the gradient of the discounted return from the
-    first turn only at gamma=1; for gamma < 1 it lacks the gamma^(j-1) weight of turn j (Thomas, 2014), as every
-    estimator built on R_ij does. "trajectory" shrinks the own-term by (1 - 1/G) and the std division rescales each
-    prompt, exactly as GRPO does. With one turn per trajectory "trajectory" is exactly GRPO's advantage in every scale
-    mode.
+    F_i (`final`, (N,)) is the trajectory-level reward (outcome + shaping), which the paper's return R_ij carries
+    from the last turn with weight gamma^(K_i - j); t_im (`terms`, (N, W)) are the turn terms (format penalties, the
+    user's turn rewards), 0 past a trajectory's last turn (a finished trajectory earns nothing more). mean F is over
+    the group, mean_m t over the group's trajectories at turn m (those that ended before m count as 0), and var /
+    var_m are their unbiased variances: over the group (`scale="group"`), over the whole batch (`"batch"`, TRL's
+    `scale_rewards="batch"`), or no division (`"none"`). NaN marks an unscorable or turnless trajectory (left out
+    of every statistic; its advantage is NaN, i.e. 0 in the loss) and turns past K_i.
+
+    Why: the numerator is R_ij minus the return that turn j of trajectory i would have earned had every reward been
+    the group's mean at the same place, so it is a sum of reward differences and nothing else: a group whose
+    trajectories earn the same outcome and no turn terms gets exactly 0 whatever their turn counts (GRPO's 0 on a
+    solved group; the paper's pooled formula and a baseline of first-turn returns both turned the discount gap
+    (1 - gamma) F into unit-sized or larger advantages there), and a turn term moves the turns at and before it
+    even when the group's totals tie. sigma is the std of the total reward when the places vary independently
+    (then sigma^2 = var(sum)), so the scale is GRPO's, but it stays positive when differences cancel in the total.
+    Rescaling every reward by c > 0 rescales numerator and sigma alike (P5). With one turn per trajectory and no
+    turn terms it is exactly GRPO's advantage in every scale mode.
+
+    What it is unbiased for: at gamma = 1 the baseline of a turn is the group's mean reward-to-go, which does not
+    depend on the trajectory's own actions except through its 1/G share of the mean (GRPO's own shrinkage), so the
+    update estimates the gradient of the expected total reward E[F + sum_j t_j], as GRPO on the summed rewards
+    does, with each turn weighted by the rewards at and after it only (past turn terms add no noise). With
+    gamma < 1 each reward counts gamma^(distance) on the turns before it (credit placed nearer the reward) and the
+    outcome part is measured against the group mean, so the discount never prefers a turn count by itself. At
+    gamma = 1 two turns whose futures earn equal totals get equal credit, wherever the turn reward sat.
     """
-    n, width = returns.shape
+    n, width = terms.shape
     if n % group_size:
         raise ValueError(f"{n} trajectories cannot be split into groups of {group_size}.")
-    if group_size == 1:
-        return torch.where(torch.isnan(returns), returns, torch.zeros_like(returns))
-    first = returns[:, 0].reshape(-1, group_size)  # (groups, G) R_i1; NaN for unscorable trajectories
-    totals = torch.where(torch.isnan(rewards), torch.zeros_like(rewards), rewards).sum(dim=1)
-    totals[torch.isnan(rewards[:, 0])] = torch.nan  # unscorable (or turnless) trajectories: left out
-    totals = totals.reshape(-1, group_size)
-    if leave_one_out:
-        scored = (~torch.isnan(first)).sum(dim=1, keepdim=True)
-        others = torch.nansum(first, dim=1, keepdim=True) - torch.nan_to_num(first, nan=0.0)
-        count = scored - (~torch.isnan(first)).long()
-        baseline = torch.where(count > 0, others / count.clamp(min=1), torch.full_like(first, torch.nan))
-    else:
-        baseline = torch.nanmean(first, dim=1, keepdim=True).expand_as(first)
-    group_std = nanstd(totals, dim=1, keepdim=True).expand_as(totals)
-    # A group with a signal: totals that differ by more than float32 rounding of their sums (a NaN std, from fewer
-    # than two scored trajectories, has none). Equal totals summed in a different order, e.g. -0.1 + 1 and
-    # 0 + -0.1 + 1, differ by an ulp; an absolute tolerance of 1e-8 read that as a signal and divided the discount
-    # differences by ~1e-4, giving advantages of ~1e3 (found by benchmarks/estimator_bias.py).
-    magnitude = torch.nan_to_num(rewards, nan=0.0).abs().sum(dim=1).reshape(-1, group_size)
-    tolerance = 1e-5 * (1.0 + magnitude.amax(dim=1, keepdim=True))
-    has_signal = (group_std > tolerance).expand_as(totals)  # NaN > x is False
+    scored = ~torch.isnan(final) & (num_turns > 0)
+    left_out = torch.full_like(terms, torch.nan)
+    places = torch.cat([final.unsqueeze(1), torch.nan_to_num(terms, nan=0.0)], dim=1)  # (N, 1 + W): F, t_1..t_W
+    places = torch.where(scored.unsqueeze(1), places, torch.cat([left_out[:, :1], left_out], dim=1))
+    deviations, variance = _place_deviations(places, group_size, scale)
+    turns = torch.arange(width, device=terms.device).expand(n, width)
+    to_end = (num_turns.unsqueeze(1) - 1 - turns).clamp(min=0).to(terms.dtype)
+    numerator = gamma**to_end * deviations[:, :1] + discounted_returns(torch.nan_to_num(deviations[:, 1:]), gamma)
+    advantages = numerator if variance is None else numerator / (variance.sqrt() + 1e-4)
+    real = scored.unsqueeze(1) & (turns < num_turns.unsqueeze(1))
+    return torch.where(real, advantages, left_out)
+
+
+def _place_deviations(places: torch.Tensor, group_size: int, scale: str):
+    """(N, P) deviations of each place's value from its group mean (exactly 0 where the group's values are equal,
+    so float rounding of a mean is never read as a reward difference), and the (N, 1) sum of the places' unbiased
+    variances (over the group, or the batch for `scale="batch"`; None for `"none"`). NaN rows are left out."""
+    n, width = places.shape
+    grouped = places.view(n // group_size, group_size, width)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    high = torch.where(torch.isnan(grouped), -torch.inf, grouped).amax(dim=1, keepdim=True)
+    low = torch.where(torch.isnan(grouped), torch.inf, grouped).amin(dim=1, keepdim=True)
+    deviations = torch.where(high == low, torch.zeros_like(grouped), grouped - mean)
+    deviations = torch.where(torch.isnan(grouped), grouped, deviations).view(n, width)
     if scale == "group":
-        std = group_std
+        spread = torch.nan_to_num(nanstd(grouped, dim=1) ** 2, nan=0.0)  # (groups, P); a lone value: no spread
+        variance = torch.where(high.squeeze(1) == low.squeeze(1), torch.zeros_like(spread), spread)
+        variance = variance.sum(dim=1).repeat_interleave(group_size).unsqueeze(1)
     elif scale == "batch":
-        std = nanstd(totals.flatten()).expand_as(totals)
+        variance = torch.nan_to_num(nanstd(places, dim=0) ** 2, nan=0.0).sum().expand(n, 1)
     elif scale == "none":
-        std = None
+        variance = None
     else:
         raise ValueError(f"Unknown scale_rewards {scale!r}: use 'group', 'batch' or 'none'.")
-    advantages = returns - baseline.reshape(n, 1)
-    if std is not None:
-        advantages = advantages / (std.reshape(n, 1) + 1e-4)
-    return torch.where(has_signal.reshape(n, 1) | torch.isnan(returns), advantages, torch.zeros_like(advantages))
+    return deviations, variance
 
 
 def token_advantages(advantages: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

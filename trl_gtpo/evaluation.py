@@ -45,10 +45,10 @@ def transformers_generate_turn(
                 pad_token_id=pad,
                 **sampling,
             )[:, width:].tolist()
-            for ids in generated:
+            for history, ids in zip(chunk, generated, strict=True):
                 end = next((k + 1 for k, token in enumerate(ids) if token in eos), len(ids))
                 ids = ids[:end]
-                outputs.append(ids[: stop_padding_start(ids, tokenizer, eos, stop_strings)])
+                outputs.append(ids[: stop_padding_start(ids, tokenizer, eos, stop_strings, history)])
         return outputs, None
 
     return generate_turn

@@ -1,12 +1,17 @@
 """GTPOConfig: GRPOConfig plus the knobs of GTPO (turn rewards, returns, shaping) and of its code interpreter."""
 
+import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .advantages import AGGREGATIONS, ESTIMATORS
+from .advantages import AGGREGATIONS, ESTIMATORS, REMOVED_ESTIMATOR_REASON, REMOVED_ESTIMATORS
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "turn", "sequence")
+EXECUTOR_ERROR_MODES = ("raise", "contain")
 
 
 @dataclass
@@ -18,7 +23,7 @@ class GTPOConfig(GRPOConfig):
     Optimization (arXiv 2511.14846): turn-level rewards, discounted returns turned into advantages within the group,
     self-supervised reward shaping, and the multi-turn code interpreter used for generation.
 
-    With one turn per trajectory and no format or shaping reward, the "pooled" and "trajectory" estimators give back
+    With one turn per trajectory and no format or shaping reward, the "aligned" and "pooled" estimators give back
     GRPO's advantages exactly, and GTPO's loss is GRPO's under every loss type and option below.
 
     TRL options defined per sequence take their turn-level reading (table in docs/SETTINGS.md):
@@ -33,10 +38,11 @@ class GTPOConfig(GRPOConfig):
     Parameters:
         > Turn-level advantages
 
-        turn_advantage_estimator (`str`, *optional*, defaults to `"trajectory"`):
-            How a turn's advantage is estimated from its discounted return: `"trajectory"` (the default, chosen on
-            benchmarks/learning), `"pooled"` (the paper's formula as we read it) or `"leave_one_out"` (see
-            `trl_gtpo.advantages`).
+        turn_advantage_estimator (`str`, *optional*, defaults to `"aligned"`):
+            How a turn's advantage is estimated from its discounted return: `"aligned"` (the default: each reward
+            minus the group's mean reward at the same place, so only reward differences make advantages; 0 for a
+            group that earns the same, whatever its turn counts) or `"pooled"` (the paper's formula as we read it:
+            baseline and std over every turn return of the group). See `trl_gtpo.advantages`.
         gamma (`float`, *optional*, defaults to `0.9`):
             Discount of the turn returns, in [0, 1].
         turn_advantage_scope (`str`, *optional*, defaults to `"group"`):
@@ -69,13 +75,16 @@ class GTPOConfig(GRPOConfig):
         max_turns (`int`, *optional*, defaults to `4`):
             Model turns per trajectory; a tool call in the last one ends the trajectory unrun.
         turn_stop_marker (`str`, *optional*, defaults to `"```output"`):
-            Text that ends a model turn besides a closed ```python block and EOS.
+            Text that ends a model turn besides a closed ```python block and EOS, when written at the start of a
+            line (as fences count). Your own stop strings in `generation_kwargs` (`stop_strings` on transformers,
+            `stop` on vLLM) end the whole trajectory where the model writes them, as EOS does.
         max_tool_output_chars (`int`, *optional*, defaults to `1024`):
             Characters of a tool output the model sees.
         tool_timeout (`float`, *optional*, defaults to `10.0`):
             Seconds one code block may run.
         tool_memory_limit_mb (`int`, *optional*, defaults to `1024`):
-            Address-space limit of the process running model code.
+            Address-space limit of the process running model code; the local sandbox needs at least 256 with its
+            default preload, 96 with a `preload` of your own.
         tool_pool_size (`int`, *optional*):
             Warm sandbox workers; None: this process's share of the node's cores (at most 8).
         persistent_tool_sessions (`bool`, *optional*, defaults to `True`):
@@ -84,6 +93,10 @@ class GTPOConfig(GRPOConfig):
             Dotted path of a factory of your own `CodeExecutor`.
         tool_executor_kwargs (`dict` or `str`, *optional*):
             Keyword arguments of that factory (or of the local `SandboxPool`).
+        tool_executor_errors (`str`, *optional*, defaults to `"raise"`):
+            What an executor whose `run()` keeps raising does to training: `"raise"` (the step fails with the cause,
+            after 2 retries) or `"contain"` (the calls get a `crash` result the model reads; warned once, counted in
+            the `tools/executor_failures` metric).
     """
 
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["tool_executor_kwargs"]
@@ -103,14 +116,14 @@ class GTPOConfig(GRPOConfig):
 
     # > Turn-level advantages
     turn_advantage_estimator: str = field(
-        default="trajectory",
+        default="aligned",
         metadata={
-            "help": "How a turn's advantage is estimated from its discounted return R_ij: 'trajectory' (GRPO's group "
-            "statistics of whole trajectories: baseline the mean first-turn return, scale the std of the total "
-            "rewards; a group whose trajectories all earned the same gets 0; learned best on "
-            "benchmarks/learning), 'pooled' (the paper's formula as we read it: baseline and std over every turn "
-            "return of the group) or 'leave_one_out' (as 'trajectory', baseline over the other trajectories of the "
-            "group). See trl_gtpo.advantages."
+            "help": "How a turn's advantage is estimated from its discounted return R_ij: 'aligned' (each reward minus "
+            "the group's mean reward at the same place, the outcome at the trajectory's end and a turn term at its "
+            "turn index, divided by the root of the sum of those places' variances: a group that earns the same gets "
+            "0 whatever its turn counts, and a turn reward moves its own turn even when totals tie) or 'pooled' (the "
+            "paper's formula as we read it: baseline and std over every turn return of the group; a solved group gets "
+            "unit-sized advantages from the discount alone). See trl_gtpo.advantages."
         },
     )
     gamma: float = field(
@@ -189,8 +202,11 @@ class GTPOConfig(GRPOConfig):
     turn_stop_marker: str = field(
         default="```output",
         metadata={
-            "help": "Text that ends a model turn (besides a closed ```python block and EOS); the code block before "
-            "it is run and its output follows. The default is the Qwen2.5-Math tool-integrated reasoning format."
+            "help": "Text that ends a model turn (besides a closed ```python block and EOS) when written at the "
+            "start of a line, as fences count; the code block before it is run and its output follows. The default "
+            "is the Qwen2.5-Math tool-integrated reasoning format. Your own stop strings in generation_kwargs "
+            "('stop_strings' on transformers, 'stop' on vLLM) end the whole trajectory where the model writes them, "
+            "as EOS does (stop reason 'stop_string')."
         },
     )
     max_tool_output_chars: int = field(
@@ -205,7 +221,11 @@ class GTPOConfig(GRPOConfig):
     )
     tool_memory_limit_mb: int = field(
         default=1024,
-        metadata={"help": "Address-space limit, in MiB, of the process that runs model-written code."},
+        metadata={
+            "help": "Address-space limit, in MiB, of the process that runs model-written code. The local sandbox needs "
+            "at least 256 with its default preload (a session starts as a copy of its worker, 134 MiB with numpy and "
+            "sympy, plus 64 MiB to run anything), 96 with a `preload` of your own (checked exactly when it starts)."
+        },
     )
     tool_pool_size: int | None = field(
         default=None,
@@ -236,10 +256,25 @@ class GTPOConfig(GRPOConfig):
             "one, to the local `SandboxPool` (e.g. {\"preload\": [\"numpy\", \"sympy\"]})."
         },
     )
+    tool_executor_errors: str = field(
+        default="raise",
+        metadata={
+            "help": "What happens when the executor's run() raises (a failure of the executor, not of the model's "
+            "code, which always becomes a tool result): 'raise' retries the call twice, then fails the step with the "
+            "cause; 'contain' gives the calls a 'crash' result the model reads (trajectories go on), logs a warning "
+            "once and counts the failures in the `tools/executor_failures` metric. A local sandbox that cannot start "
+            "fails the step either way (a setup error, not a passing fault)."
+        },
+    )
 
     def __post_init__(self):
+        # Before GRPOConfig's: TrainingArguments parses dict-like fields with a bare json.loads, and a wrong type would
+        # fail inside the range checks below with an error that names no field.
+        _check_types(self)
         super().__post_init__()
         _check(0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "a number in [0, 1], e.g. 0.9")
+        if self.turn_advantage_estimator in REMOVED_ESTIMATORS:
+            raise ValueError(f"GTPOConfig.turn_advantage_estimator={self.turn_advantage_estimator!r}: {REMOVED_ESTIMATOR_REASON}")
         _check(
             self.turn_advantage_estimator in ESTIMATORS,
             "turn_advantage_estimator",
@@ -271,11 +306,20 @@ class GTPOConfig(GRPOConfig):
             "an integer >= 16, e.g. 1024",
         )
         _check(self.tool_timeout > 0, "tool_timeout", self.tool_timeout, "a positive number of seconds, e.g. 10")
+        floor = _memory_floor_mb(self.tool_executor, self.tool_executor_kwargs)
         _check(
-            self.tool_memory_limit_mb >= 64,
+            self.tool_memory_limit_mb >= floor,
             "tool_memory_limit_mb",
             self.tool_memory_limit_mb,
-            "an integer >= 64 (MiB), e.g. 1024",
+            f"at least {floor} (MiB) for the local sandbox with "
+            + ("its default preload" if floor > 96 else "your preload")
+            + ", e.g. 1024: a session starts as a copy of its worker (numpy and sympy preloaded) and needs room to run",
+        )
+        _check(
+            self.tool_executor_errors in EXECUTOR_ERROR_MODES,
+            "tool_executor_errors",
+            self.tool_executor_errors,
+            " or ".join(repr(mode) for mode in EXECUTOR_ERROR_MODES),
         )
         _check(
             self.tool_pool_size is None or self.tool_pool_size >= 1,
@@ -300,3 +344,76 @@ class GTPOConfig(GRPOConfig):
 def _check(ok: bool, name: str, value, allowed: str) -> None:
     if not ok:
         raise ValueError(f"GTPOConfig.{name}={value!r} is not allowed: use {allowed}.")
+
+
+def _check_types(config: "GTPOConfig") -> None:
+    """Every field GTPOConfig adds (and its `importance_sampling_level`) has the type of its annotation, numbers are
+    finite, and `tool_executor_kwargs` given as a string is a JSON object (parsed here)."""
+    if isinstance(config.tool_executor_kwargs, str):
+        try:
+            parsed = json.loads(config.tool_executor_kwargs)
+        except ValueError as e:
+            raise ValueError(
+                f"GTPOConfig.tool_executor_kwargs={config.tool_executor_kwargs!r} is not valid JSON ({e}): use a JSON "
+                'object such as \'{"preload": ["math"]}\', or pass a dict.'
+            ) from None
+        if not isinstance(parsed, dict):
+            raise ValueError(
+                f"GTPOConfig.tool_executor_kwargs={config.tool_executor_kwargs!r} is JSON but not an object: use a "
+                'JSON object such as \'{"preload": ["math"]}\', or pass a dict.'
+            )
+        config.tool_executor_kwargs = parsed
+    hints = typing.get_type_hints(GTPOConfig)
+    for name in GTPOConfig.__annotations__:
+        if name.startswith("_"):
+            continue
+        value, expected = getattr(config, name), hints[name]
+        if not _has_type(value, expected):
+            raise TypeError(
+                f"GTPOConfig.{name}={value!r} has type {type(value).__name__}: it must be of type "
+                f"{_type_name(expected)} (e.g. the default, {GTPOConfig.__dataclass_fields__[name].default!r})."
+            )
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in numbers if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"GTPOConfig.{name}={value!r} is not allowed: use finite numbers (no inf or nan).")
+
+
+def _has_type(value, expected) -> bool:
+    if expected is typing.Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(expected)[:1] or (typing.Any,)
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+    if expected is float:  # an int is a fine float; a bool is neither
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or expected)
+
+
+def _type_name(expected) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return "None"
+    if typing.get_origin(expected) in (list, tuple):
+        return f"list of {_type_name(typing.get_args(expected)[0])}s"
+    return {float: "number", int: "integer", bool: "bool (True or False)", str: "string"}.get(
+        expected, getattr(expected, "__name__", str(expected))
+    )
+
+
+def _memory_floor_mb(tool_executor, tool_executor_kwargs) -> int:
+    """The least `tool_memory_limit_mb` the local sandbox can run with (no floor for an executor of your own)."""
+    if tool_executor is not None:
+        return 1
+    from .interpreter.sandbox.pool import min_memory_limit_mb  # stdlib only, no workers started
+
+    custom = isinstance(tool_executor_kwargs, dict) and "preload" in tool_executor_kwargs
+    return min_memory_limit_mb(default_preload=not custom)

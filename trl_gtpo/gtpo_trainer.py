@@ -1,6 +1,7 @@
 """GTPOTrainer: GRPOTrainer with a multi-turn code interpreter and turn-level advantages."""
 
 import asyncio
+import sys
 
 import torch
 from accelerate.utils import gather_object
@@ -15,13 +16,14 @@ from .advantages import (
     turn_advantages,
     zero_std_groups,
 )
+from .dataset_columns import check_dataset
 from .gtpo_config import GTPOConfig
-from .interpreter.executor import CodeExecutor
+from .interpreter.executor import CodeExecutor, check_executor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.format import format_terms
-from .rewards.turn import call_turn_reward_funcs, checked_turn_values, turn_reward_table
+from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values, turn_reward_table
 from .turn_level import turn_off_policy_mask
-from .turn_records import TurnRecord, records_from_mask, records_from_messages, turn_index
+from .turn_records import TurnRecord, environment_call_turns, records_from_mask, records_from_messages, turn_index
 
 
 class GTPOTrainer(GRPOTrainer):
@@ -74,6 +76,8 @@ class GTPOTrainer(GRPOTrainer):
                 f"GTPOTrainer got `executor` together with `{own_paths[0]}`: the executor runs the code of GTPO's own "
                 f"code interpreter, which `{own_paths[0]}` replaces. Drop one of the two."
             )
+        if executor is not None:
+            check_executor(executor, "GTPOTrainer(executor=...)")
         if args is None:
             model_name = model if isinstance(model, str) else trl_private.get_config_model_id(model.config)
             args = GTPOConfig(f"{model_name.split('/')[-1]}-GTPO")
@@ -91,6 +95,16 @@ class GTPOTrainer(GRPOTrainer):
                 "reward functions: give one weight per function passed as `turn_reward_funcs`, or None (all 1.0)."
             )
         self.turn_reward_weights = list(weights) if weights is not None else [1.0] * len(self.turn_reward_funcs)
+        # The columns the rollout and the reward functions read, checked now (TRL would fail inside step 1). Only on
+        # GTPO's own code interpreter are the reward functions' other arguments known to be dataset columns.
+        ours = not own_paths or isinstance(kwargs.get("rollout_func"), CodeInterpreterRollout)
+        funcs = [
+            func
+            for func in _as_list(reward_funcs) + self.turn_reward_funcs
+            if ours and callable(func) and not isinstance(func, torch.nn.Module)
+        ]
+        for split in ("train_dataset", "eval_dataset"):
+            check_dataset(kwargs.get(split), split, funcs, extra=("env_mask",))
         if kwargs.get("environment_factory") is not None:  # its get_turn_rewards() is read here, not a tool
             kwargs["environment_factory"] = trl_private.hide_environment_methods(
                 kwargs["environment_factory"], ["get_turn_rewards"]
@@ -112,10 +126,49 @@ class GTPOTrainer(GRPOTrainer):
         # Overrides GRPOTrainer._generate_and_score_completions to replace its (B,) trajectory advantages by GTPO's
         # (B, T) turn-level ones. TRL 1.16 computes advantages inline there, so this is the narrowest hook; the values
         # it computes on the way and drops (tool masks, gathered rewards) are read as they pass (`capture_step`).
-        with trl_private.capture_step(self) as step:
+        # `mask_truncated_completions` is applied here rather than by TRL, so that a trajectory that ran out of turns
+        # is not taken for a truncated one (`_mask_truncated`).
+        with (
+            trl_private.capture_step(self) as step,
+            trl_private.truncation_masking_off(self) as mask_truncated,
+            trl_private.without_trl_checkpointing_warning(),
+        ):
             output = super()._generate_and_score_completions(inputs)
         output["advantages"] = self._turn_level_advantages(step, output)
+        if mask_truncated:
+            self._mask_truncated(step, output)
         return output
+
+    def _mask_truncated(self, step: trl_private.StepValues, output: dict) -> None:
+        """TRL's `mask_truncated_completions`, except for code-interpreter trajectories that ran out of turns.
+
+        TRL drops (masks every token of) a completion that does not end with EOS: one cut by `max_completion_length`.
+        A trajectory whose tool call came in its last allowed turn (`max_turns`) ends there on purpose, with its call
+        unrun and no EOS, as does one that wrote a user stop string: neither was cut, so their turns stay trained.
+        Rewards and advantages are untouched, as in TRL.
+        """
+        reasons = step.extra_fields.get("stop_reason") or [None] * len(step.completion_ids)
+        truncated = [
+            cut and reason not in ("max_turns", "stop_string")
+            for cut, reason in zip(trl_private.truncated_rows(self, step.completion_ids), reasons, strict=True)
+        ]
+        keep = torch.tensor([[not cut] for cut in truncated], device=output["completion_mask"].device)
+        output["completion_mask"] = output["completion_mask"] * keep.int()
+        loss_mask = output["completion_mask"]
+        if "tool_mask" in output:
+            output["tool_mask"] = output["tool_mask"] * keep.int()
+            loss_mask = loss_mask * output["tool_mask"]
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Overrides GRPOTrainer.log only for where its completions sample (`log_completions`) goes: a rich table sized
+        # for a terminal, which a log file gets 80 columns wide, one word per line. When stdout is not a terminal the
+        # sample is printed a few lines per completion instead (`trl_gtpo.sample_log`), and not again with the
+        # end-of-training summary (no new completions there); the rest is TRL's.
+        if sys.stdout.isatty():
+            return super().log(logs, start_time)
+        with trl_private.compact_completions_sample(enabled="train_runtime" not in logs):
+            return super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Overrides GRPOTrainer.compute_loss (TRL's entry to `_compute_loss`) for importance_sampling_level="turn"
@@ -131,7 +184,12 @@ class GTPOTrainer(GRPOTrainer):
     def get_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold):
         # Overrides GRPOTrainer.get_off_policy_mask, which `_compute_loss` calls when `off_policy_mask_threshold` is
         # set: TRL's mask keys a sequence on its one advantage and its mean drift; GTPO's advantages are per turn, so
-        # each turn is kept or dropped on its own advantage and the drift over its own tokens.
+        # each turn is kept or dropped on its own advantage and the drift over its own tokens. Called with one
+        # advantage per sequence ((B,) or (B, 1), TRL's contract), it is TRL's mask, (B, 1).
+        if advantages.dim() < 2 or advantages.shape[1] == 1:
+            return GRPOTrainer.get_off_policy_mask(
+                advantages.reshape(-1, 1), per_token_logps, sampling_per_token_logps, mask, off_policy_threshold
+            )
         return turn_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold)
 
     def _turn_level_advantages(self, step: trl_private.StepValues, output: dict) -> torch.Tensor:
@@ -225,11 +283,16 @@ class GTPOTrainer(GRPOTrainer):
             )
             sources.update(zip(self.turn_reward_func_names, values))
         if self.environment_factories is not None:  # every process has this source, so logging gathers alike
-            sources["environment"] = checked_turn_values(
+            # Values per call of the environment's tools, mapped to the turns that made them by TRL's messages.
+            call_turns = [
+                environment_call_turns(messages, trl_private.environment_tools(env), self.max_tool_calling_iterations)
+                for messages, env in zip(step.completions, self.environments, strict=True)
+            ]
+            sources["environment"] = environment_turn_values(
                 [env.get_turn_rewards() if hasattr(env, "get_turn_rewards") else None for env in self.environments],
-                "The environments' get_turn_rewards()",
+                call_turns,
                 turns,
-                missing_rows=True,
+                "The environments' get_turn_rewards()",
             )
         if "turn_rewards" in step.extra_fields:
             values = step.extra_fields["turn_rewards"]

@@ -14,26 +14,32 @@ import torch
 from .turn_records import turn_index
 
 
-def turn_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def turn_means(values: torch.Tensor, mask: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T): each token of a turn of `mask` gets the mean of `values` over the turn's tokens; other tokens 0.
 
     Differentiable in `values` (a scatter-add and a gather), so the mean carries the gradient of every token it
-    averages. Values outside the mask (NaN included) never enter a mean.
+    averages. Values outside the mask (NaN included) never enter a mean. With `kept` (B, T), the mean runs over the
+    turn's kept tokens only (the turns are still those of `mask`), so the others give it no value and no gradient;
+    a turn with no kept token gets 0.
     """
     index, num_turns = turn_index(mask)
     width = int(num_turns.max().item()) + 1 if num_turns.numel() else 1
     inside = index >= 0
+    counted = inside if kept is None else inside & kept.bool()
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
-    kept = torch.where(inside, values, zero)
+    summed = torch.where(counted, values, zero)
     slots = index + 1  # slot 0 collects everything outside the turns, and is dropped
-    sums = torch.zeros(values.shape[0], width, dtype=values.dtype, device=values.device).scatter_add(1, slots, kept)
-    counts = torch.zeros_like(sums).scatter_add(1, slots, inside.to(values.dtype))
+    sums = torch.zeros(values.shape[0], width, dtype=values.dtype, device=values.device).scatter_add(1, slots, summed)
+    counts = torch.zeros_like(sums).scatter_add(1, slots, counted.to(values.dtype))
     means = sums / counts.clamp(min=1.0)
     return torch.where(inside, torch.gather(means, 1, slots), zero)
 
 
 def turn_level_old_logps(
-    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    kept: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Old log-probs under which a token-level ratio is the turn-level (GSPO) one: `log pi - old~ = m_ij`.
 
@@ -43,8 +49,12 @@ def turn_level_old_logps(
     (log pi cancels; `old~` carries the gradient of `log pi - m`, on purpose). The current log-probs are left as
     they are, so everything else TRL computes from them (the KL term, CISPO's and VESPO's `log pi` factor) is
     exact. Outside the turns `old~ = log pi`: a ratio of 1 where the loss is masked anyway.
+
+    `kept` (B, T) is the set of tokens the loss trains (TRL's entropy mask, `top_entropy_quantile < 1`): the turn's
+    ratio is then the geometric mean over its kept tokens, so a token the mask drops gets no gradient through its
+    turn's ratio either, as it gets none at token level.
     """
-    return per_token_logps - turn_means(per_token_logps - old_per_token_logps, mask)
+    return per_token_logps - turn_means(per_token_logps - old_per_token_logps, mask, kept)
 
 
 def turn_off_policy_mask(

@@ -6,8 +6,9 @@ turn (its code, whether it ran and how); TRL's `tools=` path knows its JSON call
 with `env_mask` gives only the spans. Each path's builder fills in what it knows.
 """
 
+import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +126,39 @@ def records_from_messages(
             )
         )
     return enriched
+
+
+def environment_call_turns(messages: Sequence[dict], tools: Mapping[str, Callable], max_iterations: int) -> list[int]:
+    """The turn of each tool call that reached an environment's methods, in call order: what its per-call
+    `get_turn_rewards()` values are mapped by.
+
+    TRL 1.16's tool loop (`GRPOTrainer._tool_call_loop`) runs the calls of the k-th assistant message (the k-th model
+    turn, as in `records_from_messages`) in its k-th iteration, while k < `max_tool_calling_iterations`, one after the
+    other. A call enters an environment method (`tools`: name -> bound method) when it is a function call naming one
+    of them with arguments that fit its signature; any other call TRL answers with an error before any environment
+    code runs. A call that raised still ran, and so did one whose result TRL rolled back because it would have
+    overflowed `max_completion_length` (the assistant message stays, its tool messages are removed): both count, on
+    the turn that made them.
+    """
+    turns, turn = [], -1
+    for message in messages if isinstance(messages, (list, tuple)) else []:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        turn += 1
+        if turn >= max_iterations:
+            break
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) and call.get("type") == "function" else None
+            method = tools.get(function.get("name")) if isinstance(function, dict) else None
+            arguments = function.get("arguments") if method is not None else None
+            if not isinstance(arguments, dict):
+                continue
+            try:
+                inspect.signature(method).bind(**arguments)
+            except TypeError:
+                continue
+            turns.append(turn)
+    return turns
 
 
 def _content_text(content) -> str:

@@ -50,3 +50,34 @@ class CodeExecutor(Protocol):
     def close(self) -> None:
         """Stop all workers; no process may outlive this call."""
         ...
+
+
+_METHODS = ("run", "close_session", "close")
+
+
+def check_executor(executor, what: str) -> None:
+    """Raise a TypeError naming the methods of the `CodeExecutor` protocol that `executor` lacks (`what` says where it
+    came from, e.g. "GTPOTrainer(executor=...)")."""
+    missing = [name for name in _METHODS if not callable(getattr(executor, name, None))]
+    if missing:
+        raise TypeError(
+            f"{what} got a {type(executor).__name__}, which is not a CodeExecutor: it has no "
+            f"{', '.join(name + '()' for name in missing)}. An executor needs run(calls) -> list[ExecutionResult], "
+            "close_session(session_id) and close() (see trl_gtpo.CodeExecutor)."
+        )
+
+
+def check_results(results, calls: list[CodeCall], executor_name: str) -> list[ExecutionResult]:
+    """`results` of `executor.run(calls)`, checked: a list of one `ExecutionResult` per call. A wrong answer is a bug
+    of the executor, so it is raised (naming its class), never shown to the model."""
+    fix = "run(calls) must return a list of one trl_gtpo.ExecutionResult per call, in order"
+    if not isinstance(results, (list, tuple)):
+        raise TypeError(f"{executor_name}.run() returned a {type(results).__name__}: {fix}.")
+    if len(results) != len(calls):
+        raise ValueError(f"{executor_name}.run() returned {len(results)} results for {len(calls)} calls: {fix}.")
+    wrong = next((r for r in results if not isinstance(r, ExecutionResult)), None)
+    if wrong is not None:
+        raise TypeError(
+            f"{executor_name}.run() returned a {type(wrong).__name__} ({wrong!r:.80}) among its results: {fix}."
+        )
+    return list(results)

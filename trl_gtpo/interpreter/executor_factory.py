@@ -1,10 +1,11 @@
 """make_executor: the `CodeExecutor` a GTPOConfig asks for, the local SandboxPool or a user-supplied one."""
 
 import importlib
+import inspect
 import json
 from typing import TYPE_CHECKING
 
-from .executor import CodeExecutor
+from .executor import CodeExecutor, check_executor
 
 if TYPE_CHECKING:
     from ..gtpo_config import GTPOConfig
@@ -14,33 +15,64 @@ def make_executor(args: "GTPOConfig") -> CodeExecutor:
     """Build the executor of `args`: `args.tool_executor(args, **args.tool_executor_kwargs)` if set, else a
     `SandboxPool` sized and limited by the `tool_*` fields (with `tool_executor_kwargs` as extra `SandboxPool`
     arguments, e.g. `{"preload": ["math"]}`)."""
-    kwargs = _parse_kwargs(args.tool_executor_kwargs)
+    kwargs = check_executor_settings(args)
     if args.tool_executor is None:
         from .sandbox import SandboxPool  # the local pool: imported only when used
 
-        try:
-            return SandboxPool(
-                args.tool_pool_size,
-                timeout=args.tool_timeout,
-                memory_limit_mb=args.tool_memory_limit_mb,
-                max_output_chars=args.max_tool_output_chars,
-                persistent_sessions=args.persistent_tool_sessions,
-                **kwargs,
+        return SandboxPool(args.tool_pool_size, **_pool_settings(args), **kwargs)
+    executor = _import_factory(args.tool_executor)(args, **kwargs)
+    try:
+        check_executor(executor, f"GTPOConfig.tool_executor={args.tool_executor!r}")
+    except TypeError as e:
+        raise ValueError(f"{e} The factory returned it: it must return a CodeExecutor.") from None
+    return executor
+
+
+def check_executor_settings(args: "GTPOConfig") -> dict:
+    """Check, without starting anything, that `make_executor(args)` can build its executor: the factory imports and
+    takes `(args, **tool_executor_kwargs)`, or those kwargs fit the local `SandboxPool`. Returns the parsed kwargs."""
+    kwargs = _parse_kwargs(args.tool_executor_kwargs)
+    if args.tool_executor is None:
+        from .sandbox import SandboxPool
+
+        fixed = _pool_settings(args)
+        taken = sorted(set(kwargs) & set(fixed))
+        if taken:
+            raise ValueError(
+                f"GTPOConfig.tool_executor_kwargs sets {taken}, which the local SandboxPool takes from GTPOConfig: "
+                "set tool_timeout, tool_memory_limit_mb, max_tool_output_chars or persistent_tool_sessions instead."
             )
+        try:
+            inspect.signature(SandboxPool).bind(args.tool_pool_size, **fixed, **kwargs)
         except TypeError as e:
             raise ValueError(
                 f"GTPOConfig.tool_executor_kwargs={kwargs!r} does not fit the built-in SandboxPool ({e}): use only "
-                "SandboxPool keyword arguments there, or set tool_executor to your own factory."
+                "SandboxPool keyword arguments there (e.g. preload, isolation, disk_limit_mb), or set tool_executor to "
+                "your own factory."
             ) from None
+        return kwargs
     factory = _import_factory(args.tool_executor)
-    executor = factory(args, **kwargs)
-    if not isinstance(executor, CodeExecutor):
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a callable without a signature (a builtin): nothing to check
+        return kwargs
+    try:
+        signature.bind(args, **kwargs)
+    except TypeError as e:
         raise ValueError(
-            f"GTPOConfig.tool_executor={args.tool_executor!r} returned {type(executor).__name__}, which is not a "
-            "CodeExecutor: the factory must return an object with run(calls), close_session(session_id) and close() "
-            "(see trl_gtpo.CodeExecutor)."
-        )
-    return executor
+            f"GTPOConfig.tool_executor={args.tool_executor!r} is called as factory(args, **tool_executor_kwargs) with "
+            f"tool_executor_kwargs={kwargs!r}, which does not fit its signature {signature} ({e}): make the two agree."
+        ) from None
+    return kwargs
+
+
+def _pool_settings(args) -> dict:
+    return dict(
+        timeout=args.tool_timeout,
+        memory_limit_mb=args.tool_memory_limit_mb,
+        max_output_chars=args.max_tool_output_chars,
+        persistent_sessions=args.persistent_tool_sessions,
+    )
 
 
 def _parse_kwargs(value) -> dict:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .transcript import code_blocks, tool_output_text, turn_end
-from .executor import CodeCall, CodeExecutor, ExecutionResult
+from .executor import CodeCall, CodeExecutor, ExecutionResult, check_results
 
 # generate_turn(prompt_ids_per_trajectory, max_new_tokens) -> (new_ids_per_trajectory, logprobs_per_trajectory | None)
 GenerateTurn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list[float]] | None]]
@@ -20,6 +20,11 @@ GenerateTurn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list
 logger = logging.getLogger(__name__)
 
 NO_CODE_MESSAGE = "No ```python block to run: write the code in a ```python block, then close it with ```."
+EXECUTOR_RETRIES = 2  # extra tries of a turn's calls when the executor's run() raises
+
+
+class ExecutorError(RuntimeError):
+    """The executor failed (it raised on every try, or could not start): training cannot go on as configured."""
 
 
 @dataclass
@@ -41,7 +46,8 @@ class Trajectory:
     tool_mask: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
     turns: list[Turn] = field(default_factory=list)
-    stop_reason: str = ""  # "eos", "budget" or "max_turns" (a tool call in the last allowed turn)
+    # "eos", "budget", "max_turns" (a tool call in the last allowed turn) or "stop_string" (one of the user's)
+    stop_reason: str = ""
 
     @property
     def num_tool_calls(self) -> int:
@@ -72,7 +78,8 @@ class _Rollout:
 
 
 class CodeInterpreterLoop:
-    """Runs trajectories turn by turn until EOS, a tool call in turn `max_turns`, or the completion budget.
+    """Runs trajectories turn by turn until EOS, one of the user's stop strings, a tool call in turn `max_turns`, or
+    the completion budget.
 
     All live trajectories generate together each turn; the code blocks that end their turns run in one executor call
     (in parallel). A turn ends at a closed ```python block, at the stop marker, or at EOS; the tokens generated past
@@ -89,8 +96,12 @@ class CodeInterpreterLoop:
         stop_marker: str = "```output",
         eos_token_ids: Sequence[int] = (),
         keep_in_step: Callable[[bool], bool] | None = None,
+        executor_errors: str = "raise",
+        user_stop_strings: Sequence[str] = (),
     ):
         self.tokenizer = tokenizer
+        # The user's own stop strings (generation_kwargs): like EOS, one ends the trajectory where the model wrote it.
+        self.user_stop_strings = [stop for stop in user_stop_strings if stop]
         self.executor = executor
         self.max_turns = max_turns
         self.max_completion_length = max_completion_length
@@ -99,6 +110,11 @@ class CodeInterpreterLoop:
         # Distributed runs: returns True while any process still has a live trajectory. Collective backends
         # (ZeRO-3 parameter gathering, vLLM server mode) need every process to generate the same number of times.
         self.keep_in_step = keep_in_step
+        # An executor whose run() raises on every try: "raise" (an ExecutorError with the cause) or "contain" (the
+        # calls get a "crash" result; counted in `executor_failures`, the last cause in `last_executor_error`).
+        self.executor_errors = executor_errors
+        self.executor_failures = 0
+        self.last_executor_error: BaseException | None = None
         self.seconds = {"generation": 0.0, "tools": 0.0}  # where the time of the last `run` went
         # The prompt index (in `run`'s prompt_ids) of each history in the current `generate_turn` call: what a
         # generator that needs more than the token ids (a VLM prompt's images) looks up.
@@ -106,8 +122,9 @@ class CodeInterpreterLoop:
 
     @property
     def stop_strings(self) -> list[str]:
-        """Strings a backend may stop at. A closing fence is usually followed by a newline; the rest is cut after."""
-        return [self.stop_marker, "\n```\n"]
+        """Strings a backend may stop at: the turn ends (a closing fence is usually followed by a newline; the rest
+        is cut after), then the user's stop strings."""
+        return list(dict.fromkeys([self.stop_marker, "\n```\n", *self.user_stop_strings]))
 
     def run(self, prompt_ids: list[list[int]], generate_turn: GenerateTurn) -> list[Trajectory]:
         rollouts = [_Rollout(row, list(ids), uuid.uuid4().hex, Trajectory()) for row, ids in enumerate(prompt_ids)]
@@ -169,6 +186,16 @@ class CodeInterpreterLoop:
         """
         trajectory = rollout.trajectory
         cut = self._turn_cut(rollout.turn_ids, ids)
+        user_stop = self._user_stop_cut(rollout.turn_ids, ids)
+        if user_stop is not None and (cut is None or user_stop < cut):  # the user's stop string ends it all, as EOS
+            ids, logprobs = ids[:user_stop], logprobs[:user_stop] if logprobs is not None else None
+            rollout.turn_ids += ids
+            if logprobs is not None:
+                rollout.turn_logprobs += logprobs
+            blocks = code_blocks(self.tokenizer.decode(rollout.turn_ids, skip_special_tokens=True))
+            turn = Turn(code=blocks[-1].code if blocks else None, well_formed=not blocks or blocks[-1].well_formed)
+            self._close_turn(rollout, turn, stop_reason="stop_string")
+            return None
         if cut is not None:
             ids = ids[:cut]
             logprobs = logprobs[:cut] if logprobs is not None else None
@@ -205,13 +232,23 @@ class CodeInterpreterLoop:
 
     def _turn_cut(self, turn_ids: list[int], ids: list[int]) -> int | None:
         """Fewest of the new tokens whose text ends the turn, or None if they do not end it."""
-        decode = self.tokenizer.decode
-        if turn_end(decode(turn_ids + ids, skip_special_tokens=True), self.stop_marker) is None:
+        return self._fewest(turn_ids, ids, lambda text: turn_end(text, self.stop_marker) is not None)
+
+    def _user_stop_cut(self, turn_ids: list[int], ids: list[int]) -> int | None:
+        """Fewest of the new tokens whose turn text holds one of the user's stop strings, or None."""
+        if not self.user_stop_strings:
             return None
-        low, high = 1, len(ids)  # binary search: the turn end, once in the text, stays in longer prefixes
+        return self._fewest(turn_ids, ids, lambda text: any(stop in text for stop in self.user_stop_strings))
+
+    def _fewest(self, turn_ids: list[int], ids: list[int], ends: Callable[[str], bool]) -> int | None:
+        """Fewest of the new tokens after which `ends(turn text)` holds, or None; `ends` must stay true once true."""
+        decode = self.tokenizer.decode
+        if not ends(decode(turn_ids + ids, skip_special_tokens=True)):
+            return None
+        low, high = 1, len(ids)  # binary search: once true on a prefix, true on every longer one
         while low < high:
             middle = (low + high) // 2
-            if turn_end(decode(turn_ids + ids[:middle], skip_special_tokens=True), self.stop_marker) is None:
+            if not ends(decode(turn_ids + ids[:middle], skip_special_tokens=True)):
                 low = middle + 1
             else:
                 high = middle
@@ -247,13 +284,29 @@ class CodeInterpreterLoop:
             trajectory.stop_reason, rollout.done = "budget", True
 
     def _execute(self, calls: list[CodeCall]) -> list[ExecutionResult]:
-        """Run one turn's code; an executor failure becomes an error message for those trajectories, never a crash."""
-        try:
-            results = self.executor.run(calls)
-        except Exception as error:  # a broken executor must not kill training
-            message = f"SandboxError: the code could not be run ({type(error).__name__}: {error})"
-            return [ExecutionResult(output=message, status="crash") for _ in calls]
-        if len(results) != len(calls):
-            message = f"SandboxError: the executor returned {len(results)} results for {len(calls)} calls"
-            return [ExecutionResult(output=message, status="crash") for _ in calls]
-        return results
+        """Run one turn's code. The model's code failing is a result the model reads; the executor raising is retried
+        `EXECUTOR_RETRIES` times, then raised (or, with executor_errors="contain", a "crash" result); results that are
+        not one `ExecutionResult` per call are the executor's bug and raised, naming it."""
+        name = getattr(self.executor, "executor_name", None) or type(self.executor).__name__
+        error: Exception | None = None
+        for attempt in range(1 + EXECUTOR_RETRIES):
+            try:
+                results = self.executor.run(calls)
+            except ExecutorError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- the executor's own failure, retried then reported
+                error = e
+                tries = f"try {attempt + 1} of {1 + EXECUTOR_RETRIES}"
+                logger.warning(f"{name}.run() raised {type(e).__name__}: {e} ({tries})")
+                continue
+            return check_results(results, calls, name)
+        self.executor_failures += 1
+        self.last_executor_error = error
+        if self.executor_errors != "contain":
+            raise ExecutorError(
+                f"The code executor {name} raised on {1 + EXECUTOR_RETRIES} tries of the same calls "
+                f"({type(error).__name__}: {error}). Fix the executor, or set GTPOConfig.tool_executor_errors="
+                "'contain' to give such calls a 'crash' result the model reads and train on."
+            ) from error
+        message = f"SandboxError: the code could not be run ({type(error).__name__}: {error})"
+        return [ExecutionResult(output=message, status="crash") for _ in calls]

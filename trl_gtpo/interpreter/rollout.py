@@ -5,6 +5,7 @@ GTPOTrainer installs one when no `tools`, `environment_factory` or `rollout_func
 GTPO is compared against (benchmarks/compare_grpo_gtpo.py).
 """
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -12,8 +13,10 @@ from transformers import TrainerCallback
 
 from .. import _trl_compat as trl_private
 from ..turn_records import TurnRecord, turn_spans
-from .executor import CodeCall, CodeExecutor, ExecutionResult
-from .loop import CodeInterpreterLoop, GenerateTurn, Trajectory
+from .executor import CodeCall, CodeExecutor, ExecutionResult, check_executor
+from .loop import CodeInterpreterLoop, ExecutorError, GenerateTurn, Trajectory
+
+logger = logging.getLogger(__name__)
 
 
 class CodeInterpreterRollout:
@@ -21,8 +24,10 @@ class CodeInterpreterRollout:
     single-turn generation (`_generate_single_turn`, any backend) and returns TRL's rollout dict.
 
     Besides TRL's keys (`prompt_ids`, `completion_ids`, `logprobs`, and `env_mask`, the tool mask) the dict has
-    `turns`: per trajectory, one `TurnRecord` per model turn. TRL hands extra keys to the reward functions as keyword
-    arguments, and GTPO's advantage step reads them for the format rule, shaping and turn rewards.
+    `turns`: per trajectory, one `TurnRecord` per model turn, and `stop_reason`: why each trajectory ended ("eos",
+    "budget", "max_turns", see `Trajectory.stop_reason`). TRL hands extra keys to the reward functions as keyword
+    arguments; GTPO's advantage step reads `turns` for the format rule, shaping and turn rewards, and its truncation
+    masking reads `stop_reason` (a trajectory that ran out of turns is not a truncated completion).
 
     Prompts with images are tokenized one at a time and each keeps its images and processor fields, which go with its
     trajectories into every turn's `_generate_single_turn` (`_trl_compat.PromptMedia`). A custom `generate_turn` gets
@@ -30,8 +35,9 @@ class CodeInterpreterRollout:
 
     Args:
         args: a GTPOConfig (its `max_turns`, `turn_stop_marker` and sandbox settings are read).
-        executor: what runs the code; None builds one from `args` at the first code call, so a process whose model
-            writes no code starts no sandbox workers.
+        executor: what runs the code, checked here against the `CodeExecutor` protocol. None builds one from `args`:
+            a `tool_executor` factory is called here; the local `SandboxPool` has its settings checked here and its
+            workers started at the first code call, so a process whose model writes no code starts none.
         generate_turn: `f(trainer, stop_strings) -> GenerateTurn`; None uses TRL's `_generate_single_turn`
             (`trl_gtpo._trl_compat.TurnGenerator`). Tests pass a scripted generator here.
     """
@@ -43,9 +49,20 @@ class CodeInterpreterRollout:
         generate_turn: Callable[[object, list[str]], GenerateTurn] | None = None,
     ):
         self.args = args
-        self._executor = executor
         self._owns_executor = executor is None  # a user's executor is theirs to close, and is never replaced
+        if executor is not None:
+            check_executor(executor, "The code interpreter (GTPOTrainer(executor=...) or CodeInterpreterRollout)")
+        elif getattr(args, "tool_executor", None) is not None:
+            from .executor_factory import make_executor
+
+            executor = make_executor(args)  # the user's factory, called now so that its errors surface now
+        else:
+            from .executor_factory import check_executor_settings
+
+            check_executor_settings(args)
+        self._executor = executor
         self._generate_turn = generate_turn or trl_private.TurnGenerator
+        self._warned_executor_failure = False
 
     @property
     def executor(self) -> CodeExecutor:
@@ -80,6 +97,8 @@ class CodeInterpreterRollout:
             stop_marker=self.args.turn_stop_marker,
             eos_token_ids=trainer.eos_token_ids,
             keep_in_step=_any_process_live(accelerator) if accelerator.num_processes > 1 else None,
+            executor_errors=getattr(self.args, "tool_executor_errors", "raise"),
+            user_stop_strings=user_stop_strings(trainer.args),
         )
         if self._generate_turn is trl_private.TurnGenerator:
             if media is not None:
@@ -89,7 +108,14 @@ class CodeInterpreterRollout:
             generate_turn = self._generate_turn(trainer, loop.stop_strings)
         with trl_private.vllm_sleep_once_per_rollout(trainer):
             trajectories = loop.run(prompt_ids, generate_turn)
-        _log_tool_metrics(trainer, trajectories, loop.seconds, self.args.max_turns)
+        if loop.executor_failures and not self._warned_executor_failure:
+            self._warned_executor_failure = True
+            logger.warning(
+                f"The code executor failed ({loop.last_executor_error!r}); its calls got a 'crash' result because "
+                "GTPOConfig.tool_executor_errors='contain'. Failures are counted in the tools/executor_failures "
+                "metric; this warning is not repeated."
+            )
+        _log_tool_metrics(trainer, trajectories, loop.seconds, self.args.max_turns, loop.executor_failures)
 
         def decode(ids):
             return tokenizer.decode(ids, skip_special_tokens=True)
@@ -100,7 +126,16 @@ class CodeInterpreterRollout:
             "logprobs": [t.logprobs for t in trajectories] if trajectories[0].logprobs is not None else None,
             "env_mask": [t.tool_mask for t in trajectories],
             "turns": [turn_records(t, decode) for t in trajectories],
+            "stop_reason": [t.stop_reason for t in trajectories],
         }
+
+
+def user_stop_strings(args) -> list[str]:
+    """The user's stop strings, in the key of the generation backend (`generation_kwargs`): `stop` for vLLM's
+    SamplingParams, `stop_strings` for transformers' generate. Both backends end the trajectory at one (the loop)."""
+    kwargs = getattr(args, "generation_kwargs", None) or {}
+    stops = kwargs.get("stop" if getattr(args, "use_vllm", False) else "stop_strings") or []
+    return [stops] if isinstance(stops, str) else list(stops)
 
 
 def turn_records(trajectory: Trajectory, decode: Callable[[list[int]], str]) -> list[TurnRecord]:
@@ -129,7 +164,17 @@ class _StartOnFirstCall:
     def __init__(self, rollout: CodeInterpreterRollout):
         self.rollout = rollout
 
+    @property
+    def executor_name(self) -> str:
+        executor = self.rollout._executor
+        return type(executor).__name__ if executor is not None else "SandboxPool"
+
     def run(self, calls: list[CodeCall]) -> list[ExecutionResult]:
+        if self.rollout._executor is None:
+            try:
+                self.rollout.executor  # starts the pool
+            except Exception as error:  # not retried nor contained: a pool that cannot start is a setup error
+                raise ExecutorError(f"The local code sandbox could not start: {error}") from error
         return self.rollout.executor.run(calls)
 
     def close_session(self, session_id: str) -> None:
@@ -148,7 +193,9 @@ def _any_process_live(accelerator):
     return keep_in_step
 
 
-def _log_tool_metrics(trainer, trajectories: list[Trajectory], seconds: dict[str, float], max_turns: int) -> None:
+def _log_tool_metrics(
+    trainer, trajectories: list[Trajectory], seconds: dict[str, float], max_turns: int, executor_failures: int
+) -> None:
     stats = torch.tensor(
         [
             [
@@ -157,8 +204,9 @@ def _log_tool_metrics(trainer, trajectories: list[Trajectory], seconds: dict[str
                 t.num_tool_errors,
                 sum(turn.status == "timeout" for turn in t.turns),
                 len(t.turns) >= max_turns,
+                executor_failures if i == 0 else 0,
             ]
-            for t in trajectories
+            for i, t in enumerate(trajectories)
         ],
         dtype=torch.float32,
         device=trainer.accelerator.device,
@@ -171,6 +219,7 @@ def _log_tool_metrics(trainer, trajectories: list[Trajectory], seconds: dict[str
     metrics["tools/errors_per_trajectory"].append(stats[:, 2].mean().item())
     metrics["tools/timeouts"].append(stats[:, 3].sum().item())
     metrics["turns/frac_max_turns"].append(stats[:, 4].mean().item())
+    metrics["tools/executor_failures"].append(stats[:, 5].sum().item())  # executor run() calls that failed every try
     # Where the rollout's time went (this process): generation calls, and the sandbox running the code.
     metrics["timing/generation_seconds"].append(seconds["generation"])
     metrics["timing/tool_seconds"].append(seconds["tools"])

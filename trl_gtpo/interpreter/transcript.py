@@ -82,17 +82,24 @@ def turn_end(text: str, stop_marker: str) -> int | None:
     """Index just past the end of the model turn in `text`, or None if the turn has not ended.
 
     The turn ends at the first closing fence of a ```python block or at the first stop marker outside a block,
-    whichever comes first. (A stop marker inside an open block closes it: "```output" starts with a fence.)
+    whichever comes first. (A stop marker inside an open block closes it: "```output" starts with a fence.) Like a
+    fence, the stop marker counts only at the start of a line (after blanks): written mid-line it is prose, and a
+    backend that stopped there generates on.
     """
     ends = []
     for block in code_blocks(text):
         if block.closed:
             ends.append(block.end)
             break
-    marker = text.find(stop_marker)
-    if marker != -1:
-        ends.append(marker + len(stop_marker))
+    marker = _line_start_marker(stop_marker).search(text)
+    if marker is not None:
+        ends.append(marker.end())
     return min(ends) if ends else None
+
+
+def _line_start_marker(stop_marker: str) -> re.Pattern:
+    """The stop marker at the start of the text or of a line, after blanks."""
+    return re.compile(r"(?:^|(?<=\n))[ \t]*" + re.escape(stop_marker))
 
 
 def ended_with_marker(text: str, stop_marker: str) -> bool:

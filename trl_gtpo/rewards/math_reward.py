@@ -137,18 +137,34 @@ def _cheap(parsed: list) -> bool:
 _CURRENCY_RE = re.compile(r"\\(?:text|mbox|textrm)\s*\{\s*(?:\\\$|\\textdollar)\s*\}|\\\$|\\textdollar(?![a-zA-Z])")
 # Thousands separators as LaTeX writes them: 32,\!348, 23{,}000, 1\,000.
 _LATEX_THOUSANDS = (",\\!", "{,}", "\\,")
+# A temperature's scale after a degree sign: 72°F, 72 °C, 72^\circ F, 72^{\circ}\text{C}. The value is the number.
+_TEMPERATURE_RE = re.compile(
+    r"\s*(?:°|\^\s*\{?\s*\\circ\s*\}?)\s*(?:\\(?:text|mathrm)\s*\{\s*[FC]\s*\}|[FC](?![A-Za-z]))"
+)
+# A number followed only by unit words ("18 dollars", "3 km/h", "5 \text{apples}."): the value is the number. The
+# first word has two letters or more and none is a name of math (pi, ln, sin, ...), so "3x" or "2 pi" keep theirs.
+_NUMBER_WITH_UNITS_RE = re.compile(
+    r"^(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)\s*((?:\\(?:text|mathrm)\s*\{[^{}]*\}|[A-Za-z]{2,}[A-Za-z\s./-]*?)+)\.?$"
+)
+_MATH_NAMES = {"pi", "ln", "log", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "sqrt", "mod", "deg", "circ"}
 
 
 def _normalize_answer(text: str) -> str:
-    r"""An answer without its formatting: math delimiters, currency signs, thousands separators, degree signs.
+    r"""An answer without its formatting: math delimiters, currency signs, thousands separators, degree signs,
+    temperature scales, unit words after a number.
 
     math-verify already reads \%, ^\circ and \text{ units}; these are the forms it gets wrong (\$18 unparsed,
-    1\,000 read as 1*0, 90° read as a symbol, 1,234 read as a set).
+    1\,000 read as 1*0, 90° read as a symbol, 1,234 read as a set, 72°F and 72^\circ F as products with F,
+    "18 dollars" as a product of letters).
     """
     text = text.strip().replace("\u2212", "-")
     while len(text) >= 2 and text[0] == "$" and text[-1] == "$":  # $...$ / $$...$$ around an answer
         text = text[1:-1].strip()
+    text = _TEMPERATURE_RE.sub("", text)
     text = _CURRENCY_RE.sub("", text).replace("°", "^\\circ").strip()
+    units = _NUMBER_WITH_UNITS_RE.match(text)
+    if units is not None and not _MATH_NAMES & set(re.findall(r"[A-Za-z]+", units.group(2).lower())):
+        text = units.group(1)
     if text.count("$") == 1:  # a lone $ is a unit ("$18"), not a math delimiter
         text = text.replace("$", "").strip()
     plain = text

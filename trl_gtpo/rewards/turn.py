@@ -10,6 +10,9 @@ as for reward functions. It returns, per trajectory, one value per turn; None me
 be `async`. With weights w_f (`GTPOConfig.turn_reward_weights`), turn j of trajectory i gains
 sum_f w_f * f(...)[i][j].
 
+A TRL environment (`environment_factory=`) gives turn rewards through a `get_turn_rewards()` method: one value per
+tool call that reached it, which GTPO maps to the turns that made the calls ([`environment_turn_values`]).
+
 Built-in turn rewards:
 
 - [`tool_success_turn_reward`]: 1.0 for a turn whose tool call ran without error, 0.0 for one that ran and failed
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 
@@ -37,6 +41,7 @@ from .answer import final_answer
 __all__ = [
     "call_turn_reward_funcs",
     "checked_turn_values",
+    "environment_turn_values",
     "intermediate_value_turn_reward",
     "tool_success_turn_reward",
     "turn_reward_table",
@@ -44,6 +49,9 @@ __all__ = [
 ]
 
 _FAILED = ("error", "timeout", "limit", "crash")
+# Turn rewards enter float32 returns and group statistics: a square above 3.4e38 makes the std inf and every
+# advantage of the group 0. 1e15 leaves room for sums over thousands of turns.
+MAX_TURN_REWARD = 1e15
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 
 
@@ -162,7 +170,68 @@ def checked_turn_values(
                 f"{what} returned {count} values for trajectory {i}, which has {len(trajectory)} turns: return one "
                 f"value (float or None) per turn of `turns[{i}]`."
             )
-        rows.append([None if value is None else float(value) for value in row])
+        rows.append([_turn_value(value, what, i, j) for j, value in enumerate(row)])
+    return rows
+
+
+def _turn_value(value, what: str, i: int, j: int) -> float | None:
+    """One turn reward as a float: None stays None ("no opinion"); anything but a finite real number is an error
+    naming its source (a NaN or inf would silently erase its whole group's advantages)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{what} returned {value!r} ({type(value).__name__}) for turn {j} of trajectory {i}: return a number "
+            "(float) or None for no opinion."
+        )
+    value = float(value)
+    if not math.isfinite(value) or abs(value) > MAX_TURN_REWARD:
+        raise ValueError(
+            f"{what} returned {value!r} for turn {j} of trajectory {i}: return a finite number within "
+            f"+-{MAX_TURN_REWARD:g}, or None for no opinion (a NaN, an inf or a value whose square overflows the "
+            "float32 group statistics would wipe out the advantages of its whole group)."
+        )
+    return value
+
+
+def environment_turn_values(
+    values, call_turns: Sequence[Sequence[int]], turns: Sequence[Sequence[TurnRecord]], what: str
+) -> list[list[float | None]]:
+    """Environments' `get_turn_rewards()` as one value per turn, `values[i]` being trajectory i's environment's.
+
+    An environment records what it sees, its tool calls, so its list has one value (float or None) per call that
+    reached its methods, in call order; `call_turns[i]` is the turn of each of those calls
+    (`turn_records.environment_call_turns`). A turn's value is the sum of its calls' values, None when all are None
+    or it made none; a call whose turn is not in the completion is dropped. A list with one value per turn (and a
+    length other than the call count) is read per turn. None or an empty list: no opinion.
+    """
+    if not isinstance(values, (list, tuple)) or len(values) != len(turns):
+        count = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+        raise ValueError(f"{what} gave {count} lists for {len(turns)} trajectories: one list per environment.")
+    rows = []
+    for i, (row, calls, trajectory) in enumerate(zip(values, call_turns, turns, strict=True)):
+        if not row:
+            rows.append([None] * len(trajectory))
+            continue
+        if not isinstance(row, (list, tuple)) or len(row) not in (len(calls), len(trajectory)):
+            count = len(row) if isinstance(row, (list, tuple)) else type(row).__name__
+            raise ValueError(
+                f"{what} returned {count} values for trajectory {i}, which made {len(calls)} calls of the "
+                f"environment's tools in {len(trajectory)} turns: return one value (float or None) per call that "
+                "reached the environment's methods, in call order (a call that raised counts; GTPO sums each turn's "
+                "calls), or one value per turn."
+            )
+        if len(row) != len(calls):  # one value per turn
+            rows.append([_turn_value(value, what, i, j) for j, value in enumerate(row)])
+            continue
+        per_turn: list[float | None] = [None] * len(trajectory)
+        for turn, value in zip(calls, row):
+            value = _turn_value(value, what, i, turn)
+            if value is not None and turn < len(trajectory):
+                per_turn[turn] = value + (per_turn[turn] or 0.0)
+        rows.append(per_turn)
     return rows
 
 

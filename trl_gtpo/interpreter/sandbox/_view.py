@@ -64,6 +64,38 @@ class View:
         out += [(p, False) for p in self.blank] + [(p, True) for p in self.packages]
         return [(q, ok) for p, ok in out for q in {os.path.abspath(p), os.path.realpath(p)}]
 
+    def landlock_read(self) -> list[tuple[str, bool]]:
+        """The same allowlist as (path, whole) pairs for Landlock: whole=True, everything beneath is readable;
+        whole=False, only directory listings beneath. Landlock grants whole trees and cannot carve a blank directory
+        out of one, so a tree holding one is split into its entries (each granted whole unless it holds a blank
+        directory itself); where Python looks modules up in such a tree (a `sys.path` entry, e.g. a standard library
+        with site-packages inside), it is also given its listings: then the names in the blank directory can be
+        listed, never read."""
+        blank = [os.path.realpath(p) for p in self.blank]
+        search_path = {os.path.realpath(p) for p in sys.path if p}
+        out: list[tuple[str, bool]] = []
+
+        def grant(path: str) -> None:
+            inner = [b for b in blank if _within(b, path)]
+            if not inner:
+                out.append((path, True))
+                return
+            if path in inner:
+                return
+            if path in search_path:
+                out.append((path, False))  # listings only: the entries below are granted one by one
+            try:
+                entries = sorted(os.listdir(path))
+            except OSError:
+                return
+            for name in entries:
+                grant(os.path.join(path, name))
+
+        for path in self.expose:
+            grant(os.path.realpath(path))
+        out += [(os.path.realpath(p), True) for p in self.packages]
+        return out
+
     def readable_dirs(self) -> list[str]:
         return [p for p in self.expose + self.packages if os.path.isdir(p)]
 

@@ -53,6 +53,15 @@ _HOOKS_ONLY_FILES = (
     "filesystem: the host's, with reads outside the allowlist refused by the audit hook only: native code (ctypes) can "
     "read any file this uid can, and os.stat() tells whether a path exists (no mount namespace on this machine)"
 )
+_HOOKS_LANDLOCK_FILES = (
+    "filesystem: the host's (no mount namespace on this machine), with reads outside the allowlist refused by Landlock "
+    "to native code too; but os.stat() tells whether a path exists (Landlock does not cover stat), and the names in "
+    "the site-packages of a standard library can be listed (never read)"
+)
+_LANDLOCK_LAYER = (
+    "Landlock (ABI {abi}): reads only the allowlist, writes only the working directory, enforced by the kernel on "
+    "native code too{net}{scope}"
+)
 _LOST = "its process is gone, so the session's variables are lost and its next call starts from a fresh session"
 
 
@@ -96,6 +105,8 @@ class Worker:
         self.spare: Session | None = None
         self.counter = 0
         self.view: _view.View | None = None
+        self.landlock_abi = 0
+        self.landlock_read: list[tuple[str, bool]] = []
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
@@ -114,8 +125,15 @@ class Worker:
         if self.kind != "hooks":
             self._prepare_filesystem()
             self._probe_session_pidns()
+        self.landlock_abi = iso.landlock_abi()
+        if self.landlock_abi:
+            self.landlock_read = self.view.landlock_read()  # the paths sessions apply: built once, here
         else:
-            self.notes.append(_HOOKS_ONLY_FILES)
+            self.notes.append(
+                "no Landlock (kernel older than 5.13 or Landlock off): native code is confined by the other layers only"
+            )
+        if self.kind == "hooks":
+            self.notes.append(_HOOKS_LANDLOCK_FILES if self.landlock_abi else _HOOKS_ONLY_FILES)
         # A uid of its own per session needs root (and is off when only the portable layer is asked for).
         if os.geteuid() == 0 and self.kind != "userns" and self.cfg["drop_uid"]:
             if iso.world_traversable(self.view.readable_dirs()):
@@ -400,6 +418,24 @@ def _session_main(worker: Worker, cmd_r: int, res_w: int, native_w: int, uid: in
             layers.append("seccomp filter: unshare, clone and setns with CLONE_NEW* flags, and clone3, are refused")
         except OSError as e:
             notes.append(f"no seccomp filter ({e.strerror}): model code may create user namespaces (kernel permitting)")
+        if worker.landlock_abi:
+            abi = worker.landlock_abi
+            try:
+                own = [(os.path.realpath("/proc/self"), True)]  # /proc/<pid>: this process only
+                iso.landlock_restrict(worker.landlock_read + own, [workdir, *write_roots, *_view.DEVICES], abi)
+                layers.append(
+                    _LANDLOCK_LAYER.format(
+                        abi=abi,
+                        net="; no TCP connect or bind" if abi >= 4 else "",
+                        scope="; no signals or abstract unix sockets outside the session" if abi >= 6 else "",
+                    )
+                )
+                if abi < 4:
+                    notes.append(f"Landlock ABI {abi} < 4: TCP connect and bind are not covered by Landlock")
+                if abi < 6:
+                    notes.append(f"Landlock ABI {abi} < 6: signals and abstract sockets are not scoped to the session")
+            except OSError as e:
+                notes.append(f"no Landlock ({e.strerror}): native code is confined by the other layers only")
         iso.set_pdeathsig(signal.SIGKILL)  # after the uid change, which clears it
         os.chdir(workdir)
         os.environ.clear()

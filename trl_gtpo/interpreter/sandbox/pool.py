@@ -14,8 +14,9 @@ is dropped by `close_session` (the process is killed). A worker hosts any number
 cost little memory, their pages are shared with the worker), but runs one call at a time: the calls of one `run` run
 in parallel across workers, and calls bound to the same worker queue. New sessions go to the worker with the fewest,
 so a turn of G trajectories spreads evenly; with `persistent_sessions=False` every call takes a fresh session on
-whichever worker is free. A worker that dies (or hangs past a generous deadline) is replaced; its call gets a "crash"
-result and the other sessions it hosted start over, with a note saying so on their next call.
+whichever worker is free. A worker that dies, or does not answer by the call's timeout plus `HUNG_WORKER_MARGIN_S`
+(frozen, stuck), is replaced; its call gets a "crash" result and the other sessions it hosted start over, with a note
+saying so on their next call.
 
 Shutdown: `close`, garbage collection and interpreter exit stop every worker, and a worker stops its sessions before
 it exits. A trainer killed outright (SIGKILL, or SIGTERM without handler) leaves no process behind either: workers see
@@ -71,6 +72,16 @@ _STATE_LOST = (
     "code are gone]\n"
 )
 _ISOLATION_MODES = ("auto", "userns", "hooks")
+# Address space (VmSize) of a ready worker, measured on Linux x86_64 with Python 3.11, numpy 2 and sympy 1.14: 134 MiB
+# with DEFAULT_PRELOAD, 17 MiB with no preload. A session starts as a copy of its worker and needs 64 MiB more to run
+# anything (the pool checks that exactly when its workers start). The floors below round up for other builds.
+_SESSION_HEADROOM_MB = 64
+_DEFAULT_PRELOAD_FLOOR_MB = 256
+_BARE_FLOOR_MB = 96
+# A worker that has not answered a call by its timeout plus this margin is replaced. The margin covers the worker's
+# own grace before it kills a session that ignores the interrupt (at most 3 s, `_worker._grace`) and the start of the
+# session (forked ahead of time: milliseconds, seconds on a loaded machine).
+HUNG_WORKER_MARGIN_S = 8.0
 _live_pools: "weakref.WeakSet[SandboxPool]" = weakref.WeakSet()
 
 
@@ -133,6 +144,17 @@ class SandboxPool:
             raise ValueError(f"SandboxPool size={size!r}: use an integer >= 1 (or None for this process's share of the cores)")
         if isolation not in _ISOLATION_MODES:
             raise ValueError(f"SandboxPool isolation={isolation!r}: use one of {_ISOLATION_MODES}")
+        for name, value in (("timeout", timeout), ("start_timeout", start_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(
+                    f"SandboxPool {name}={value!r}: use a finite positive number of seconds, e.g. 10 "
+                    "(GTPOConfig.tool_timeout for `timeout`)"
+                )
+        for name, value in (("memory_limit_mb", memory_limit_mb), ("max_output_chars", max_output_chars),
+                            ("max_threads", max_threads), ("disk_limit_mb", disk_limit_mb),
+                            ("max_sessions_per_worker", max_sessions_per_worker)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SandboxPool {name}={value!r}: use a positive integer")
         if not sys.platform.startswith("linux"):
             raise RuntimeError("SandboxPool needs Linux; set GTPOConfig.tool_executor to run code elsewhere")
         self.size = size
@@ -313,8 +335,8 @@ class SandboxPool:
         except _wire.WireError:
             results[j] = self._worker_died(w, call.session_id, start)
             return None
-        # A healthy worker always answers within timeout + grace + session start; this only catches a stuck worker.
-        return j, start, start + self.timeout + 60.0
+        # A healthy worker always answers within timeout + grace + session start; this catches a stuck or frozen one.
+        return j, start, start + self.timeout + HUNG_WORKER_MARGIN_S
 
     def _collect(self, busy: dict[int, tuple[int, float, float]], calls: list[CodeCall], results: list) -> None:
         """Wait for the next replies (or the first deadline) and store them."""
@@ -445,6 +467,12 @@ class SandboxPool:
                         f.close()
                     except OSError:
                         pass
+
+
+def min_memory_limit_mb(default_preload: bool = True) -> int:
+    """The least `memory_limit_mb` a pool can start with: a session is a copy of its worker (see the measured
+    footprints above) plus room to run. With a preload of your own the pool checks the exact figure at start."""
+    return _DEFAULT_PRELOAD_FLOOR_MB if default_preload else _BARE_FLOOR_MB
 
 
 def default_size() -> int:
