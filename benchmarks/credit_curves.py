@@ -16,6 +16,10 @@ of each multiset are computed once, and each step of the curve is then one weigh
 mean-field (expected-update) one, theta <- theta + lr E[U], from sigmoid(theta_j) = 1 - P_ERR (the benchmark's
 supervised error rate); the curve is the expected success prod_j sigmoid(theta_j) per update step.
 
+Two more columns, at the start: E[U] per step, and the noise trace Cov[U] / |E[U]|^2 (scale-free: the groups needed
+for a unit signal-to-noise ratio). A mean-field curve sees only E[U]; an optimizer that normalizes the step size
+(Adam, in the sampled benchmark) sees its direction and its noise.
+
 Rows: each estimator of `trl_gtpo.advantages.ESTIMATORS` with the turn rewards (gamma as given), "grpo-sum" (one
 turn holding F + the summed turn rewards: GRPO with the same information) and "grpo" (one turn holding F).
 
@@ -75,7 +79,7 @@ class ExpectedUpdate:
             total = outcome + (terms.sum(dim=1) if method == "grpo-sum" else 0.0)
             batch = TurnBatch(outcome=total[rows], num_turns=torch.ones(len(rows), dtype=torch.long),
                               group_size=group_size)
-            table = advantage_fn(batch, AdvantageSettings(gamma=1.0, estimator="trajectory"))
+            table = advantage_fn(batch, AdvantageSettings(gamma=1.0, estimator="aligned"))
             advantages = table.advantages.expand(-1, chain_steps)  # GRPO: one advantage for every turn
         else:
             batch = TurnBatch(outcome=outcome[rows], num_turns=torch.full((len(rows),), chain_steps + 1),
@@ -88,11 +92,23 @@ class ExpectedUpdate:
         self.s = (advantages * chosen).sum(dim=1) / group_size
         self.q = advantages.sum(dim=1) / group_size
 
-    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+    def weights(self, theta: torch.Tensor) -> torch.Tensor:
+        """The probability of each multiset under theta (multinomial)."""
         right = torch.sigmoid(theta)
         log_p = (self.types.double() * torch.log(right) + (1 - self.types.double()) * torch.log1p(-right)).sum(dim=1)
-        weights = torch.exp(self.log_coefficient + self.counts @ log_p)
-        return weights @ self.s - right * (weights @ self.q)
+        return torch.exp(self.log_coefficient + self.counts @ log_p)
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        weights = self.weights(theta)
+        return weights @ self.s - torch.sigmoid(theta) * (weights @ self.q)
+
+    def noise(self, theta: torch.Tensor) -> float:
+        """trace Cov[U] / |E[U]|^2: groups needed for a unit signal-to-noise ratio (scale-free, so estimators that
+        differ only by a scale factor tie)."""
+        weights = self.weights(theta)
+        updates = self.s - torch.sigmoid(theta) * self.q
+        mean = weights @ updates
+        return float((weights @ updates.pow(2).sum(dim=1) - mean.pow(2).sum()) / mean.pow(2).sum())
 
 
 def curve(update: ExpectedUpdate, chain_steps: int, lr: float, updates: int) -> list[float]:
@@ -117,19 +133,24 @@ def run(chain_steps=(2, 3, 4), group_size=8, gamma=0.9, rewards=("prefix", "step
             for method in methods():
                 update = ExpectedUpdate(k, group_size, method, gamma, reward, weight)
                 success = curve(update, k, lr, updates)
+                start = torch.full((k,), math.log((1 - P_ERR) / P_ERR), dtype=torch.float64)
+                first = update(start)
                 rows.append({"chain_steps": k, "rewards": reward, "method": method, "gamma": gamma,
                              "group_size": group_size, "lr": lr, "success": success,
-                             "auc": sum(success[1:]) / updates})
+                             "auc": sum(success[1:]) / updates, "first_update": first.tolist(),
+                             "first_norm": float(first.norm()), "noise": update.noise(start)})
     return rows
 
 
 def table(rows: list[dict], marks=(0, 5, 10, 20, 40)) -> str:
     marks = [m for m in marks if m < len(rows[0]["success"])]
-    lines = ["| steps | turn rewards | method | " + " | ".join(f"update {m}" for m in marks) + " | mean over updates |",
-             "|---|---|---|" + "---|" * (len(marks) + 1)]
+    lines = ["| steps | turn rewards | method | " + " | ".join(f"update {m}" for m in marks) + " | mean over updates "
+             "| E[U] at the start | noise at the start |", "|---|---|---|" + "---|" * (len(marks) + 3)]
     for row in rows:
         cells = " | ".join(f"{row['success'][m]:.3f}" for m in marks)
-        lines.append(f"| {row['chain_steps']} | {row['rewards']} | {row['method']} | {cells} | {row['auc']:.3f} |")
+        first = ", ".join(f"{v:.3f}" for v in row["first_update"])
+        lines.append(f"| {row['chain_steps']} | {row['rewards']} | {row['method']} | {cells} | {row['auc']:.3f} | "
+                     f"({first}) | {row['noise']:.2f} |")
     return "\n".join(lines)
 
 

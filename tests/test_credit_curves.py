@@ -89,6 +89,9 @@ def places_credit(advantage_fn, method=DEFAULT) -> bool:
 
 
 def test_the_advantage_step_places_credit_and_the_check_catches_swapped_turns_and_a_backwards_discount():
+    """Measured at THETA with the default ("aligned") estimator: outcome only, E[U] = (0.191, 0.146); a step-1
+    reward only, (0.302, 0.0). Turns 1 and 2 swapped: (0.212, 0.132) and (0.0, 0.0), step 1 no longer moved by its
+    own reward. Gamma backwards: (0.0, 0.0), the outcome no longer reaches the steps, and (0.302, 0.0)."""
     assert places_credit(turn_advantages)
     assert not places_credit(swapped_turns)
     assert not places_credit(reversed_gamma)

@@ -16,7 +16,7 @@ sys.path.insert(0, HERE)
 
 import run  # noqa: E402
 
-STEPS = 40  # the test's run: 40 steps of the multiply task, GTPO with the "trajectory" estimator
+STEPS = 40  # the test's run: 40 steps of the multiply task, GTPO with the default ("aligned") estimator
 LATE = 10  # its figure: mean training success over the last LATE steps
 
 
@@ -33,7 +33,7 @@ def negated_trainer():
 
 def late_success(seed: int, out_dir: str, trainer_class=None) -> float:
     """The test's figure: mean training success over the last LATE of STEPS steps of one GTPO run."""
-    result = run.train("gtpo-trajectory", seed, STEPS, out_dir, trainer_class=trainer_class)
+    result = run.train("gtpo-aligned", seed, STEPS, out_dir, trainer_class=trainer_class)
     assert len(result["success"]) == STEPS
     return statistics.fmean(result["success"][-LATE:])
 

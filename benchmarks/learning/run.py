@@ -12,7 +12,7 @@ Then, from that same model, every method trains for the same steps on the same p
 
     grpo                  TRL's GRPOTrainer with CodeInterpreterRollout as rollout_func: one advantage per trajectory
     gtpo-<estimator>      GTPOTrainer (gamma 0.9, format penalty -0.1, shaping 0.5: the defaults) with
-                          turn_advantage_estimator = pooled / trajectory / leave_one_out
+                          turn_advantage_estimator = aligned / pooled
 
 Written to benchmarks/results/ (`learning[_quick].{json,png,md}`): the training success rate per step (mean across
 seeds, 95% t-interval, smoothed over a few steps), held-out success after training (16 operand pairs never trained
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository, be
 
 import task  # noqa: E402
 
-METHODS = ("grpo", "gtpo-pooled", "gtpo-trajectory", "gtpo-leave_one_out")
+METHODS = ("grpo", "gtpo-aligned", "gtpo-pooled")
 REWARD_KEY = "rewards/boxed_answer_reward/mean"
 CACHE = os.path.join(HERE, ".cache")
 RESULTS = os.path.join(os.path.dirname(HERE), "results")
