@@ -3,8 +3,9 @@
 One command reproduces the table (CPU, 2 trainings at a time on one thread each; finished runs are cached in
 benchmarks/learning/.cache/credit/, so an interrupted run resumes):
 
-    python benchmarks/learning/credit.py            # 3 starting models x 5 seeds x 5 arms (see DESIGN for the time)
-    python benchmarks/learning/credit.py --quick    # 1 starting model x 2 seeds, fewer steps: about 5 minutes
+    python benchmarks/learning/credit.py            # 3 starting models x 5 seeds x 5 arms: about 35 minutes
+    python benchmarks/learning/credit.py --quick    # 1 starting model x 2 seeds, 12 steps: about 2.5 minutes
+    python benchmarks/learning/credit.py --chain_steps 4 --arms gtpo grpo-sum   # the exploratory 4-step run
 
 The task is benchmarks/learning/chain.py: one tool turn per arithmetic step, each step's output checked against the
 true intermediate value by `intermediate_value_turn_reward`, the boxed final value the outcome. The arms start from
@@ -326,7 +327,7 @@ def plot(runs: dict, path: str, title: str) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 starting model x 2 seeds, 12 steps: about 5 minutes")
+    parser.add_argument("--quick", action="store_true", help="1 starting model x 2 seeds, 12 steps: about 2.5 minutes")
     parser.add_argument("--chain_steps", type=int, choices=(2, 4), default=None)
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run")
     parser.add_argument("--models", type=int, nargs="+", default=None)
