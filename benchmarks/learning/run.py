@@ -1,12 +1,13 @@
-"""Does GTPO's turn-level signal learn better than GRPO, and which turn estimator learns best? (issue 10, part 2)
+"""The regression benchmark: GRPO and GTPO's estimators on an outcome-only two-turn task (issue 10, part 2).
 
 One command, on the CPU, one training at a time on one thread (the machine is shared):
 
     python benchmarks/learning/run.py            # every method x 5 seeds (budget: 30 minutes)
     python benchmarks/learning/run.py --quick    # fewer steps and seeds (budget: 5 minutes)
 
-The task (benchmarks/learning/task.py) needs credit across turns by construction: the answer's reward arrives on the
-last turn but is earned by the first turn's choice to compute the product with code. A tiny model is first taught the
+The task (benchmarks/learning/task.py): the answer's reward arrives on the last turn and is earned by the first
+turn's choice to compute the product with code. It is the only reward, so this benchmark cannot show turn-level
+credit (with gamma 1 and no format or shaping terms GTPO is GRPO); benchmarks/learning/credit.py is the one that can. A tiny model is first taught the
 format by a short supervised stage (cached in benchmarks/learning/.cache/), writing code only a quarter of the time.
 Then, from that same model, every method trains for the same steps on the same prompts with the same seed list:
 

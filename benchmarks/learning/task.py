@@ -1,12 +1,14 @@
-"""The learning benchmark's task: multiply two digits, where the answer needs a value computed by code.
+"""The regression benchmark's task: multiply two digits, where the answer needs a value computed by code.
 
-Why this task: credit assignment across turns is needed by construction. The reward (the final \\boxed{} equals
-a * b) arrives on the last turn, but what earns it is the first turn's decision to write code: a 4-digit product
-cannot be guessed, and the answer turn can only copy it from the tool's output. The supervised stage
-(`teach_format`) teaches both behaviours on purpose, mostly the wrong one:
+The reward (the final \\boxed{} equals a * b) arrives on the last turn, and what earns it is the first turn's
+decision to write code and the second turn's copy. It is the only reward, so with gamma 1 and no format or shaping
+terms GTPO is GRPO here: both turns always get advantages of the same sign, and there is no turn-specific credit to
+find (issue 19; the task where there is: chain.py). Products are at most 81, so a guessed two-digit number could be
+memorized per prompt; the held-out pairs keep that from counting. The supervised stage (`teach_format`) teaches both
+behaviours on purpose, mostly the wrong one:
 
     tool  (P_TOOL):     ```python\\nprint(a * b)\\n```  -> ```output\\nc\\n```  The answer is \\boxed{c}.
-    guess (1 - P_TOOL): The answer is \\boxed{g}.   (g a random 4-digit number: almost never right)
+    guess (1 - P_TOOL): The answer is \\boxed{g}.   (g a random two-digit number: rarely right)
 
 so the starting success rate is about P_TOOL times the copy accuracy, and RL has to move probability from the first
 token of "The answer" to the first token of "```python", a decision whose reward comes one turn and one tool call
