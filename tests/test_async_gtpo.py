@@ -111,9 +111,7 @@ def test_packed_loss_terms_carry_each_tokens_turn_advantage():
 def test_cpu_tree_attention_matches_each_sample_alone(tiny_model_path):
     from transformers import AutoModelForCausalLM
 
-    trl_async.register_cpu_tree_attention()
-    if torch.cuda.is_available():
-        pytest.skip("the CPU tree attention is registered only without CUDA")
+    assert trl_async.use_sdpa_tree_attention("sdpa")
     from trl.experimental.async_grpo.packing import TREE_ATTENTION
 
     tree = AutoModelForCausalLM.from_pretrained(tiny_model_path, attn_implementation=TREE_ATTENTION).eval()

@@ -13,8 +13,8 @@ each of them, so a TRL upgrade fails with a clear message at construction instea
 - `cpu_safe_init`: TRL 1.16's `AsyncGRPOTrainer.__init__` asks `torch.cuda.get_device_name` for its MFU metric
   (`get_peak_flops_per_device`), which raises without CUDA; on such a machine the metric is left off (None, as TRL
   does for an unknown device) while the trainer is built.
-- `register_cpu_tree_attention`: TRL's tree attention calls a FlashAttention-3 kernel from the Hub (CUDA only); on a
-  machine without CUDA the same attention (each segment attends causally to its root-to-segment path) runs on
+- `use_sdpa_tree_attention`: TRL's tree attention calls a FlashAttention-3 kernel from the Hub (CUDA only); on a
+  machine without CUDA (or offline, `AsyncGTPOConfig.tree_attention="sdpa"`) the same attention (each segment attends causally to its root-to-segment path) runs on
   PyTorch's SDPA, so the vLLM-CPU test stage can train.
 """
 
@@ -239,16 +239,19 @@ def cpu_safe_init():
         _trainer_module.get_peak_flops_per_device = lookup
 
 
-def register_cpu_tree_attention() -> None:
-    """Without CUDA, run TRL's tree attention (`packing.TREE_ATTENTION`) on PyTorch SDPA instead of its
-    FlashAttention-3 kernel. Call after `AsyncGRPOTrainer.__init__`, which registers the kernel version."""
-    if torch.cuda.is_available():
-        return
+def use_sdpa_tree_attention(mode: str = "auto") -> bool:
+    """Run TRL's tree attention (`packing.TREE_ATTENTION`) on PyTorch SDPA instead of its FlashAttention-3 kernel
+    (fetched from the Hub by the `kernels` package, CUDA only): always for `mode="sdpa"`, without CUDA for `"auto"`,
+    never for `"kernel"`. Call after `AsyncGRPOTrainer.__init__`, which registers the kernel version. Returns whether
+    SDPA is used."""
+    if mode == "kernel" or (mode == "auto" and torch.cuda.is_available()):
+        return False
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(_packing.TREE_ATTENTION, _tree_attention_sdpa)
     AttentionMaskInterface.register(_packing.TREE_ATTENTION, lambda **kwargs: None)
+    return True
 
 
 def _tree_attention_sdpa(

@@ -57,6 +57,11 @@ class AsyncGTPOConfig(AsyncGRPOConfig):
             code); `0.0` turns it off.
         shaping_success_threshold (`float`, *optional*):
             Outcome reward from which a trajectory counts as successful; None: 1.0.
+        tree_attention (`str`, *optional*, defaults to `"auto"`):
+            How the trainer's packed forward attends: `"kernel"` (TRL's FlashAttention-3 kernel, which the `kernels`
+            package fetches from the Hub: CUDA and a Hub connection or cache), `"sdpa"` (the same attention on
+            PyTorch SDPA, a loop over the packed segments: any device, offline) or `"auto"` (kernel with CUDA, SDPA
+            without).
     """
 
     turn_advantage_estimator: str = field(
@@ -88,6 +93,14 @@ class AsyncGTPOConfig(AsyncGRPOConfig):
         metadata={"help": "Outcome reward at or above which a trajectory counts as successful; None: 1.0."},
     )
 
+    tree_attention: str = field(
+        default="auto",
+        metadata={
+            "help": "Attention of the packed forward: 'kernel' (TRL's FlashAttention-3 from the Hub, CUDA), 'sdpa' "
+            "(PyTorch SDPA: any device, offline) or 'auto' (kernel with CUDA, SDPA without)."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         AdvantageSettings(self.gamma, self.turn_advantage_estimator, "group", "group")  # names the bad value
@@ -100,6 +113,10 @@ class AsyncGTPOConfig(AsyncGRPOConfig):
             raise ValueError(f"AsyncGTPOConfig.gamma={self.gamma!r}: use a number in [0, 1].")
         if self.format_penalty > 0:
             raise ValueError(f"AsyncGTPOConfig.format_penalty={self.format_penalty!r}: use a number <= 0.")
+        if self.tree_attention not in ("auto", "kernel", "sdpa"):
+            raise ValueError(
+                f"AsyncGTPOConfig.tree_attention={self.tree_attention!r}: use 'auto', 'kernel' or 'sdpa'."
+            )
         if self.shaping_alpha < 0:
             raise ValueError(f"AsyncGTPOConfig.shaping_alpha={self.shaping_alpha!r}: use a number >= 0.")
 
@@ -232,7 +249,7 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
             )
         with trl_async.cpu_safe_init():  # TRL 1.16's __init__ asks CUDA for its MFU metric
             super().__init__(model, reward_funcs, args=args, **kwargs)
-        trl_async.register_cpu_tree_attention()
+        trl_async.use_sdpa_tree_attention(args.tree_attention)
         self.turn_scorer = TurnScorer(
             AdvantageSettings(args.gamma, args.turn_advantage_estimator, "group", "group"),
             args.num_generations,
