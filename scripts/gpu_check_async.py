@@ -7,7 +7,7 @@ AsyncGTPOTrainer for a few steps with the sandboxed `python` tool (`PythonEnviro
 FlashAttention-3 kernel comes from the Hub, which an offline machine cannot reach). Prints step times, weight-sync
 times, rollouts' turn counts and the sample staleness TRL logs; writes them to --output.
 
-    python scripts/gpu_check_async.py --output gpu_check_async.json      # or: GPU_CHECK_ASYNC=1 bash scripts/gpu_check.sh
+    python scripts/gpu_check_async.py --output gpu_check_async.json   # or: GPU_CHECK_ASYNC=1 bash scripts/gpu_check.sh
 """
 
 import argparse

@@ -205,3 +205,25 @@ def test_a_training_step_takes_the_per_token_advantages_into_the_loss(tiny_model
     assert sorted(trainer.seen[0]) == sorted([1.0, 1.0, -0.5, -0.5, 2.0, 2.0, 0.0, 0.0])
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.model.parameters()))
     assert math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_check_async_trl_api_names_what_moved(monkeypatch):
+    from trl.experimental.async_grpo import async_rollout_worker
+
+    trl_async.check_async_trl_api()  # the installed TRL 1.16 passes
+
+    def score_group(self, group):  # no longer a coroutine
+        return []
+
+    monkeypatch.setattr(async_rollout_worker._AsyncRolloutLoop, "_score_group", score_group)
+    with pytest.raises(RuntimeError, match="_score_group as a coroutine.*trl==1.16"):
+        trl_async.check_async_trl_api()
+
+
+@pytest.mark.parametrize(
+    "field, value", [("turn_advantage_scope", "batch"), ("gamma", 1.5), ("tree_attention", "flash"),
+                     ("format_penalty", 0.5), ("turn_advantage_estimator", "trajectory")],
+)
+def test_config_errors_name_the_field(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field if field != "turn_advantage_estimator" else "trajectory"):
+        AsyncGTPOConfig(output_dir=str(tmp_path), use_cpu=True, **{field: value})

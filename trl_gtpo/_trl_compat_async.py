@@ -14,8 +14,8 @@ each of them, so a TRL upgrade fails with a clear message at construction instea
   (`get_peak_flops_per_device`), which raises without CUDA; on such a machine the metric is left off (None, as TRL
   does for an unknown device) while the trainer is built.
 - `use_sdpa_tree_attention`: TRL's tree attention calls a FlashAttention-3 kernel from the Hub (CUDA only); on a
-  machine without CUDA (or offline, `AsyncGTPOConfig.tree_attention="sdpa"`) the same attention (each segment attends causally to its root-to-segment path) runs on
-  PyTorch's SDPA, so the vLLM-CPU test stage can train.
+  machine without CUDA (or offline: `AsyncGTPOConfig.tree_attention="sdpa"`) the same attention (each segment
+  attends causally to its root-to-segment path) runs on PyTorch's SDPA, so the vLLM-CPU test stage can train.
 """
 
 import asyncio
@@ -45,7 +45,8 @@ def check_async_trl_api() -> None:
     """Raise a clear error if TRL's experimental async GRPO lacks what `AsyncGTPOTrainer` uses (TRL 1.16)."""
     if _IMPORT_ERROR is not None:
         raise ImportError(
-            f"AsyncGTPOTrainer needs TRL's trl.experimental.async_grpo (TRL 1.16): {_IMPORT_ERROR}. Install trl==1.16.*."
+            f"AsyncGTPOTrainer needs TRL's trl.experimental.async_grpo (TRL 1.16): {_IMPORT_ERROR}. "
+            "Install trl==1.16.*."
         )
     problems = []
     loop = _worker_module._AsyncRolloutLoop
@@ -258,9 +259,10 @@ def _tree_attention_sdpa(
     module, query, key, value, attention_mask, *, tree_kv_index, tree_cu_seqlens_q, tree_cu_seqlens_k,
     tree_max_seqlen_q=None, tree_max_seqlen_k=None, scaling=None, sliding_window=None, softcap=None, **kwargs,
 ):
-    """Segment s of the packed row (queries cu_q[s]:cu_q[s+1]) attends to the keys at `tree_kv_index[cu_k[s]:
-    cu_k[s+1]]` (its root-to-segment path), causally with the queries aligned to the end of the path, as FlashAttention's
-    varlen causal mode does. Shapes as TRL's: query (1, H, N, D), key/value (1, Hkv, N, D); returns (1, N, H, D)."""
+    """Segment s of the packed row (queries cu_q[s]:cu_q[s+1]) attends to the keys at
+    `tree_kv_index[cu_k[s]:cu_k[s+1]]` (its root-to-segment path), causally with the queries aligned to the end of
+    the path, as FlashAttention's varlen causal mode does. Shapes as TRL's: query (1, H, N, D), key / value
+    (1, Hkv, N, D); returns (1, N, H, D)."""
     if sliding_window or softcap:
         raise NotImplementedError("The CPU tree attention supports neither sliding windows nor softcapping.")
     q = query[0]

@@ -33,7 +33,9 @@ def row_turns(masks: Sequence[Sequence[int]]) -> tuple[list[list[int]], int]:
     return index, turn
 
 
-def token_advantages_by_row(advantages: torch.Tensor, masks: Sequence[Sequence[Sequence[int]]]) -> list[list[list[float]]]:
+def token_advantages_by_row(
+    advantages: torch.Tensor, masks: Sequence[Sequence[Sequence[int]]]
+) -> list[list[list[float]]]:
     """Spread a group's (N, K) turn advantages over its rows: [i][r][t] = A_i,turn(t) on a model token, 0 elsewhere.
 
     `masks[i]` are the completion masks of conversation i's rows; a NaN advantage (an unscorable trajectory) is 0, as
