@@ -227,3 +227,23 @@ def test_check_async_trl_api_names_what_moved(monkeypatch):
 def test_config_errors_name_the_field(tmp_path, field, value):
     with pytest.raises(ValueError, match=field if field != "turn_advantage_estimator" else "trajectory"):
         AsyncGTPOConfig(output_dir=str(tmp_path), use_cpu=True, **{field: value})
+
+
+def test_turn_scorer_reads_the_code_interpreters_own_records():
+    # The fence interpreter hands its records on: the format rule reads them. A: one turn whose call ran, outcome 1.
+    # B: one turn with an unclosed ```python block (malformed, -0.1) in a trajectory where no call ran (-0.1),
+    # outcome 0.
+    #   F = [1, 0] -> +-0.5, var 0.5; t_1 = [0, -0.2] -> [0.1, -0.1], var 0.02; A = [0.6, -0.6] / sqrt(0.52)
+    from trl_gtpo.turn_records import TurnRecord
+
+    scorer = TurnScorer(AdvantageSettings(0.9, "aligned", "group", "group"), 2, format_penalty=-0.1)
+    records = [[TurnRecord(0, "t", "print(6 * 7)", "42", "ok", 0, 2)],
+               [TurnRecord(0, "t", "print(", None, "none", 0, 1, well_formed=False)]]
+    scored = scorer.score(
+        prompts=[[]] * 2, completions=[[], []], completion_ids=[[1], [1]], row_ids=[[[5, 6, 7]], [[5, 6]]],
+        row_masks=[[[0, 1, 1]], [[0, 1]]], runs=[None, None], records=records,
+        rewards_per_func=torch.tensor([[1.0], [0.0]]), reward_kwargs={}, decode=str,
+    )
+    sigma = math.sqrt(0.52) + 1e-4
+    assert scored.token_advantages[0][0] == pytest.approx([0, 0.6 / sigma, 0.6 / sigma], abs=1e-6)
+    assert scored.token_advantages[1][0] == pytest.approx([0, -0.6 / sigma], abs=1e-6)

@@ -20,6 +20,8 @@ each of them, so a TRL upgrade fails with a clear message at construction instea
 
 import asyncio
 import inspect
+import random
+import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -88,34 +90,104 @@ def check_async_trl_api() -> None:
 
 
 class TurnCompletion(list):
-    """A completion's messages (what reward functions get, a plain list to them) that also carries the
-    `PythonEnvironment` call log of its rollout (`runs`; None when no such environment ran), from the rollout task to
-    the group's scoring in the same process (both pickle, should TRL ever move them)."""
+    """A completion's messages (what reward functions get, a plain list to them) that also carries, from the rollout
+    task to the group's scoring in the same process, the `PythonEnvironment` call log of its rollout (`runs`; None
+    when no such environment ran) or the code interpreter's own turn records (`records`; None on the other paths).
+    Both pickle, should TRL ever move them."""
 
-    def __init__(self, messages, runs: list[ToolRun] | None = None):
+    def __init__(self, messages, runs: list[ToolRun] | None = None, records: list | None = None):
         super().__init__(messages)
         self.runs = runs
+        self.records = records
 
     def __reduce__(self):
-        return (TurnCompletion, (list(self), self.runs))
+        return (TurnCompletion, (list(self), self.runs, self.records))
+
+
+_FENCES_PARSED_BY_GTPO = "GTPO's code interpreter reads the ```python blocks of its turns itself"
 
 
 class GTPORolloutLoop(_AsyncRolloutLoop):
     """TRL's asynchronous rollout loop with GTPO's scoring (see the module docstring). `turn_scorer` is a
     `trl_gtpo.async_gtpo.TurnScorer`; every other argument is TRL's."""
 
-    def __init__(self, *, turn_scorer, **kwargs):
+    def __init__(self, *, turn_scorer, code_interpreter=None, **kwargs):
+        tokenizer = kwargs.get("processing_class")
+        if code_interpreter is not None and getattr(tokenizer, "response_template", None) is None and getattr(
+            tokenizer, "response_schema", None
+        ) is None:
+            # TRL's loop sets a JSON tool-call parser for the chat template and refuses a template it does not know;
+            # the fence interpreter parses its own turns (this process's copy of the tokenizer gets a placeholder).
+            tokenizer.response_template = _FENCES_PARSED_BY_GTPO
         super().__init__(**kwargs)
         self.turn_scorer = turn_scorer
+        self.code_interpreter = code_interpreter  # a CodeInterpreterSettings: GTPO's fence interpreter, not TRL's tools
 
     async def _generate_one(self, prompt, tool_dict, tools, group_id=0):
-        # Overrides `_AsyncRolloutLoop._generate_one` (one conversation, its own asyncio task) only to pass the
-        # environment's call log on: the environment returns to TRL's pool, and is reset by another rollout, before
-        # the group is scored.
+        # Overrides `_AsyncRolloutLoop._generate_one` (one conversation, its own asyncio task) to run GTPO's
+        # markdown-fence code interpreter when it is on, and otherwise only to pass the environment's call log on:
+        # the environment returns to TRL's pool, and is reset by another rollout, before the group is scored.
+        if self.code_interpreter is not None:
+            return await self._generate_with_code_interpreter(prompt)
         completion, *rest = await super()._generate_one(prompt, tool_dict=tool_dict, tools=tools, group_id=group_id)
         environment = getattr(tool_dict.get(TOOL_NAME), "__self__", None)
         runs = list(environment.runs) if isinstance(environment, PythonEnvironment) else None
         return (TurnCompletion(completion, runs), *rest)
+
+    async def _generate_with_code_interpreter(self, prompt):
+        """One rollout of GTPO's code interpreter (`CodeInterpreterLoop`, the same loop as the synchronous trainers':
+        ```python blocks, stop strings, sandbox calls, token ids only ever concatenated) in a thread of TRL's tool
+        pool, each turn one `/v1/completions` request of this asyncio loop. Returns what TRL's `_generate_one`
+        returns: one training row (prompt + completion, tool tokens masked) and the turn records on the completion."""
+        from .interpreter.loop import CodeInterpreterLoop
+        from .interpreter.rollout import turn_records
+
+        settings = self.code_interpreter
+        loop = asyncio.get_running_loop()
+        prompt_ids = self.tokenizer.apply_chat_template(
+            prompt, return_dict=False, add_generation_prompt=True, **self.chat_template_kwargs
+        )
+        interpreter = CodeInterpreterLoop(
+            self.tokenizer, settings.executor, max_turns=settings.max_turns, max_completion_length=self.max_tokens,
+            stop_marker=settings.stop_marker, eos_token_ids=self.eos_token_ids,
+        )
+
+        def generate_turn(histories, max_new_tokens):
+            request = self._complete(histories[0], max_new_tokens, interpreter.stop_strings)
+            ids, logprobs = asyncio.run_coroutine_threadsafe(request, loop).result()
+            return [ids], [logprobs]
+
+        (trajectory,) = await loop.run_in_executor(self._tool_pool, interpreter.run, [prompt_ids], generate_turn)
+        ids = trajectory.completion_ids
+        logprobs = trajectory.logprobs or [0.0] * len(ids)
+        sequence = _worker_module.TrainingSequence(
+            list(prompt_ids) + ids, [0] * len(prompt_ids) + trajectory.tool_mask, [0.0] * len(prompt_ids) + logprobs,
+            uuid.uuid4().hex,
+        )
+
+        def decode(tokens):
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+        messages = [{"role": "assistant", "content": decode(ids)}]
+        records = turn_records(trajectory, decode)
+        rows = [sequence] if any(trajectory.tool_mask) else []
+        return (TurnCompletion(messages, records=records), ids, rows, trajectory.num_tool_calls,
+                trajectory.num_tool_errors, None)
+
+    async def _complete(self, prompt_ids, max_tokens, stop):
+        """One turn from the vLLM server, stopped at the code interpreter's stop strings (kept in the output), with
+        TRL's sampling settings and its `_post` (retries) to `/v1/completions`."""
+        payload = {
+            "model": self._request_model, "prompt": prompt_ids, "max_tokens": max_tokens, "n": 1,
+            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty, "return_token_ids": True, "logprobs": 0,
+            "stop": stop, "include_stop_str_in_output": True, "seed": random.getrandbits(63),
+        }
+        if self.min_p is not None:
+            payload["min_p"] = self.min_p
+        output = await self._post("/v1/completions", payload, self.request_timeout)
+        choice = output["choices"][0]
+        return choice["token_ids"], choice["logprobs"]["token_logprobs"]
 
     async def _score_group(self, group):
         # Overrides `_AsyncRolloutLoop._score_group`: TRL scores the group (its reward functions, environment rewards,
@@ -139,6 +211,7 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
             row_ids=ids,
             row_masks=rows,
             runs=[getattr(completion, "runs", None) for completion in group.completions],
+            records=[getattr(completion, "records", None) for completion in group.completions],
             rewards_per_func=rewards,
             reward_kwargs=group.reward_kwargs,
             decode=lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True),
@@ -168,12 +241,14 @@ def _rewards_per_func(samples, sequences_by_conversation, names: Sequence[str]) 
     return torch.tensor(table, dtype=torch.float32).reshape(len(table), len(names))
 
 
-def use_turn_scoring(rollout_worker, turn_scorer) -> None:
-    """Make TRL's `AsyncRolloutWorker` spawn `GTPORolloutLoop` with `turn_scorer` (before `start()`). A custom
-    worker (`rollout_worker=` of the trainer) is left alone: its samples must carry per-token advantages itself."""
+def use_turn_scoring(rollout_worker, turn_scorer, code_interpreter=None) -> None:
+    """Make TRL's `AsyncRolloutWorker` spawn `GTPORolloutLoop` with `turn_scorer` (and GTPO's code interpreter when
+    `code_interpreter` is given), before `start()`. A custom worker (`rollout_worker=` of the trainer) is left alone:
+    its samples must carry per-token advantages itself."""
     if isinstance(rollout_worker, _worker_module.AsyncRolloutWorker):
         rollout_worker._loop_cls = GTPORolloutLoop
         rollout_worker._loop_kwargs["turn_scorer"] = turn_scorer
+        rollout_worker._loop_kwargs["code_interpreter"] = code_interpreter
 
 
 class TurnAdvantageCollate:

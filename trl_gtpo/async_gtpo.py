@@ -17,7 +17,7 @@ import torch
 from . import _trl_compat_async as trl_async
 from .advantages import AdvantageSettings, TurnBatch, outcome_rewards, turn_advantages
 from .async_turns import row_turns, token_advantages_by_row
-from .interpreter.environment import records_from_environment
+from .interpreter.environment import SharedExecutor, records_from_environment
 from .rewards.format import format_terms
 from .rewards.turn import call_turn_reward_funcs, turn_reward_table
 from .turn_records import TurnRecord, records_from_messages
@@ -62,6 +62,11 @@ class AsyncGTPOConfig(AsyncGRPOConfig):
             package fetches from the Hub: CUDA and a Hub connection or cache), `"sdpa"` (the same attention on
             PyTorch SDPA, a loop over the packed segments: any device, offline) or `"auto"` (kernel with CUDA, SDPA
             without).
+        max_turns (`int`, *optional*, defaults to `4`):
+            GTPO's code interpreter (on when neither `tools` nor `environment_factory` is given): model turns per
+            trajectory, i.e. at most `max_turns - 1` code blocks run.
+        turn_stop_marker (`str`, *optional*, defaults to `"```output"`):
+            GTPO's code interpreter: the text after which the tool's output follows (as `GTPOConfig`'s).
     """
 
     turn_advantage_estimator: str = field(
@@ -101,6 +106,17 @@ class AsyncGTPOConfig(AsyncGRPOConfig):
         },
     )
 
+    max_turns: int = field(
+        default=4,
+        metadata={
+            "help": "GTPO's code interpreter: model turns per trajectory (at most max_turns - 1 code blocks run)."
+        },
+    )
+    turn_stop_marker: str = field(
+        default="```output",
+        metadata={"help": "GTPO's code interpreter: the text after which the tool's output follows."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         AdvantageSettings(self.gamma, self.turn_advantage_estimator, "group", "group")  # names the bad value
@@ -113,12 +129,24 @@ class AsyncGTPOConfig(AsyncGRPOConfig):
             raise ValueError(f"AsyncGTPOConfig.gamma={self.gamma!r}: use a number in [0, 1].")
         if self.format_penalty > 0:
             raise ValueError(f"AsyncGTPOConfig.format_penalty={self.format_penalty!r}: use a number <= 0.")
+        if not (isinstance(self.max_turns, int) and self.max_turns >= 1):
+            raise ValueError(f"AsyncGTPOConfig.max_turns={self.max_turns!r}: use an integer >= 1.")
         if self.tree_attention not in ("auto", "kernel", "sdpa"):
             raise ValueError(
                 f"AsyncGTPOConfig.tree_attention={self.tree_attention!r}: use 'auto', 'kernel' or 'sdpa'."
             )
         if self.shaping_alpha < 0:
             raise ValueError(f"AsyncGTPOConfig.shaping_alpha={self.shaping_alpha!r}: use a number >= 0.")
+
+
+@dataclass(frozen=True)
+class CodeInterpreterSettings:
+    """GTPO's markdown-fence code interpreter in the rollout process: the shared sandbox executor (it pickles as its
+    settings), the turn limit and the stop marker."""
+
+    executor: SharedExecutor
+    max_turns: int
+    stop_marker: str
 
 
 @dataclass(frozen=True)
@@ -150,21 +178,25 @@ class TurnScorer:
 
     def score(
         self, *, prompts, completions, completion_ids, row_ids, row_masks, runs, rewards_per_func, reward_kwargs,
-        decode, run_async=None,
+        decode, run_async=None, records=None,
     ) -> ScoredGroup:
         """`row_ids[i][r]` / `row_masks[i][r]`: the tokens and completion mask of conversation i's training row r;
-        `runs[i]`: its `PythonEnvironment` call log (None: no such environment); `rewards_per_func`: (N, F)."""
+        `runs[i]`: its `PythonEnvironment` call log (None: no such environment); `records[i]`: the code
+        interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F)."""
         num_turns = torch.tensor([row_turns(masks)[1] for masks in row_masks])
         width = max(1, int(num_turns.max()))
+        records = records or [None] * len(row_ids)
         turns = []
-        for ids, masks, messages, calls in zip(row_ids, row_masks, completions, runs, strict=True):
+        for ids, masks, messages, calls, own in zip(row_ids, row_masks, completions, runs, records, strict=True):
             flat_ids = [token for row in ids for token in row]
             flat_mask = [value for row in masks for value in row]
-            if calls is not None:
+            if own is not None:
+                turns.append(list(own))
+            elif calls is not None:
                 turns.append(records_from_environment(flat_ids, flat_mask, list(messages), calls, decode))
             else:
                 turns.append(records_from_messages(flat_ids, flat_mask, list(messages), decode))
-        interpreter = all(calls is not None for calls in runs)
+        interpreter = all(calls is not None or own is not None for calls, own in zip(runs, records))
         terms = format_terms(turns, num_turns, width, self.format_penalty) if interpreter else None
         names = [getattr(func, "__name__", type(func).__name__) for func in self.turn_reward_funcs]
         if self.turn_reward_funcs:
@@ -209,13 +241,17 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
     GTPO (https://arxiv.org/abs/2511.14846) on TRL's asynchronous GRPO trainer (`trl.experimental.async_grpo`, TRL
     1.16's experimental API; every private use goes through `trl_gtpo._trl_compat_async`).
 
-    Rollouts are TRL's: one asyncio task per conversation against a vLLM server, `tools` / `environment_factory` for
-    the tool calls (use `environment_factory=PythonEnvironment.factory(args)` for GTPO's sandboxed code interpreter
-    as a JSON `python(code)` tool), so a trajectory's turns never wait for other trajectories. What changes: when a
-    group's last rollout finishes, `TurnScorer` turns its rows' completion masks into turns (maximal runs of model
-    tokens), its records into turn rewards (format rule, `turn_reward_funcs`, shaping) and TRL's rewards into the
-    outcome, calls `advantages.turn_advantages` on that group's `TurnBatch`, and gives every model token its turn's
-    advantage; the packed loss terms carry those per-token advantages into TRL's loss unchanged.
+    Rollouts are TRL's: one asyncio task per conversation against a vLLM server, so a trajectory's turns never wait
+    for other trajectories. The tool calls: `tools` / `environment_factory` (use
+    `environment_factory=PythonEnvironment.factory(args)` for GTPO's sandboxed code interpreter as a JSON
+    `python(code)` tool), or, when neither is given, GTPO's markdown-fence code interpreter (the model writes
+    ```python blocks; `max_turns`, `turn_stop_marker`), each turn one request, each block run in the sandbox.
+
+    What changes: when a group's last rollout finishes, `TurnScorer` turns its rows' completion masks into turns
+    (maximal runs of model tokens), its records into turn rewards (format rule, `turn_reward_funcs`, shaping) and
+    TRL's rewards into the outcome, calls `advantages.turn_advantages` on that group's `TurnBatch`, and gives every
+    model token its turn's advantage; the packed loss terms carry those per-token advantages into TRL's loss
+    unchanged.
 
     Off-policy staleness is TRL's: samples up to `max_staleness` policy versions old are trained with TRL's per-token
     importance ratio (there is no `importance_sampling_level` here; see `AsyncGTPOConfig`).
@@ -223,6 +259,9 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
     Args:
         turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
             Turn reward functions as for `GTPOTrainer` (they must pickle: module-level functions).
+        sandbox_settings (*optional*):
+            What `make_executor` reads to build the fence interpreter's sandbox in the rollout process (a `GTPOConfig`
+            works); None: a `SandboxPool` with its defaults.
         Every other argument is [`AsyncGRPOTrainer`]'s.
     """
 
@@ -230,7 +269,7 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
     _name = "AsyncGTPO"
 
     def __init__(self, model, reward_funcs=None, args: AsyncGTPOConfig | None = None, *, turn_reward_funcs=None,
-                 **kwargs):
+                 sandbox_settings=None, **kwargs):
         trl_async.check_async_trl_api()
         if args is None:
             args = AsyncGTPOConfig(f"{str(model).split('/')[-1]}-AsyncGTPO")
@@ -259,8 +298,13 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
             shaping_alpha=args.shaping_alpha,
             shaping_success_threshold=args.shaping_success_threshold,
         )
+        code_interpreter = None
+        if not kwargs.get("tools") and kwargs.get("environment_factory") is None:
+            code_interpreter = CodeInterpreterSettings(
+                SharedExecutor(sandbox_settings), args.max_turns, args.turn_stop_marker
+            )
         if self.rollout_worker is not None:
-            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer)
+            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, code_interpreter)
 
     def get_train_dataloader(self):
         # Overrides AsyncGRPOTrainer.get_train_dataloader only to wrap its collator: TRL's packer stamps one

@@ -121,8 +121,9 @@ class RecordingRolloutLoop(GTPORolloutLoop):
         self._record(event="start", rollout=rollout, order=next(self._events), prompt=prompt[-1]["content"])
         result = await super()._generate_one(prompt, tool_dict, tools, group_id)
         turns = sum(message.get("role") == "assistant" for message in result[0])
+        records = [(r.tool_call, r.status, r.tool_response) for r in result[0].records or []]
         self._record(event="end", rollout=rollout, order=next(self._events), turns=turns,
-                     runs=[run.code for run in result[0].runs or []])
+                     runs=[run.code for run in result[0].runs or []], records=records)
         return result
 
     async def _score_group(self, group):
@@ -139,3 +140,11 @@ class RecordingRolloutLoop(GTPORolloutLoop):
                 )
                 position += 1
         return samples
+
+
+def counted_with_the_sandbox(completions, **kwargs):
+    """1 for a rollout whose tool messages are the sandbox's outputs of print(1), print(2), print(3) in order."""
+    return [
+        1.0 if [m["content"].strip() for m in completion if m.get("role") == "tool"] == ["1", "2", "3"] else 0.0
+        for completion in completions
+    ]

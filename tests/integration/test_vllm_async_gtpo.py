@@ -137,3 +137,77 @@ def test_async_gtpo_two_steps_with_hand_computed_turn_advantages(served_model, t
         starts[l] < starts[s] and ends[s]["order"] < ends[l]["order"] for l in long for s in short
     ), "every 1-turn rollout waited for the 4-turn ones"
     assert all(ends[k]["runs"] == ["print(1)", "print(2)", "print(3)"] for k in long)  # the tool ran in the sandbox
+
+
+def test_python_environment_trains_under_trls_own_async_grpo_trainer(served_model, tmp_path):
+    """The environment with TRL's unmodified AsyncGRPOTrainer and rollout worker (spawned process, pickled factory,
+    the tool schema from the docstring): TRL's own reward columns see the sandbox's outputs. On the CPU TRL's trainer
+    needs two things from `_trl_compat_async`: its init without CUDA, and SDPA tree attention."""
+    from datasets import Dataset
+    from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
+
+    from async_gtpo_run import COUNT, SANDBOX, counted_with_the_sandbox
+    from trl_gtpo import PythonEnvironment
+    from trl_gtpo import _trl_compat_async as trl_async
+
+    args = AsyncGRPOConfig(
+        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2, num_generations=2,
+        max_completion_length=96, temperature=0.3, vllm_server_base_url=served_model["base_url"], token_budget=0,
+        max_inflight_tasks=2, max_tool_calling_iterations=4, learning_rate=1e-4, report_to="none", use_cpu=True,
+        logging_steps=1, save_strategy="no",
+    )
+    with trl_async.cpu_safe_init():
+        trainer = AsyncGRPOTrainer(
+            str(served_model["model_dir"]), reward_funcs=counted_with_the_sandbox, args=args,
+            train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": COUNT}]] * 4}),
+            environment_factory=PythonEnvironment.factory(SANDBOX), weight_transfer=NoWeightTransfer(),
+        )
+    trl_async.use_sdpa_tree_attention("sdpa")
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "rewards/counted_with_the_sandbox" in entry]
+    assert trainer.state.global_step == 1 and logs
+    assert logs[0]["rewards/counted_with_the_sandbox"] > 0  # the outputs came from the sandbox
+    assert logs[0]["tools/failure_frequency"] == 0.0
+
+
+def test_async_gtpo_with_the_markdown_fence_code_interpreter(vllm_server, tmp_path, monkeypatch):
+    """No tools, no environment: GTPO's own code interpreter runs in each rollout task (the session's server serves
+    the tiny model taught to answer "What is 6 * 7?" with a ```python block, tests/integration/conftest.py); the
+    turn records are the interpreter's, and the advantages are hand-computed as above."""
+    from datasets import Dataset
+
+    from async_gtpo_run import SANDBOX, RecordingRolloutLoop, first_of_each_pair
+    from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer
+
+    record = tmp_path / "record.jsonl"
+    monkeypatch.setenv("GTPO_ASYNC_RECORD", str(record))
+    args = AsyncGTPOConfig(
+        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2, num_generations=2,
+        max_completion_length=64, temperature=0.3, vllm_server_base_url=vllm_server["base_url"], token_budget=0,
+        max_inflight_tasks=2, max_turns=2, gamma=GAMMA, format_penalty=0.0, shaping_alpha=0.0, learning_rate=1e-4,
+        report_to="none", use_cpu=True, logging_steps=1, save_strategy="no",
+    )
+    trainer = AsyncGTPOTrainer(
+        str(vllm_server["model_dir"]), reward_funcs=first_of_each_pair, args=args,
+        train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "What is 6 * 7?"}]] * 4}),
+        weight_transfer=NoWeightTransfer(), sandbox_settings=SANDBOX,
+    )
+    trainer.rollout_worker._loop_cls = RecordingRolloutLoop
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    ends = [e for e in events if e["event"] == "end"]
+    assert any(e["records"] and e["records"][0][:2] == ["print(6 * 7)", "ok"] for e in ends), ends
+    assert all(e["records"][0][2].strip() == "42" for e in ends if e["records"] and e["records"][0][1] == "ok")
+    scored = [e for e in events if e["event"] == "scored"]
+    assert any(len(turn_runs(e["mask"])) == 2 for e in scored)  # code, then the answer after the sandbox's output
+    for e in scored:  # one row per rollout here
+        spans = turn_runs(e["mask"])
+        deviation = 0.5 if e["reward"] == 1.0 else -0.5
+        for j, (start, end) in enumerate(spans):
+            expected = GAMMA ** (len(spans) - 1 - j) * deviation / (math.sqrt(0.5) + 1e-4)
+            assert e["advantage"][start:end] == pytest.approx([expected] * (end - start), abs=1e-5)
+        assert all(a == 0.0 for a, m in zip(e["advantage"], e["mask"]) if m == 0)
+        if len(spans) > 1:  # the sandbox's output between the turns is masked
+            assert "```output" in e["text"] and "42" in e["text"].split("```output", 1)[1]

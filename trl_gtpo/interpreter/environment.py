@@ -80,6 +80,11 @@ class SharedExecutor:
                     self._executor = make_executor(self.args)
             return self._executor
 
+    def run(self, calls: list[CodeCall]) -> list[ExecutionResult]:
+        """`CodeExecutor.run` (what the code interpreter's loop calls, one call per rollout on the asynchronous path):
+        each call joins the batch of whatever other threads submit meanwhile."""
+        return [self.run_one(call) for call in calls]
+
     def run_one(self, call: CodeCall) -> ExecutionResult:
         """Run one call, together with the calls other threads submit meanwhile; never raises."""
         slot = [call, None]
