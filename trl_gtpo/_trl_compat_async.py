@@ -55,12 +55,25 @@ def check_async_trl_api() -> None:
     expected = {
         (loop, "_generate_one"): ["self", "prompt", "tool_dict", "tools", "group_id"],
         (loop, "_score_group"): ["self", "group"],
+        (loop, "_post"): ["self", "path", "payload", "timeout", "max_retries"],
         (_packing.TreeRow, "pack"): ["self"],
     }
     for (owner, name), parameters in expected.items():
         member = getattr(owner, name, None)
         if member is None or list(inspect.signature(member).parameters) != parameters:
             problems.append(f"{owner.__name__}.{name}{parameters}")
+    # what the fence interpreter's turns read off the loop (set in its __init__ from these arguments)
+    init = inspect.signature(loop.__init__).parameters
+    for name in ("processing_class", "eos_token_ids", "max_tokens", "temperature", "top_p", "top_k", "min_p",
+                 "repetition_penalty", "request_timeout", "chat_template_kwargs"):
+        if name not in init:
+            problems.append(f"_AsyncRolloutLoop.__init__({name}=...)")
+    if not isinstance(getattr(loop, "_request_model", None), property):
+        problems.append("_AsyncRolloutLoop._request_model")
+    if list(_worker_module.TrainingSequence.__dataclass_fields__)[:4] != [
+        "input_ids", "completion_mask", "old_log_probs", "rollout_id"
+    ]:
+        problems.append("TrainingSequence(input_ids, completion_mask, old_log_probs, rollout_id)")
     if not inspect.iscoroutinefunction(getattr(loop, "_score_group", None)):
         problems.append("_AsyncRolloutLoop._score_group as a coroutine")
     for owner, fields in (
