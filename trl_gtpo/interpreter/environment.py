@@ -96,12 +96,15 @@ class SharedExecutor:
                 return slot[1]
             self._running = True  # this thread runs the batch of everything pending
             batch, self._pending = self._pending, []
-        results = self._run_batch([call for call, _ in batch])
-        with self._state:
-            for pending, result in zip(batch, results, strict=True):
-                pending[1] = result
-            self._running = False
-            self._state.notify_all()
+        results = None
+        try:
+            results = self._run_batch([call for call, _ in batch])
+        finally:  # even when interrupted, release the threads waiting on this batch
+            with self._state:
+                for pending, result in zip(batch, results or [None] * len(batch), strict=True):
+                    pending[1] = result or ExecutionResult("SandboxError: the run was interrupted", "crash")
+                self._running = False
+                self._state.notify_all()
         return slot[1]
 
     def _run_batch(self, calls: list[CodeCall]) -> list[ExecutionResult]:
