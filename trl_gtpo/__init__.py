@@ -27,6 +27,7 @@ _EXPORTS = {
     "tool_success_turn_reward": "rewards.turn",
     "verified_answer_turn_reward": "rewards.turn",
     "CodeInterpreterRollout": "interpreter.rollout",
+    "PythonEnvironment": "interpreter.environment",
 }
 
 __all__ = sorted(_EXPORTS)

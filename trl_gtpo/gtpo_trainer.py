@@ -18,6 +18,7 @@ from .advantages import (
 )
 from .dataset_columns import check_dataset
 from .gtpo_config import GTPOConfig
+from .interpreter.environment import PythonEnvironment, records_from_environment
 from .interpreter.executor import CodeExecutor, check_executor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.format import format_terms
@@ -203,6 +204,8 @@ class GTPOTrainer(GRPOTrainer):
         width = max(1, int(self.accelerator.gather(num_turns.max().reshape(1)).max().item()))
 
         interpreter_turns = _interpreter_turns(step.extra_fields)
+        if interpreter_turns is None:  # the code interpreter as a TRL environment keeps the same records
+            interpreter_turns = self._python_environment_turns(step, masks)
         turns = interpreter_turns if interpreter_turns is not None else self._turn_records(step, masks)
         formats = None
         if interpreter_turns is not None:  # the format rule reads the code interpreter's own records
@@ -238,6 +241,21 @@ class GTPOTrainer(GRPOTrainer):
         self._log_turn_step(batch, table, sources, formats, num_turns)
         local = slice(self.accelerator.process_index * len(masks), (self.accelerator.process_index + 1) * len(masks))
         return token_advantages(table.advantages[local], index)
+
+    def _python_environment_turns(self, step, masks: list[list[int]]) -> list[list[TurnRecord]] | None:
+        """This process's turn records when every trajectory ran a `PythonEnvironment` (the code interpreter as a TRL
+        environment): built from its sandbox call log, so the format rule and shaping read them as the code
+        interpreter's own. None on any other path."""
+        environments = self.environments
+        if not environments or not all(isinstance(env, PythonEnvironment) for env in environments):
+            return None
+        tokenizer = trl_private.tokenizer(self)
+
+        def decode(ids):
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+        rows = zip(step.completion_ids, masks, step.completions, environments, strict=True)
+        return [records_from_environment(ids, mask, messages, env.runs, decode) for ids, mask, messages, env in rows]
 
     def _turn_records(self, step: trl_private.StepValues, masks: list[list[int]]) -> list[list[TurnRecord]] | None:
         """This process's turn records on TRL's own paths (from its tool loop's messages, or the mask), when a turn

@@ -1,0 +1,249 @@
+"""AsyncGTPOTrainer on the CPU without vLLM: the group scoring by hand, the packed per-token advantages, the CPU tree
+attention, and a training step from a stub rollout worker (the vLLM stage runs the real worker:
+tests/integration/test_vllm_async_gtpo.py)."""
+
+import math
+import queue
+
+import numpy as np
+import pytest
+import torch
+
+from trl_gtpo._trl_compat import async_grpo as trl_async
+from trl_gtpo.advantages import AdvantageSettings
+from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer, TurnScorer
+from trl_gtpo.async_turns import row_turns, token_advantages_by_row
+from trl_gtpo.interpreter.environment import ToolRun
+
+pytest.importorskip("trl.experimental.async_grpo")
+from trl.experimental.async_grpo.async_grpo_trainer import DataCollatorForRollout  # noqa: E402
+from trl.experimental.async_grpo.async_rollout_worker import RolloutSample  # noqa: E402
+from trl.experimental.async_grpo.packing import TreeRow  # noqa: E402
+
+
+def test_row_turns_count_on_across_forked_rows():
+    index, turns = row_turns([[0, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 1, 1]])
+    assert index == [[-1, -1, 0, 0, -1, 1], [-1, -1, -1, -1, -1, -1, 2, 2]] and turns == 3
+
+
+def test_token_advantages_by_row_spread_each_turn_and_zero_nan():
+    table = torch.tensor([[0.5, -1.0], [2.0, float("nan")], [float("nan"), float("nan")]])
+    masks = [[[0, 1, 1, 0, 1]], [[0, 1]], [[1, 1]]]
+    assert token_advantages_by_row(table, masks) == [[[0, 0.5, 0.5, 0, -1.0]], [[0, 2.0]], [[0.0, 0.0]]]
+
+
+CALL = [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "python", "arguments": {}}}]},
+        {"role": "tool", "name": "python", "content": "42"}, {"role": "assistant", "content": "42"}]
+GUESS = [{"role": "assistant", "content": "7"}]
+
+
+def score(scorer, runs, rows, rewards):
+    return scorer.score(
+        prompts=[[{"role": "user", "content": "6 * 7?"}]] * 2, completions=[CALL, GUESS], completion_ids=[[1], [1]],
+        row_ids=[[list(range(len(mask))) for mask in masks] for masks in rows], row_masks=rows, runs=runs,
+        rewards_per_func=torch.tensor(rewards), reward_kwargs={}, decode=lambda ids: " ".join(map(str, ids)),
+    )
+
+
+def test_turn_scorer_by_hand_aligned_with_the_format_rule():
+    # A: call ran ("ok"), then answers: 2 turns, outcome 1. B: guesses without a call: 1 turn, outcome 0, and the
+    # format rule's -0.1 on its final turn (no call ran). gamma 0.9, aligned, group scale:
+    #   F = [1, 0] -> deviations [0.5, -0.5], var 0.5; t_1 = [0, -0.1] -> [0.05, -0.05], var 0.005; t_2 = [0, 0]
+    #   A_A = [0.9 * 0.5 + 0.05, 0.5] / sigma = [0.5, 0.5] / sigma; A_B = [-0.5 - 0.05] / sigma; sigma = sqrt(0.505)
+    scorer = TurnScorer(AdvantageSettings(0.9, "aligned", "group", "group"), 2, format_penalty=-0.1)
+    rows = [[[0, 0, 1, 1, 0, 0, 1]], [[0, 0, 1, 1]]]
+    runs = [[ToolRun("print(6 * 7)", "42", "ok")], []]
+    scored = score(scorer, runs, rows, [[1.0], [0.0]])
+    sigma = math.sqrt(0.505) + 1e-4
+    a, b = 0.5 / sigma, -0.55 / sigma
+    assert scored.token_advantages[0][0] == pytest.approx([0, 0, a, a, 0, 0, a], abs=1e-6)
+    assert scored.token_advantages[1][0] == pytest.approx([0, 0, b, b], abs=1e-6)
+    first = scored.turns[0][0]
+    assert (first.tool_call, first.status, first.tool_response) == ("print(6 * 7)", "ok", "42")
+    assert scored.turns[1][0].status == "none"
+    assert scored.metrics[0]["turns/num_turns"] == 2.0
+
+
+def tool_ok(turns, **kwargs):
+    return [[1.0 if turn.status == "ok" else None for turn in trajectory] for trajectory in turns]
+
+
+def test_turn_scorer_pooled_with_a_turn_reward_and_a_forked_row():
+    # Without an environment (TRL's own tools): no format rule. A's turns are split over two rows (a fork); a turn
+    # reward 0.5 on its first turn (status "ok" from TRL's tool message). pooled, gamma 0.5:
+    #   A: r = [0.5, 1] -> R = [1.0, 1.0]; B: r = [0] -> R = [0]; mean 2/3, unbiased std sqrt(1/3)
+    scorer = TurnScorer(AdvantageSettings(0.5, "pooled", "group", "group"), 2, turn_reward_funcs=[tool_ok],
+                        turn_reward_weights=[0.5])
+    rows = [[[0, 1, 1, 0], [0, 0, 0, 0, 1]], [[0, 1]]]
+    scored = score(scorer, [None, None], rows, [[1.0], [0.0]])
+    std = math.sqrt(1 / 3) + 1e-4
+    high, low = (1.0 - 2 / 3) / std, (0.0 - 2 / 3) / std
+    assert scored.token_advantages[0][0] == pytest.approx([0, high, high, 0], abs=1e-6)
+    assert scored.token_advantages[0][1] == pytest.approx([0, 0, 0, 0, high], abs=1e-6)
+    assert scored.token_advantages[1][0] == pytest.approx([0, low], abs=1e-6)
+
+
+def sample(ids, mask, advantage, group_id=0):
+    return {
+        "input_ids": torch.tensor(ids), "completion_mask": torch.tensor(mask),
+        "old_log_probs": torch.zeros(len(ids)), "advantage": advantage, "group_id": group_id, "metrics": {},
+    }
+
+
+def test_packed_loss_terms_carry_each_tokens_turn_advantage():
+    # Two rollouts of one prompt share their prefix in TRL's tree row; each keeps its own per-token advantages.
+    first = sample([5, 6, 7, 8, 9, 10], [0, 0, 1, 1, 0, 1], np.array([0, 0, 1.5, 1.5, 0, -2.0], dtype=np.float32))
+    second = sample([5, 6, 7, 11], [0, 0, 1, 1], np.array([0, 0, 0.25, 0.25], dtype=np.float32))
+    third = sample([20, 21, 22], [0, 1, 1], 3.0, group_id=1)  # a scalar (TRL's own) advantage passes through
+    rows = [TreeRow(), TreeRow()]
+    rows[0].add(first)
+    rows[0].add(second)
+    rows[1].add(third)
+    collate = trl_async.TurnAdvantageCollate(DataCollatorForRollout(pad_token_id=0, num_processes=2))
+    batch = collate([rows])
+    row0 = batch["advantages"][0][batch["token_index"][0] >= 0].tolist()
+    assert row0 == [1.5, 1.5, -2.0, 0.25, 0.25]
+    assert batch["advantages"][1][batch["token_index"][1] >= 0].tolist() == [3.0, 3.0]
+    # TRL's own packing (scalar advantages) gives the same terms in the same order: the wrapper only rewrites values
+    assert first["advantage"] == pytest.approx((1.5 + 1.5 - 2.0) / 3)
+
+
+def test_cpu_tree_attention_matches_each_sample_alone(tiny_model_path):
+    from transformers import AutoModelForCausalLM
+
+    assert trl_async.use_sdpa_tree_attention("sdpa")
+    from trl.experimental.async_grpo.packing import TREE_ATTENTION
+
+    tree = AutoModelForCausalLM.from_pretrained(tiny_model_path, attn_implementation=TREE_ATTENTION).eval()
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_path, attn_implementation="eager").eval()
+    samples = [sample([5, 6, 7, 8, 9], [0, 1, 1, 1, 1], 0.0), sample([5, 6, 7, 11, 12, 13], [0, 1, 1, 1, 1, 1], 0.0)]
+    row = TreeRow()
+    for s in samples:
+        row.add(s)
+    packed = row.pack()
+    assert len(packed["input_ids"]) < 11  # the shared prefix is forwarded once
+    with torch.no_grad():
+        logits = tree(
+            input_ids=packed["input_ids"][None], position_ids=packed["position_ids"][None],
+            tree_kv_index=packed["tree_kv_index"], tree_cu_seqlens_q=packed["tree_cu_seqlens_q"],
+            tree_cu_seqlens_k=packed["tree_cu_seqlens_k"], tree_max_seqlen_q=int(packed["tree_max_seqlens"][0]),
+            tree_max_seqlen_k=int(packed["tree_max_seqlens"][1]),
+        ).logits[0]
+        for i, s in enumerate(samples):
+            alone = plain(input_ids=s["input_ids"][None]).logits[0]
+            positions = packed["token_index"][packed["segment_id"] == i]  # each predicts the sample's next token
+            assert torch.allclose(logits[positions], alone[: len(positions)], atol=1e-4)
+
+
+class StubWorker:
+    """A rollout worker whose queue holds pre-scored samples (per-token advantages), as GTPORolloutLoop makes them."""
+
+    def __init__(self, samples):
+        self.rollout_buffer, self.metrics_queue = queue.Queue(), queue.Queue()
+        for s in samples:
+            self.rollout_buffer.put(s)
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def update_model_version(self, version):
+        pass
+
+    def check_health(self, stale_after_s):
+        pass
+
+
+class NoWeightTransfer:
+    def init_weight_transfer(self):
+        pass
+
+    def pause(self):
+        pass
+
+    def send_weights(self, iterator):
+        pass
+
+    def resume(self):
+        pass
+
+    def destroy(self):
+        pass
+
+
+class RecordingAsyncGTPOTrainer(AsyncGTPOTrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.seen = getattr(self, "seen", []) + [inputs["advantages"][inputs["token_index"] >= 0].tolist()]
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+@pytest.mark.slow
+def test_a_training_step_takes_the_per_token_advantages_into_the_loss(tiny_model_path, tmp_path):
+    from datasets import Dataset
+
+    def rollout(group, advantages):
+        ids = np.array([5, 6, 7, 8, 9, 10, 11])
+        mask = np.array([0, 0, 1, 1, 0, 1, 1])
+        return RolloutSample([], [], ids + group, mask, np.full(7, -1.0, dtype=np.float32),
+                             np.array(advantages, dtype=np.float32), 0, group, {"reward": 1.0})
+
+    samples = [rollout(0, [0, 0, 1.0, 1.0, 0, -0.5, -0.5]), rollout(1, [0, 0, 2.0, 2.0, 0, 0.0, 0.0])]
+    samples += [rollout(2, [0] * 7), rollout(3, [0] * 7)]  # the dataloader fetches one batch ahead
+    args = AsyncGTPOConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, num_generations=2, token_budget=0,
+        learning_rate=1e-3, report_to="none", use_cpu=True, logging_steps=1, save_strategy="no",
+    )
+    trainer = RecordingAsyncGTPOTrainer(
+        tiny_model_path, reward_funcs=[], args=args,
+        train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
+        rollout_worker=StubWorker(samples), weight_transfer=NoWeightTransfer(),
+    )
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert sorted(trainer.seen[0]) == sorted([1.0, 1.0, -0.5, -0.5, 2.0, 2.0, 0.0, 0.0])
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.model.parameters()))
+    assert math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_check_async_trl_api_names_what_moved(monkeypatch):
+    from trl.experimental.async_grpo import async_rollout_worker
+
+    trl_async.check_async_trl_api()  # the installed TRL 1.16 passes
+
+    def score_group(self, group):  # no longer a coroutine
+        return []
+
+    monkeypatch.setattr(async_rollout_worker._AsyncRolloutLoop, "_score_group", score_group)
+    with pytest.raises(RuntimeError, match="_score_group as a coroutine.*trl==1.16"):
+        trl_async.check_async_trl_api()
+
+
+@pytest.mark.parametrize(
+    "field, value", [("turn_advantage_scope", "batch"), ("gamma", 1.5), ("tree_attention", "flash"),
+                     ("format_penalty", 0.5), ("turn_advantage_estimator", "trajectory")],
+)
+def test_config_errors_name_the_field(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field if field != "turn_advantage_estimator" else "trajectory"):
+        AsyncGTPOConfig(output_dir=str(tmp_path), use_cpu=True, **{field: value})
+
+
+def test_turn_scorer_reads_the_code_interpreters_own_records():
+    # The fence interpreter hands its records on: the format rule reads them. A: one turn whose call ran, outcome 1.
+    # B: one turn with an unclosed ```python block (malformed, -0.1) in a trajectory where no call ran (-0.1),
+    # outcome 0.
+    #   F = [1, 0] -> +-0.5, var 0.5; t_1 = [0, -0.2] -> [0.1, -0.1], var 0.02; A = [0.6, -0.6] / sqrt(0.52)
+    from trl_gtpo.turn_records import TurnRecord
+
+    scorer = TurnScorer(AdvantageSettings(0.9, "aligned", "group", "group"), 2, format_penalty=-0.1)
+    records = [[TurnRecord(0, "t", "print(6 * 7)", "42", "ok", 0, 2)],
+               [TurnRecord(0, "t", "print(", None, "none", 0, 1, well_formed=False)]]
+    scored = scorer.score(
+        prompts=[[]] * 2, completions=[[], []], completion_ids=[[1], [1]], row_ids=[[[5, 6, 7]], [[5, 6]]],
+        row_masks=[[[0, 1, 1]], [[0, 1]]], runs=[None, None], records=records,
+        rewards_per_func=torch.tensor([[1.0], [0.0]]), reward_kwargs={}, decode=str,
+    )
+    sigma = math.sqrt(0.52) + 1e-4
+    assert scored.token_advantages[0][0] == pytest.approx([0, 0.6 / sigma, 0.6 / sigma], abs=1e-6)
+    assert scored.token_advantages[1][0] == pytest.approx([0, -0.6 / sigma], abs=1e-6)

@@ -1,0 +1,78 @@
+"""The TRL 1.16 private API trl_gtpo relies on, listed, and `check_trl_api`, which fails loudly when any of it
+moves (run by tests/test_trl_compat.py)."""
+
+import inspect
+
+
+# The private GRPOTrainer methods used here, with the parameters relied on (TRL 1.16.0, trl/trainer/grpo_trainer.py).
+_PRIVATE_METHODS = {
+    "_generate": ["prompts"],
+    "_calculate_rewards": ["inputs", "prompts", "completions", "completion_ids_list"],
+    "_generate_and_score_completions": ["inputs"],
+    "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations"],
+    "_tokenize_prompts": ["prompts"],
+    "_log_completion_extra": ["column", "values"],
+    "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep"],
+    "_compute_loss": ["model", "inputs"],
+}
+
+# Public GRPOTrainer methods GTPOTrainer overrides, with the keyword parameters TRL passes them (TRL 1.16.0).
+_OVERRIDDEN_METHODS = {
+    "get_off_policy_mask": ["advantages", "per_token_logps", "sampling_per_token_logps", "mask", "off_policy_threshold"],
+    "log": ["self", "logs", "start_time"],
+}
+
+# `turn_level_ratio` needs `_compute_loss` to compute the current log-probs before it reads the old ones, and to read
+# the old ones from `inputs` (TRL 1.16.0, grpo_trainer.py, `_compute_loss`): these lines, in this order.
+_COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("old_per_token_logps")')
+
+# `truncation_masking_off` relies on `_generate_and_score_completions` reading this attribute (TRL 1.16.0).
+_TRUNCATION_MASKING_READ = "if self.mask_truncated_completions:"
+
+# `compact_completions_sample` relies on `GRPOTrainer.log` printing the sample through this module-level name.
+_SAMPLE_PRINTER = "print_prompt_completions_sample"
+
+
+def check_trl_api() -> None:
+    """Raise if a private GRPOTrainer method this module relies on is gone or takes other parameters."""
+    from trl import GRPOTrainer
+
+    for name, expected in _PRIVATE_METHODS.items():
+        method = getattr(GRPOTrainer, name, None)
+        if method is None:
+            raise RuntimeError(f"trl_gtpo needs GRPOTrainer.{name}, which this TRL version lacks: install trl==1.16.0.")
+        parameters = list(inspect.signature(method).parameters)[1 : len(expected) + 1]
+        if parameters != expected:
+            raise RuntimeError(
+                f"GRPOTrainer.{name} takes {parameters}, trl_gtpo expects {expected}: install trl==1.16.0 or update "
+                "the trl_gtpo/_trl_compat module that uses it."
+            )
+    for name, expected in _OVERRIDDEN_METHODS.items():
+        parameters = list(inspect.signature(getattr(GRPOTrainer, name)).parameters)
+        if parameters != expected:
+            raise RuntimeError(
+                f"GRPOTrainer.{name} takes {parameters}, trl_gtpo overrides it with {expected}: install trl==1.16.0 or "
+                "update trl_gtpo/gtpo_trainer.py."
+            )
+    if _TRUNCATION_MASKING_READ not in inspect.getsource(GRPOTrainer._generate_and_score_completions):
+        raise RuntimeError(
+            "GRPOTrainer._generate_and_score_completions no longer reads `self.mask_truncated_completions`, which "
+            "GTPO turns off to mask truncated completions itself: install trl==1.16.0 or update "
+            "trl_gtpo/_trl_compat/step.py (truncation_masking_off)."
+        )
+    import trl.trainer.grpo_trainer as grpo_module
+
+    if not hasattr(grpo_module, _SAMPLE_PRINTER) or f"{_SAMPLE_PRINTER}(" not in inspect.getsource(GRPOTrainer.log):
+        raise RuntimeError(
+            f"GRPOTrainer.log no longer prints the completions sample through trl.trainer.grpo_trainer."
+            f"{_SAMPLE_PRINTER}, which GTPO replaces in log files: install trl==1.16.0 or update "
+            "trl_gtpo/_trl_compat/logging.py (compact_completions_sample)."
+        )
+    source = inspect.getsource(GRPOTrainer._compute_loss)
+    positions = [source.find(line) for line in _COMPUTE_LOSS_ORDER]
+    if -1 in positions or positions != sorted(positions):
+        raise RuntimeError(
+            "GRPOTrainer._compute_loss no longer computes the current log-probs before reading "
+            "inputs['old_per_token_logps'], which importance_sampling_level='turn' relies on: install trl==1.16.0 or "
+            "update trl_gtpo/_trl_compat/loss.py (turn_level_ratio)."
+        )

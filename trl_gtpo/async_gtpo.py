@@ -1,0 +1,314 @@
+"""AsyncGTPOTrainer: GTPO's turn-level advantages on TRL's asynchronous GRPO (`trl.experimental.async_grpo`).
+
+On the synchronous paths every multi-turn rollout is lockstep: turn j of all live trajectories is generated in one
+call, so a step costs about the sum over turns of the slowest turn. TRL 1.16's `AsyncGRPOTrainer` runs each rollout as
+its own asyncio task against a vLLM server (no barrier between trajectories) and trains while generation goes on; it
+gives one advantage per conversation. `AsyncGTPOTrainer` keeps its rollouts and its loss and replaces that advantage,
+when a group of `num_generations` rollouts is scored, by GTPO's turn-level ones (arXiv 2511.14846, section 3): the
+group's turn records and rewards make a `TurnBatch`, `advantages.turn_advantages` (the same pure step as
+`GTPOTrainer`'s) gives the (N, K) table, and every model token of turn j gets A_ij.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ._trl_compat import async_grpo as trl_async
+from .advantages import AdvantageSettings, TurnBatch, outcome_rewards, turn_advantages
+from .async_turns import row_turns, token_advantages_by_row
+from .interpreter.environment import SharedExecutor, records_from_environment
+from .rewards.format import format_terms
+from .rewards.turn import call_turn_reward_funcs, turn_reward_table
+from .turn_records import TurnRecord, records_from_messages
+
+try:
+    from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
+except ImportError:  # pragma: no cover - check_async_trl_api() explains
+    AsyncGRPOConfig, AsyncGRPOTrainer = object, object
+
+
+@dataclass
+class AsyncGTPOConfig(AsyncGRPOConfig):
+    r"""
+    Configuration class for [`AsyncGTPOTrainer`]: TRL's [`AsyncGRPOConfig`] plus GTPO's turn-level advantages.
+
+    The fields below mean what they mean in [`GTPOConfig`] (same names, defaults and checks). TRL's asynchronous loss
+    has no `importance_sampling_level`: its ratio is per token, between the trainer's policy and the vLLM policy that
+    sampled the token (up to `max_staleness` versions old), clipped per token; each token's clipped ratio multiplies
+    its turn's advantage. A turn-level ratio (GTPOConfig's `importance_sampling_level="turn"`, GSPO's length-normalized
+    ratio over one turn) is not offered here: it would replace TRL's loss, which this trainer keeps.
+
+    Parameters:
+        turn_advantage_estimator (`str`, *optional*, defaults to `"aligned"`):
+            `"aligned"` or `"pooled"` (see `trl_gtpo.advantages`).
+        gamma (`float`, *optional*, defaults to `0.9`):
+            Discount of the turn returns, in [0, 1].
+        turn_advantage_scope (`str`, *optional*, defaults to `"group"`):
+            Set of turn returns whose mean the `"pooled"` estimator subtracts; only `"group"` here (a group is scored
+            alone, when its last rollout finishes).
+        format_penalty (`float`, *optional*, defaults to `-0.1`):
+            Reward of a turn whose `python` call was malformed, and of the final turn of a trajectory none of whose
+            calls ran (read from a `PythonEnvironment`'s records). `<= 0`; `0.0` turns it off.
+        turn_reward_weights (`list[float]`, *optional*):
+            Weights of the trainer's `turn_reward_funcs`; None: all 1.0.
+        shaping_alpha (`float`, *optional*, defaults to `0.5`):
+            Weight of the shaping reward of failed trajectories (similarity of their code to the group's successful
+            code); `0.0` turns it off.
+        shaping_success_threshold (`float`, *optional*):
+            Outcome reward from which a trajectory counts as successful; None: 1.0.
+        tree_attention (`str`, *optional*, defaults to `"auto"`):
+            How the trainer's packed forward attends: `"kernel"` (TRL's FlashAttention-3 kernel, which the `kernels`
+            package fetches from the Hub: CUDA and a Hub connection or cache), `"sdpa"` (the same attention on
+            PyTorch SDPA, a loop over the packed segments: any device, offline) or `"auto"` (kernel with CUDA, SDPA
+            without).
+        max_turns (`int`, *optional*, defaults to `4`):
+            GTPO's code interpreter (on when neither `tools` nor `environment_factory` is given): model turns per
+            trajectory, i.e. at most `max_turns - 1` code blocks run.
+        turn_stop_marker (`str`, *optional*, defaults to `"```output"`):
+            GTPO's code interpreter: the text after which the tool's output follows (as `GTPOConfig`'s).
+    """
+
+    turn_advantage_estimator: str = field(
+        default="aligned",
+        metadata={"help": "How a turn's advantage is estimated: 'aligned' or 'pooled' (see trl_gtpo.advantages)."},
+    )
+    gamma: float = field(default=0.9, metadata={"help": "Discount factor of the turn returns, in [0, 1]."})
+    turn_advantage_scope: str = field(
+        default="group",
+        metadata={"help": "Set of turn returns whose mean 'pooled' subtracts: only 'group' (groups are scored alone)."},
+    )
+    format_penalty: float = field(
+        default=-0.1,
+        metadata={
+            "help": "Reward of a turn with a malformed python call, and of the final turn of a trajectory none of "
+            "whose calls ran. Must be <= 0; 0.0 turns it off."
+        },
+    )
+    turn_reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights of the turn_reward_funcs, one per function; None: all 1.0."},
+    )
+    shaping_alpha: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the shaping reward of failed trajectories. Must be >= 0; 0.0 turns it off."},
+    )
+    shaping_success_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Outcome reward at or above which a trajectory counts as successful; None: 1.0."},
+    )
+
+    tree_attention: str = field(
+        default="auto",
+        metadata={
+            "help": "Attention of the packed forward: 'kernel' (TRL's FlashAttention-3 from the Hub, CUDA), 'sdpa' "
+            "(PyTorch SDPA: any device, offline) or 'auto' (kernel with CUDA, SDPA without)."
+        },
+    )
+
+    max_turns: int = field(
+        default=4,
+        metadata={
+            "help": "GTPO's code interpreter: model turns per trajectory (at most max_turns - 1 code blocks run)."
+        },
+    )
+    turn_stop_marker: str = field(
+        default="```output",
+        metadata={"help": "GTPO's code interpreter: the text after which the tool's output follows."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        AdvantageSettings(self.gamma, self.turn_advantage_estimator, "group", "group")  # names the bad value
+        if self.turn_advantage_scope != "group":
+            raise ValueError(
+                f"AsyncGTPOConfig.turn_advantage_scope={self.turn_advantage_scope!r}: use 'group'. A group is scored "
+                "alone, when its last rollout finishes, so there is no batch to pool over."
+            )
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"AsyncGTPOConfig.gamma={self.gamma!r}: use a number in [0, 1].")
+        if self.format_penalty > 0:
+            raise ValueError(f"AsyncGTPOConfig.format_penalty={self.format_penalty!r}: use a number <= 0.")
+        if not (isinstance(self.max_turns, int) and self.max_turns >= 1):
+            raise ValueError(f"AsyncGTPOConfig.max_turns={self.max_turns!r}: use an integer >= 1.")
+        if self.tree_attention not in ("auto", "kernel", "sdpa"):
+            raise ValueError(
+                f"AsyncGTPOConfig.tree_attention={self.tree_attention!r}: use 'auto', 'kernel' or 'sdpa'."
+            )
+        if self.shaping_alpha < 0:
+            raise ValueError(f"AsyncGTPOConfig.shaping_alpha={self.shaping_alpha!r}: use a number >= 0.")
+
+
+@dataclass(frozen=True)
+class CodeInterpreterSettings:
+    """GTPO's markdown-fence code interpreter in the rollout process: the shared sandbox executor (it pickles as its
+    settings), the turn limit and the stop marker."""
+
+    executor: SharedExecutor
+    max_turns: int
+    stop_marker: str
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    """What scoring a group gives: per conversation, per row, the advantage of each token (0 off the model's
+    tokens), the (N, K) table and the turn records it came from, and per conversation metrics for TRL's logs."""
+
+    token_advantages: list[list[list[float]]]
+    advantages: torch.Tensor
+    turns: list[list[TurnRecord]]
+    metrics: list[dict[str, float]]
+
+
+@dataclass
+class TurnScorer:
+    """GTPO's scoring of one group of asynchronous rollouts; runs in TRL's rollout process (it pickles).
+
+    Turn rewards: the format rule (on `PythonEnvironment` rollouts), the user's `turn_reward_funcs` (weighted); the
+    outcome (the sum of TRL's reward columns, as TRL sums them) and the shaping reward on the final turn.
+    """
+
+    settings: AdvantageSettings
+    group_size: int
+    format_penalty: float = -0.1
+    turn_reward_funcs: list[Callable] = field(default_factory=list)
+    turn_reward_weights: list[float] = field(default_factory=list)
+    shaping_alpha: float = 0.0
+    shaping_success_threshold: float | None = None
+
+    def score(
+        self, *, prompts, completions, completion_ids, row_ids, row_masks, runs, rewards_per_func, reward_kwargs,
+        decode, run_async=None, records=None,
+    ) -> ScoredGroup:
+        """`row_ids[i][r]` / `row_masks[i][r]`: the tokens and completion mask of conversation i's training row r;
+        `runs[i]`: its `PythonEnvironment` call log (None: no such environment); `records[i]`: the code
+        interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F)."""
+        num_turns = torch.tensor([row_turns(masks)[1] for masks in row_masks])
+        width = max(1, int(num_turns.max()))
+        records = records or [None] * len(row_ids)
+        turns = []
+        for ids, masks, messages, calls, own in zip(row_ids, row_masks, completions, runs, records, strict=True):
+            flat_ids = [token for row in ids for token in row]
+            flat_mask = [value for row in masks for value in row]
+            if own is not None:
+                turns.append(list(own))
+            elif calls is not None:
+                turns.append(records_from_environment(flat_ids, flat_mask, list(messages), calls, decode))
+            else:
+                turns.append(records_from_messages(flat_ids, flat_mask, list(messages), decode))
+        interpreter = all(calls is not None or own is not None for calls, own in zip(runs, records))
+        terms = format_terms(turns, num_turns, width, self.format_penalty) if interpreter else None
+        names = [getattr(func, "__name__", type(func).__name__) for func in self.turn_reward_funcs]
+        if self.turn_reward_funcs:
+            values = call_turn_reward_funcs(
+                self.turn_reward_funcs, names, turns, run_async=run_async, prompts=prompts, completions=completions,
+                completion_ids=completion_ids, **reward_kwargs,
+            )
+            for weight, table in zip(self.turn_reward_weights or [1.0] * len(names), values, strict=True):
+                weighted = torch.nan_to_num(turn_reward_table(table, width), nan=0.0) * weight
+                terms = weighted if terms is None else terms + weighted
+        # TRL's asynchronous trainer sums its reward columns with weight 1 (NaN: every column None)
+        outcome = outcome_rewards(rewards_per_func, torch.ones(rewards_per_func.shape[1]), self.group_size)
+        shaping = self._shaping(outcome, turns) if interpreter else None
+        batch = TurnBatch(outcome, num_turns, self.group_size, turn_terms=terms, shaping=shaping)
+        table = turn_advantages(batch, self.settings)
+        metrics = [
+            {"turns/num_turns": float(k), "advantages/turn_mean": _nanmean(table.advantages[i])}
+            for i, k in enumerate(num_turns.tolist())
+        ]
+        return ScoredGroup(token_advantages_by_row(table.advantages, row_masks), table.advantages, turns, metrics)
+
+    def _shaping(self, outcome: torch.Tensor, turns) -> torch.Tensor | None:
+        if self.shaping_alpha == 0.0:
+            return None
+        from .shaping import batch_shaping_rewards
+
+        codes = ["\n".join(turn.tool_call for turn in records if turn.tool_call) for records in turns]
+        shaping = batch_shaping_rewards(
+            outcome.tolist(), codes, self.group_size, alpha=self.shaping_alpha,
+            success_threshold=self.shaping_success_threshold,
+        )
+        return torch.tensor(shaping, dtype=torch.float32)
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    real = values[~torch.isnan(values)]
+    return real.mean().item() if real.numel() else 0.0
+
+
+class AsyncGTPOTrainer(AsyncGRPOTrainer):
+    """
+    GTPO (https://arxiv.org/abs/2511.14846) on TRL's asynchronous GRPO trainer (`trl.experimental.async_grpo`, TRL
+    1.16's experimental API; every private use goes through `trl_gtpo._trl_compat.async_grpo`).
+
+    Rollouts are TRL's: one asyncio task per conversation against a vLLM server, so a trajectory's turns never wait
+    for other trajectories. The tool calls: `tools` / `environment_factory` (use
+    `environment_factory=PythonEnvironment.factory(args)` for GTPO's sandboxed code interpreter as a JSON
+    `python(code)` tool), or, when neither is given, GTPO's markdown-fence code interpreter (the model writes
+    ```python blocks; `max_turns`, `turn_stop_marker`), each turn one request, each block run in the sandbox.
+
+    What changes: when a group's last rollout finishes, `TurnScorer` turns its rows' completion masks into turns
+    (maximal runs of model tokens), its records into turn rewards (format rule, `turn_reward_funcs`, shaping) and
+    TRL's rewards into the outcome, calls `advantages.turn_advantages` on that group's `TurnBatch`, and gives every
+    model token its turn's advantage; the packed loss terms carry those per-token advantages into TRL's loss
+    unchanged.
+
+    Off-policy staleness is TRL's: samples up to `max_staleness` policy versions old are trained with TRL's per-token
+    importance ratio (there is no `importance_sampling_level` here; see `AsyncGTPOConfig`).
+
+    Args:
+        turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
+            Turn reward functions as for `GTPOTrainer` (they must pickle: module-level functions).
+        sandbox_settings (*optional*):
+            What `make_executor` reads to build the fence interpreter's sandbox in the rollout process (a `GTPOConfig`
+            works); None: a `SandboxPool` with its defaults.
+        Every other argument is [`AsyncGRPOTrainer`]'s.
+    """
+
+    _tag_names = ["trl", "async-grpo", "gtpo"]
+    _name = "AsyncGTPO"
+
+    def __init__(self, model, reward_funcs=None, args: AsyncGTPOConfig | None = None, *, turn_reward_funcs=None,
+                 sandbox_settings=None, **kwargs):
+        trl_async.check_async_trl_api()
+        if args is None:
+            args = AsyncGTPOConfig(f"{str(model).split('/')[-1]}-AsyncGTPO")
+        elif not isinstance(args, AsyncGTPOConfig):
+            raise TypeError(
+                f"AsyncGTPOTrainer needs `args` to be an AsyncGTPOConfig, got {type(args).__name__}: AsyncGTPOConfig "
+                "takes every AsyncGRPOConfig argument."
+            )
+        funcs = [] if turn_reward_funcs is None else list(turn_reward_funcs) if isinstance(
+            turn_reward_funcs, (list, tuple)) else [turn_reward_funcs]
+        weights = args.turn_reward_weights
+        if weights is not None and len(weights) != len(funcs):
+            raise ValueError(
+                f"AsyncGTPOConfig.turn_reward_weights has {len(weights)} weights for {len(funcs)} turn reward "
+                "functions: give one weight per function, or None (all 1.0)."
+            )
+        with trl_async.cpu_safe_init():  # TRL 1.16's __init__ asks CUDA for its MFU metric
+            super().__init__(model, reward_funcs, args=args, **kwargs)
+        trl_async.use_sdpa_tree_attention(args.tree_attention)
+        self.turn_scorer = TurnScorer(
+            AdvantageSettings(args.gamma, args.turn_advantage_estimator, "group", "group"),
+            args.num_generations,
+            format_penalty=args.format_penalty,
+            turn_reward_funcs=funcs,
+            turn_reward_weights=list(weights) if weights is not None else [1.0] * len(funcs),
+            shaping_alpha=args.shaping_alpha,
+            shaping_success_threshold=args.shaping_success_threshold,
+        )
+        code_interpreter = None
+        if not kwargs.get("tools") and kwargs.get("environment_factory") is None:
+            code_interpreter = CodeInterpreterSettings(
+                SharedExecutor(sandbox_settings), args.max_turns, args.turn_stop_marker
+            )
+        if self.rollout_worker is not None:
+            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, code_interpreter)
+
+    def get_train_dataloader(self):
+        # Overrides AsyncGRPOTrainer.get_train_dataloader only to wrap its collator: TRL's packer stamps one
+        # advantage per sample on its loss terms; GTPO's samples carry one per token (`TurnAdvantageCollate`).
+        dataloader = super().get_train_dataloader()
+        trl_async.use_turn_advantage_collate(dataloader)
+        return dataloader
