@@ -115,10 +115,9 @@ def test_one_group_by_hand_a_turn_reward_moves_its_own_step_and_grpo_sum_moves_t
     grpo = turn_advantages(totals, AdvantageSettings(gamma=1.0, estimator=DEFAULT)).advantages.double().expand(2, 2)
     s = torch.sigmoid(THETA)
     expected = 1 / (2 * math.sqrt(2))
-    torch.testing.assert_close(((gtpo * (right - s)).sum(dim=0) / 2), torch.tensor([expected, 0.0], dtype=torch.float64),
-                               atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(((grpo * (right - s)).sum(dim=0) / 2),
-                               torch.tensor([expected, -expected], dtype=torch.float64), atol=1e-4, rtol=1e-4)
+    gtpo_update, grpo_update = (gtpo * (right - s)).sum(dim=0) / 2, (grpo * (right - s)).sum(dim=0) / 2
+    torch.testing.assert_close(gtpo_update, torch.tensor([expected, 0.0], dtype=torch.float64), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grpo_update, torch.tensor([expected, -expected], dtype=torch.float64), atol=1e-4, rtol=1e-4)
 
 
 def test_the_curves_start_at_the_taught_success_and_every_method_learns():
