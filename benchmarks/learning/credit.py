@@ -19,7 +19,8 @@ the same supervised models and train on the same prompts, in the same order, wit
     gtpo-outcome   GTPOTrainer, gamma 1, no turn rewards, no format penalty, no shaping: must equal grpo (sanity)
     gtpo-shaping   gtpo with shaping on (alpha 0.5, the default)
 
-Written to benchmarks/results/credit[_quick].{md,json,png}.
+Written to benchmarks/results/credit[_quick].{md,json,png} (`--name` for another file name). The gtpo arms run
+GTPOConfig's default estimator; GTPO_CREDIT_ESTIMATOR=pooled (an environment variable) runs them with another.
 """
 
 import argparse
@@ -180,12 +181,12 @@ def held_out(model, tokenizer, chain_steps: int) -> dict:
             "greedy": report["pass@1"], "tool_calls": report["mean_tool_calls"] / chain_steps}
 
 
-def run_path(name: str, chain_steps: int, arm: str, model_seed: int, seed: int, steps: int) -> str:
+def run_path(chain_steps: int, arm: str, model_seed: int, seed: int, steps: int) -> str:
     return os.path.join(CACHE, "credit", f"{chain_steps}steps_{steps}", estimator_name() if arm.startswith("gtpo") else
                         "", arm, f"{model_seed}_{seed}.json")
 
 
-def work(jobs: list[tuple], name: str, chain_steps: int, steps: int) -> None:
+def work(jobs: list[tuple], chain_steps: int, steps: int) -> None:
     """One worker: train and score each (arm, model, seed) of `jobs`, caching each result as JSON."""
     import torch
 
@@ -194,7 +195,7 @@ def work(jobs: list[tuple], name: str, chain_steps: int, steps: int) -> None:
         if arm == "teach":
             taught_model(model_seed)
             continue
-        path = run_path(name, chain_steps, arm, model_seed, seed, steps)
+        path = run_path(chain_steps, arm, model_seed, seed, steps)
         if os.path.exists(path):
             continue
         result = train(arm, model_seed, seed, steps, chain_steps, os.path.join(CACHE, "runs", arm))
@@ -343,7 +344,7 @@ def main():
     steps, models, seeds = args.steps or sizes["steps"], args.models or sizes["models"], args.seeds or sizes["seeds"]
     name = args.name or ("credit_quick" if args.quick else "credit")
     if args.worker is not None:
-        work([tuple(job) for job in json.loads(args.worker)], name, chain_steps, steps)
+        work([tuple(job) for job in json.loads(args.worker)], chain_steps, steps)
         return
 
     began = time.time()
@@ -365,7 +366,7 @@ def main():
                            chain_steps)
     runs = {arm: {} for arm in args.arms}
     for arm, m, s in jobs:
-        with open(run_path(name, chain_steps, arm, m, s, steps)) as file:
+        with open(run_path(chain_steps, arm, m, s, steps)) as file:
             runs[arm][f"{m}_{s}"] = json.load(file)
     label = (f"{'Quick run (--quick)' if args.quick else 'Full run'}: {chain_steps}-step chains, {len(models)} "
              f"starting model(s) x {len(seeds)} seeds, {steps} RL steps of 16 trajectories (2 prompts x 8), "
