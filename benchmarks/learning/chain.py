@@ -151,7 +151,7 @@ def teach_format(path: str, seed: int = 0, steps: int = 1500, batch_size: int = 
                  hidden_size: int = 64, num_layers: int = 2, lr: float = 3e-3) -> str:
     """Supervised stage: a tiny random model (seed `seed`: its own initialization and data) trained on `examples`
     chains of 2 and 4 steps, each step wrong with probability P_ERR on its own. Saved to `path`, reused when there."""
-    import torch
+    from task import fit_and_save, supervised_sequence  # this folder is on sys.path for the scripts that teach
 
     from trl_gtpo.testing import make_tiny_model, make_tiny_tokenizer
 
@@ -168,31 +168,9 @@ def teach_format(path: str, seed: int = 0, steps: int = 1500, batch_size: int = 
         example = chain(rng, chain_steps, split=rng.choice(("train", "train", "train", "test")))
         wrong = tuple(rng.random() < P_ERR for _ in range(chain_steps))
         text = completion(example["start"], tuple(example["operands"]), wrong, rng)
-        prompt = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        completion_ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
-        sequences.append((prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids))
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
-    model.train()
-    for _ in range(steps):
-        batch = [sequences[rng.randrange(len(sequences))] for _ in range(batch_size)]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        attention = torch.arange(width) < torch.tensor([len(ids) for ids, _ in batch])[:, None]
-        loss = model(input_ids=input_ids, attention_mask=attention.long(), labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-    model.eval()
-    os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    with open(marker, "w") as file:
-        file.write(signature)
-    print(f"taught the chain format (seed {seed}) in {steps} steps, final loss {loss.item():.3f}: {path}")
+        sequences.append(supervised_sequence(tokenizer, example["prompt"], text))
+    loss = fit_and_save(
+        model, tokenizer, sequences, rng, path, signature, steps=steps, batch_size=batch_size, lr=lr, seed=seed
+    )
+    print(f"taught the chain format (seed {seed}) in {steps} steps, final loss {loss:.3f}: {path}")
     return path

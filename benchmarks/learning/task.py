@@ -71,8 +71,6 @@ def teach_format(path: str, steps: int = 1600, batch_size: int = 16, examples: i
                  hidden_size: int = 64, num_layers: int = 2, lr: float = 3e-3) -> str:
     """Supervised stage: a tiny random model trained on `examples` transcripts, P_TOOL of them with code. Saved
     with save_pretrained to `path` (reused when already there: the stage is deterministic in its arguments)."""
-    import torch
-
     from trl_gtpo.testing import make_tiny_model, make_tiny_tokenizer
 
     marker = os.path.join(path, "taught.txt")
@@ -86,20 +84,39 @@ def teach_format(path: str, steps: int = 1600, batch_size: int = 16, examples: i
     for _ in range(examples):
         row = problem(rng, split=rng.choice(("train", "train", "train", "test")))
         text = tool_completion(row["a"], row["b"]) if rng.random() < P_TOOL else guess_completion(rng)
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        completion_ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
-        sequences.append((prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids))
+        sequences.append(supervised_sequence(tokenizer, row["prompt"], text))
+    loss = fit_and_save(
+        model, tokenizer, sequences, rng, path, signature, steps=steps, batch_size=batch_size, lr=lr, seed=seed
+    )
+    print(f"taught the format in {steps} steps, final loss {loss:.3f}: {path}")
+    return path
+
+
+def supervised_sequence(tokenizer, prompt: list, text: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one taught transcript: the chat-templated prompt (not trained) and `text` + EOS."""
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
+    completion_ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
+
+
+def fit_and_save(model, tokenizer, sequences, rng, path: str, signature: str, *, steps: int, batch_size: int, lr: float,
+                 seed: int) -> float:
+    """The supervised stage of both benchmark tasks: AdamW with a linear decay on random batches of `sequences`
+    (drawn with `rng`), then the model and tokenizer saved to `path` with `signature` as its cache marker. Returns
+    the last batch's loss."""
+    import torch
+
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         batch = [sequences[rng.randrange(len(sequences))] for _ in range(batch_size)]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        attention = (labels != -100) | (torch.arange(width) < torch.tensor([len(i) for i, _ in batch])[:, None])
+        attention = torch.arange(width) < torch.tensor([len(ids) for ids, _ in batch])[:, None]
         loss = model(input_ids=input_ids, attention_mask=attention.long(), labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -110,7 +127,6 @@ def teach_format(path: str, steps: int = 1600, batch_size: int = 16, examples: i
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    with open(marker, "w") as file:
+    with open(os.path.join(path, "taught.txt"), "w") as file:
         file.write(signature)
-    print(f"taught the format in {steps} steps, final loss {loss.item():.3f}: {path}")
-    return path
+    return loss.item()
