@@ -19,8 +19,8 @@ from .advantages import AdvantageSettings, TurnBatch, outcome_rewards, turn_adva
 from .async_turns import row_turns, token_advantages_by_row
 from .interpreter.environment import SharedExecutor, records_from_environment
 from .rewards.format import format_terms
-from .rewards.turn import call_turn_reward_funcs, turn_reward_table
-from .turn_records import TurnRecord, records_from_messages
+from .rewards.turn import call_turn_reward_funcs, weighted_turn_terms
+from .turn_records import TurnRecord, records_from_messages, trajectory_code
 
 try:
     from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
@@ -204,9 +204,7 @@ class TurnScorer:
                 self.turn_reward_funcs, names, turns, run_async=run_async, prompts=prompts, completions=completions,
                 completion_ids=completion_ids, **reward_kwargs,
             )
-            for weight, table in zip(self.turn_reward_weights or [1.0] * len(names), values, strict=True):
-                weighted = torch.nan_to_num(turn_reward_table(table, width), nan=0.0) * weight
-                terms = weighted if terms is None else terms + weighted
+            terms = weighted_turn_terms(values, self.turn_reward_weights or [1.0] * len(names), width, base=terms)
         # TRL's asynchronous trainer sums its reward columns with weight 1 (NaN: every column None)
         outcome = outcome_rewards(rewards_per_func, torch.ones(rewards_per_func.shape[1]), self.group_size)
         shaping = self._shaping(outcome, turns) if interpreter else None
@@ -223,7 +221,7 @@ class TurnScorer:
             return None
         from .shaping import batch_shaping_rewards
 
-        codes = ["\n".join(turn.tool_call for turn in records if turn.tool_call) for records in turns]
+        codes = [trajectory_code(records) for records in turns]
         shaping = batch_shaping_rewards(
             outcome.tolist(), codes, self.group_size, alpha=self.shaping_alpha,
             success_threshold=self.shaping_success_threshold,

@@ -22,9 +22,16 @@ from .interpreter.environment import PythonEnvironment, records_from_environment
 from .interpreter.executor import CodeExecutor, check_executor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.format import format_terms
-from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values, turn_reward_table
+from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values, weighted_turn_terms
 from .turn_level import turn_off_policy_mask
-from .turn_records import TurnRecord, environment_call_turns, records_from_mask, records_from_messages, turn_index
+from .turn_records import (
+    TurnRecord,
+    environment_call_turns,
+    records_from_mask,
+    records_from_messages,
+    trajectory_code,
+    turn_index,
+)
 
 
 class GTPOTrainer(GRPOTrainer):
@@ -211,11 +218,10 @@ class GTPOTrainer(GRPOTrainer):
         if interpreter_turns is not None:  # the format rule reads the code interpreter's own records
             formats = format_terms(turns, num_turns, width, self.args.format_penalty)
         sources = self._turn_reward_sources(step, turns)
-        terms = formats
         weights = dict(zip(self.turn_reward_func_names, self.turn_reward_weights))
-        for name, values in sources.items():
-            weighted = torch.nan_to_num(turn_reward_table(values, width), nan=0.0).to(device) * weights.get(name, 1.0)
-            terms = weighted if terms is None else terms + weighted
+        terms = weighted_turn_terms(
+            list(sources.values()), [weights.get(name, 1.0) for name in sources], width, base=formats
+        )
         # Outcome reward r_out: GRPO's weighted sum of the reward functions (each normalized within its group first
         # under "normalize_then_sum"); NaN when every function returned None. Shaping decides success on the raw sum.
         reward_weights, aggregation = self.reward_weights.to(device), self.multi_objective_aggregation
@@ -335,7 +341,7 @@ class GTPOTrainer(GRPOTrainer):
 
         if self._similarity is None:
             self._similarity = make_similarity(self.args.shaping_similarity, self.args.shaping_embedding_model)
-        codes = gather_object(["\n".join(turn.tool_call for turn in records if turn.tool_call) for records in turns])
+        codes = gather_object([trajectory_code(records) for records in turns])
         shaping = batch_shaping_rewards(
             outcome.tolist(),
             codes,

@@ -48,6 +48,11 @@ class TurnRecord:
         return self.status not in ("none", "no_code")
 
 
+def trajectory_code(records: Sequence[TurnRecord]) -> str:
+    """All the code one trajectory's turns wrote, one call after another: what shaping compares (GTPO, part 3)."""
+    return "\n".join(turn.tool_call for turn in records if turn.tool_call)
+
+
 def turn_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
     """The [start, end) spans of the maximal runs of 1 in a tool mask: the model turns."""
     spans, start = [], None

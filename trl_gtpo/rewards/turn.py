@@ -45,6 +45,7 @@ __all__ = [
     "intermediate_value_turn_reward",
     "tool_success_turn_reward",
     "turn_reward_table",
+    "weighted_turn_terms",
     "verified_answer_turn_reward",
 ]
 
@@ -243,3 +244,19 @@ def turn_reward_table(values: Sequence[Sequence[float | None]], width: int) -> t
             if value is not None:
                 table[i, j] = value
     return table
+
+
+def weighted_turn_terms(
+    tables: Sequence[Sequence[Sequence[float | None]]],
+    weights: Sequence[float],
+    width: int,
+    base: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The (N, width) turn terms t_ij = base_ij + sum_f w_f u_f(i, j) of the advantage step, from each source's
+    values[i][j] (`tables`, one per source, with its weight); None, and missing turns, count 0. None when there is
+    neither a base (e.g. the format rule) nor a source."""
+    terms = base
+    for values, weight in zip(tables, weights, strict=True):
+        weighted = torch.nan_to_num(turn_reward_table(values, width), nan=0.0) * weight
+        terms = weighted if terms is None else terms + weighted.to(terms)
+    return terms
