@@ -14,6 +14,7 @@ from trl_gtpo.advantages import AdvantageSettings
 from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer, TurnScorer
 from trl_gtpo.async_turns import row_turns, token_advantages_by_row
 from trl_gtpo.interpreter.environment import ToolRun
+from trl_gtpo.testing import NoWeightTransfer
 
 pytest.importorskip("trl.experimental.async_grpo")
 from trl.experimental.async_grpo.async_grpo_trainer import DataCollatorForRollout  # noqa: E402
@@ -153,23 +154,6 @@ class StubWorker:
         pass
 
     def check_health(self, stale_after_s):
-        pass
-
-
-class NoWeightTransfer:
-    def init_weight_transfer(self):
-        pass
-
-    def pause(self):
-        pass
-
-    def send_weights(self, iterator):
-        pass
-
-    def resume(self):
-        pass
-
-    def destroy(self):
         pass
 
 

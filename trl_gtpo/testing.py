@@ -201,3 +201,24 @@ def save_tiny_vlm(path: str, seed: int = 0) -> str:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+class NoWeightTransfer:
+    """A weight transfer for `AsyncGRPOTrainer(weight_transfer=...)` that sends nothing: TRL's own
+    (`WeightTransferClient`) needs NCCL, i.e. CUDA, so CPU tests and smoke runs train with the vLLM server's weights
+    left as they are."""
+
+    def init_weight_transfer(self):
+        pass
+
+    def pause(self):
+        pass
+
+    def send_weights(self, iterator):
+        pass
+
+    def resume(self):
+        pass
+
+    def destroy(self):
+        pass

@@ -21,28 +21,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _launch_utils import vllm_test_marks  # noqa: E402
 
+from trl_gtpo.testing import NoWeightTransfer  # noqa: E402
+
 pytestmark = vllm_test_marks()
 
 GAMMA = 0.5
-
-
-class NoWeightTransfer:
-    """Weight transfer off: NCCL (TRL's WeightTransferClient) needs CUDA."""
-
-    def init_weight_transfer(self):
-        pass
-
-    def pause(self):
-        pass
-
-    def send_weights(self, iterator):
-        pass
-
-    def resume(self):
-        pass
-
-    def destroy(self):
-        pass
 
 
 @pytest.fixture(scope="module")
