@@ -56,12 +56,12 @@ def parse_args(argv=None):
                         help="Size of the numbers of the synthetic task.")
     parser.add_argument("--synthetic_kinds", nargs="+", default=list(DEFAULT_SYNTHETIC_KINDS),
                         help="Kinds of problem of the synthetic task, taking turns: 'product', 'sum', 'modpow', "
-                             "'word' (as in examples/train_gtpo.py).")
+                             "'word', 'word_reworded', 'word_two_step' (as in examples/train_gtpo.py).")
     parser.add_argument("--few_shot_examples", default="arithmetic",
                         help="Worked examples before each question of a packaged set "
-                             "(trl_gtpo.demo.prompts.EXAMPLE_SETS): 'arithmetic' or 'word' (as in "
+                             "(trl_gtpo.demo.prompts.EXAMPLE_SETS): 'arithmetic', 'word' or 'word_steps' (as in "
                              "examples/train_gtpo.py). The synthetic task is generated from --seed: give the training "
-                             "run's seed to evaluate on its held-out problems.")
+                             "run's --synthetic_seed (the main job's: 0) to evaluate on its held-out problems.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="eval_results", help="<output_dir>/<model>/{summary.json, *.jsonl}")
     return parser.parse_args(argv)

@@ -9,6 +9,7 @@
 # no --bf16/--fp16/--use_cpu given, it trains on the CPU in fp32 and says so.
 
 import importlib
+import json
 import logging
 import os
 import sys
@@ -55,7 +56,37 @@ class GTPOScriptArguments(ScriptArguments):
     synthetic_difficulty: int = field(default=1, metadata={"help": "Size of the numbers of the synthetic task."})
     synthetic_kinds: list[str] = field(
         default_factory=lambda: ["product", "sum", "modpow"],
-        metadata={"help": "Kinds of problem of the synthetic task, taking turns: 'product', 'sum', 'modpow', 'word'."},
+        metadata={
+            "help": "Kinds of problem of the synthetic task, taking turns: 'product', 'sum', 'modpow', 'word', "
+            "'word_reworded', 'word_two_step' (trl_gtpo.demo.data.synthetic_problem)."
+        },
+    )
+    synthetic_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of the synthetic problems (None: --seed). Fix it to compare runs of several --seed values "
+            "on the same problems."
+        },
+    )
+    eval_kinds: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Synthetic task only: evaluate each of these kinds as its own held-out split of --eval_size "
+            "problems (e.g. 'word word_reworded word_two_step': the trained wordings, unseen wordings, two steps); "
+            "empty: one split of --synthetic_kinds."
+        },
+    )
+    eval_before: bool = field(
+        default=True, metadata={"help": "Evaluate before training too (the before/after table needs it)."}
+    )
+    trainer: str = field(
+        default="gtpo",
+        metadata={
+            "help": "'gtpo': GTPOTrainer. 'grpo': TRL's GRPOTrainer with the same code interpreter "
+            "(CodeInterpreterRollout as rollout_func), the same outcome rewards, each --turn_reward_funcs summed "
+            "over the trajectory (with its --turn_reward_weights) and GTPO's --format_penalty summed likewise: the "
+            "same information, one advantage per trajectory. GTPO's shaping has no GRPO counterpart."
+        },
     )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System prompt of packaged data sets (None: trl_gtpo.demo.prompts' default)."}
@@ -63,7 +94,10 @@ class GTPOScriptArguments(ScriptArguments):
     few_shot: bool = field(default=True, metadata={"help": "Put the worked tool-use examples before each question."})
     few_shot_examples: str = field(
         default="arithmetic",
-        metadata={"help": "Set of worked examples (trl_gtpo.demo.prompts.EXAMPLE_SETS): 'arithmetic' or 'word'."},
+        metadata={
+            "help": "Set of worked examples (trl_gtpo.demo.prompts.EXAMPLE_SETS): 'arithmetic', 'word' or "
+            "'word_steps' (a one-step and a two-step word problem)."
+        },
     )
     num_few_shot: int | None = field(
         default=None, metadata={"help": "How many of the worked examples to put before each question (None: all)."}
@@ -105,19 +139,10 @@ def load_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig):
     from datasets import load_dataset
 
     from trl_gtpo.demo.data import is_known_dataset, load_math_dataset
-    from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT
 
     name = script_args.dataset_name
     if is_known_dataset(name):
-        options = dict(
-            system_prompt=script_args.system_prompt or DEFAULT_SYSTEM_PROMPT,
-            few_shot=script_args.few_shot,
-            seed=training_args.seed,
-            difficulty=script_args.synthetic_difficulty,
-            kinds=script_args.synthetic_kinds,
-            num_examples=script_args.num_few_shot,
-            examples=script_args.few_shot_examples,
-        )
+        options = _synthetic_options(script_args, training_args)
         train = load_math_dataset(name, script_args.dataset_train_split, limit=script_args.train_size, **options)
         test = None
         if script_args.eval_size or training_args.eval_strategy != "no":
@@ -134,6 +159,42 @@ def load_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig):
         if script_args.eval_size:
             test = test.select(range(min(script_args.eval_size, len(test))))
     return train, test
+
+
+def load_eval_splits(script_args: GTPOScriptArguments, training_args: GTPOConfig, test) -> dict:
+    """The held-out splits to evaluate, by name: one per --eval_kinds kind of the synthetic task (--eval_size
+    problems each, from its test split), else {"held-out": the test split}; {} without --eval_size."""
+    if not script_args.eval_size:
+        return {}
+    if not script_args.eval_kinds:
+        return {} if test is None else {"held-out": test}
+    if script_args.dataset_name != "synthetic":
+        raise ValueError(
+            f"--eval_kinds {' '.join(script_args.eval_kinds)} names kinds of the synthetic task, but --dataset_name "
+            f"is {script_args.dataset_name!r}: drop --eval_kinds or use --dataset_name synthetic."
+        )
+    from trl_gtpo.demo.data import load_math_dataset
+
+    return {
+        kind: load_math_dataset("synthetic", script_args.dataset_test_split, limit=script_args.eval_size,
+                                **_synthetic_options(script_args, training_args, kinds=[kind]))
+        for kind in script_args.eval_kinds
+    }
+
+
+def _synthetic_options(script_args: GTPOScriptArguments, training_args: GTPOConfig, **overrides) -> dict:
+    from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT
+
+    seed = training_args.seed if script_args.synthetic_seed is None else script_args.synthetic_seed
+    return dict(
+        system_prompt=script_args.system_prompt or DEFAULT_SYSTEM_PROMPT,
+        few_shot=script_args.few_shot,
+        seed=seed,
+        difficulty=script_args.synthetic_difficulty,
+        kinds=script_args.synthetic_kinds,
+        num_examples=script_args.num_few_shot,
+        examples=script_args.few_shot_examples,
+    ) | overrides
 
 
 def evaluate_model(model, tokenizer, dataset, training_args, script_args, label: str) -> dict:
@@ -195,16 +256,57 @@ def before_after_table(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
+def pooled_report(reports: dict[str, dict]) -> dict:
+    """The splits' reports as one (their problems together): pass@1, its interval, tool calls over all of them."""
+    from trl_gtpo.evaluation import benchmark_fields
+
+    problems = [problem for report in reports.values() for problem in report["problems"]]
+    report = {"num_problems": len(problems), "pass@1": sum(p["correct"][0] for p in problems) / max(1, len(problems)),
+              "problems": problems}
+    return {**report, **benchmark_fields(report)}
+
+
+def split_table(before: dict[str, dict] | None, after: dict[str, dict]) -> str:
+    """One row per held-out split (and one for all of them when there are several): pass@1 with its 95% Wilson
+    interval before and after training, the change, problems fixed and broken (paired), tool calls per problem.
+    `before` None (not evaluated): those columns read "-"."""
+    rows = [("split", "n", "before [95% interval]", "after [95% interval]", "change", "fixed/broken", "tool calls")]
+    names = list(after) + (["all"] if len(after) > 1 else [])
+    for name in names:
+        a = pooled_report(after) if name == "all" else after[name]
+        b = None if before is None else pooled_report(before) if name == "all" else before[name]
+        cells = [name, str(a["num_problems"])]
+        interval = lambda r: f"{r['pass@1']:.3f} [{r['pass@1_low']:.3f}, {r['pass@1_high']:.3f}]"  # noqa: E731
+        if b is None:
+            cells += ["-", interval(a), "-", "-", f"- -> {a['tool_calls_per_problem']:.2f}"]
+        else:
+            firsts = lambda r: [p["correct"][0] for p in r["problems"]]  # noqa: E731
+            fixed = sum(not x and y for x, y in zip(firsts(b), firsts(a), strict=True))
+            broken = sum(x and not y for x, y in zip(firsts(b), firsts(a), strict=True))
+            cells += [interval(b), interval(a), f"{a['pass@1'] - b['pass@1']:+.3f}", f"{fixed}/{broken}",
+                      f"{b['tool_calls_per_problem']:.2f} -> {a['tool_calls_per_problem']:.2f}"]
+        rows.append(tuple(cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
 def success_curve(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of `key` in a Trainer's `state.log_history`, one point per logged training step."""
     points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
     return [step for step, _ in points], [value for _, value in points]
 
 
-def save_success_curve(log_history: list[dict], reward_name: str, path: str, reports: dict | None = None) -> str | None:
+def save_success_curve(
+    log_history: list[dict], reward_name: str, path: str, reports: dict | None = None, splits: dict | None = None
+) -> str | None:
     """A PNG of the training success rate per step (the mean of the reward `reward_name` over the step's
     trajectories, sampled at the training temperature) with the held-out pass@1 before and after training and their
-    95% intervals; None (nothing written) when no step was logged or matplotlib is missing."""
+    95% intervals (`reports`: label -> report); with `splits` (label -> {split: report}), a second panel shows each
+    split's pass@1 before and after with its interval. None (nothing written) when no step was logged or matplotlib
+    is missing."""
     steps, values = success_curve(log_history, f"rewards/{reward_name}/mean")
     if not steps:
         return None
@@ -215,7 +317,11 @@ def save_success_curve(log_history: list[dict], reward_name: str, path: str, rep
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    figure, axis = plt.subplots(figsize=(7, 4))
+    if splits:
+        figure, (axis, bars) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
+        _split_bars(bars, splits)
+    else:
+        figure, axis = plt.subplots(figsize=(7, 4))
     axis.plot(steps, values, marker="o", label=f"training success (mean {reward_name} per step)")
     for (label, report), color in zip((reports or {}).items(), ("tab:gray", "tab:green")):
         axis.axhline(report["pass@1"], color=color, linestyle="--", label=f"held-out pass@1 {label}")
@@ -234,11 +340,64 @@ def save_success_curve(log_history: list[dict], reward_name: str, path: str, rep
     return path
 
 
+def _split_bars(axis, splits: dict[str, dict[str, dict]]) -> None:
+    """Held-out pass@1 per split, one bar per label (before / after), 95% Wilson intervals as error bars."""
+    names = list(next(iter(splits.values())))
+    width = 0.8 / len(splits)
+    for k, ((label, reports), color) in enumerate(zip(splits.items(), ("tab:gray", "tab:green", "tab:blue"))):
+        xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(names))]
+        values = [reports[name]["pass@1"] for name in names]
+        errors = [[v - reports[n]["pass@1_low"] for v, n in zip(values, names)],
+                  [reports[n]["pass@1_high"] - v for v, n in zip(values, names)]]
+        axis.bar(xs, values, width, yerr=errors, capsize=3, color=color, label=label)
+    axis.set_xticks(range(len(names)), names, fontsize=8)
+    axis.set_ylim(0, 1.02)
+    axis.set_ylabel("held-out pass@1 (greedy)")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=8)
+
+
+def build_trainer(script_args: GTPOScriptArguments, training_args: GTPOConfig, model_args: ModelConfig, model_path,
+                  train_dataset, eval_dataset):
+    """GTPOTrainer, or with --trainer grpo TRL's GRPOTrainer on the same code interpreter and the same information
+    (outcome rewards, each turn reward function and the format penalty summed over the trajectory)."""
+    if script_args.trainer not in ("gtpo", "grpo"):
+        raise ValueError(f"--trainer {script_args.trainer!r} is unknown: use 'gtpo' (GTPOTrainer) or 'grpo' "
+                         "(TRL's GRPOTrainer on the same code interpreter).")
+    reward_funcs = load_reward_funcs(script_args.reward_funcs)
+    turn_reward_funcs = load_reward_funcs(script_args.turn_reward_funcs, "--turn_reward_funcs")
+    common = dict(
+        model=model_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    if script_args.trainer == "gtpo":
+        from trl_gtpo import GTPOTrainer
+
+        return GTPOTrainer(reward_funcs=reward_funcs, turn_reward_funcs=turn_reward_funcs, **common)
+    if script_args.trainer != "grpo":
+        raise ValueError(f"--trainer {script_args.trainer!r} is unknown: use 'gtpo' (GTPOTrainer) or 'grpo' "
+                         "(TRL's GRPOTrainer on the same code interpreter).")
+    from trl import GRPOTrainer
+
+    from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
+    from trl_gtpo.rewards.summed import summed_format_penalty, summed_turn_reward
+
+    weights = training_args.turn_reward_weights or [1.0] * len(turn_reward_funcs)
+    reward_funcs += [summed_turn_reward(func, weight) for func, weight in zip(turn_reward_funcs, weights, strict=True)]
+    if training_args.format_penalty:
+        reward_funcs.append(summed_format_penalty(training_args.format_penalty))
+    rollout = CodeInterpreterRollout(training_args)
+    return GRPOTrainer(reward_funcs=reward_funcs, rollout_func=rollout, callbacks=[rollout.callback()], **common)
+
+
 def main(script_args: GTPOScriptArguments, training_args: GTPOConfig, model_args: ModelConfig):
     import transformers
     from packaging.version import Version
 
-    from trl_gtpo import GTPOTrainer
     from trl_gtpo.demo.models import resolve_model_name_or_path
 
     model_path = resolve_model_name_or_path(model_args.model_name_or_path)
@@ -250,46 +409,49 @@ def main(script_args: GTPOScriptArguments, training_args: GTPOConfig, model_args
         **(training_args.model_init_kwargs or {}),
     }
     train_dataset, test_dataset = load_splits(script_args, training_args)
-    trainer = GTPOTrainer(
-        model=model_path,
-        reward_funcs=load_reward_funcs(script_args.reward_funcs),
-        turn_reward_funcs=load_reward_funcs(script_args.turn_reward_funcs, "--turn_reward_funcs"),
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=test_dataset if training_args.eval_strategy != "no" else None,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-    )
+    eval_splits = load_eval_splits(script_args, training_args, test_dataset)
+    trainer = build_trainer(script_args, training_args, model_args, model_path, train_dataset, test_dataset)
 
-    reports = {}
+    reports: dict[str, dict[str, dict]] = {}  # "before" / "after" -> split -> report
     # The before/after evaluation generates on one process; with several (DDP, ZeRO-3, FSDP) the others would wait in
     # collectives, so there it is left to examples/evaluate.py on the saved model.
-    evaluate_here = bool(script_args.eval_size) and test_dataset is not None
+    evaluate_here = bool(eval_splits)
     if evaluate_here and trainer.accelerator.num_processes > 1:
         trainer.accelerator.print("Held-out evaluation skipped with several processes: run examples/evaluate.py.")
         evaluate_here = False
-    if evaluate_here:
+
+    def evaluate_splits(label: str) -> dict[str, dict]:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        reports["before"] = evaluate_model(model, trainer.processing_class, test_dataset, training_args, script_args, "before")
+        return {
+            name: evaluate_model(model, trainer.processing_class, dataset, training_args, script_args,
+                                 label if name == "held-out" else f"{label}_{name}")
+            for name, dataset in eval_splits.items()
+        }
+
+    if evaluate_here and script_args.eval_before:
+        reports["before"] = evaluate_splits("before")
 
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
 
     if evaluate_here:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        reports["after"] = evaluate_model(model, trainer.processing_class, test_dataset, training_args, script_args, "after")
-        from trl_gtpo.evaluation import summary_table
+        reports["after"] = evaluate_splits("after")
+        sizes = ", ".join(f"{name} {len(dataset)}" for name, dataset in eval_splits.items())
+        print(f"\nHeld-out pass@1 before / after training ({script_args.trainer}, greedy; problems: {sizes}):")
+        print(split_table(reports.get("before"), reports["after"]))
+        if list(eval_splits) == ["held-out"] and "before" in reports:
+            print(before_after_table(reports["before"]["held-out"], reports["after"]["held-out"]))
 
-        print(f"\nHeld-out evaluation ({script_args.dataset_name}/{script_args.dataset_test_split}, {len(test_dataset)} problems):")
-        print(summary_table(reports))
-        print(f"\nBefore / after training (greedy, pass@1 over {len(test_dataset)} held-out problems):")
-        print(before_after_table(reports["before"], reports["after"]))
-
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as file:
+            json.dump(trainer.state.log_history, file, indent=1)  # the logged metrics per step, for later analysis
     if trainer.accelerator.is_main_process and script_args.reward_funcs:
         reward_name = trainer.reward_func_names[0]
+        overall = {label: pooled_report(by_split) for label, by_split in reports.items()}
         plot = save_success_curve(
-            trainer.state.log_history, reward_name, os.path.join(training_args.output_dir, "training_success.png"), reports
+            trainer.state.log_history, reward_name, os.path.join(training_args.output_dir, "training_success.png"),
+            overall, splits=reports if len(eval_splits) > 1 else None,
         )
         if plot:
             steps, values = success_curve(trainer.state.log_history, f"rewards/{reward_name}/mean")

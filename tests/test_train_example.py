@@ -127,3 +127,88 @@ def test_the_main_jobs_log_has_no_repeated_warning_and_a_few_lines_per_sample(ti
         assert "math_answer_reward" in sample[0] and "tool_calls T1:" in sample[0] and "How many" in sample[1]
     assert not any(char in text for char in "│┃━"), "a rich table was printed"
     assert len(text.split("\n")) < 40  # the whole log of two steps, the progress bar on the lines it shares
+
+
+def test_split_table_gives_each_split_and_all_of_them_with_intervals_and_paired_changes(example):
+    before = {"word": _report([True] * 5 + [False] * 15), "word_two_step": _report([True] * 10 + [False] * 10)}
+    after = {"word": _report([True] * 18 + [False] * 2), "word_two_step": _report([False] * 4 + [True] * 6 + [False] * 10)}
+    lines = example.split_table(before, after).splitlines()
+    assert lines[0].split()[:2] == ["split", "n"] and len(lines) == 2 + 3
+    word, two_step, everything = lines[2:]
+    # 5/20 -> 18/20: 13 fixed, 0 broken; Wilson intervals of 5/20 and 18/20
+    assert word.split()[:2] == ["word", "20"] and "0.250 [0.112, 0.469]" in word and "0.900 [0.699, 0.972]" in word
+    assert "+0.650" in word and "13/0" in word and "1.00 -> 1.00" in word
+    assert "0.500" in two_step and "0.300" in two_step and "-0.200" in two_step and "0/4" in two_step
+    assert everything.split()[:2] == ["all", "40"] and "0.375" in everything and "0.600" in everything
+    assert "13/4" in everything
+    unevaluated = example.split_table(None, after).splitlines()[2]
+    assert unevaluated.split()[2] == "-" and "0.900 [0.699, 0.972]" in unevaluated
+    assert len(example.split_table(None, {"held-out": after["word"]}).splitlines()) == 3  # one split: no "all" row
+
+
+def test_the_plot_has_a_split_panel(example, tmp_path):
+    key = "rewards/math_answer_reward/mean"
+    history = [{key: 0.25, "step": 1}, {key: 0.5, "step": 2}]
+    splits = {"before": {"word": _report([True, False]), "two": _report([False, False])},
+              "after": {"word": _report([True, True]), "two": _report([True, False])}}
+    overall = {label: example.pooled_report(by_split) for label, by_split in splits.items()}
+    assert overall["after"]["pass@1"] == 0.75 and overall["after"]["num_problems"] == 4
+    path = tmp_path / "curve.png"
+    assert example.save_success_curve(history, "math_answer_reward", str(path), overall, splits=splits) == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_trainer_and_eval_kinds_name_the_flag(example):
+    from types import SimpleNamespace
+
+    script_args = example.GTPOScriptArguments(dataset_name="gsm8k", eval_size=4, eval_kinds=["word"])
+    with pytest.raises(ValueError, match="--eval_kinds word names kinds of the synthetic task.*--dataset_name synthetic"):
+        example.load_eval_splits(script_args, SimpleNamespace(seed=0), None)
+    script_args = example.GTPOScriptArguments(trainer="ppo", reward_funcs=[])
+    with pytest.raises(ValueError, match="--trainer 'ppo' is unknown: use 'gtpo'"):
+        example.build_trainer(script_args, SimpleNamespace(turn_reward_weights=None, eval_strategy="no"),
+                              example.ModelConfig(), "unused", None, None)
+
+
+def test_eval_kinds_give_one_split_per_kind_on_fixed_problems(example):
+    from types import SimpleNamespace
+
+    script_args = example.GTPOScriptArguments(
+        dataset_name="synthetic", synthetic_kinds=["word", "word_two_step"], eval_kinds=["word_reworded", "word_two_step"],
+        few_shot_examples="word_steps", eval_size=3, synthetic_seed=0,
+    )
+    splits = example.load_eval_splits(script_args, SimpleNamespace(seed=5), None)
+    assert list(splits) == ["word_reworded", "word_two_step"]
+    assert [set(split["kind"]) for split in splits.values()] == [{"word_reworded"}, {"word_two_step"}]
+    other_seed = example.load_eval_splits(script_args, SimpleNamespace(seed=6), None)
+    assert splits["word_two_step"]["question"] == other_seed["word_two_step"]["question"]  # --seed leaves them alone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["gtpo", "grpo"])
+def test_the_main_job_runs_with_either_trainer_and_prints_every_split(trainer, tool_using_model_path, tmp_path):
+    """The main job's flags, one step on a tiny model that writes code, with 2 problems per split: the per-split
+    table is printed, the reports and the log history are written, and GRPO logs the summed turn reward and format
+    penalty it trains on."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / trainer
+    flags = _main_job_flags() + ["--model_name_or_path", tool_using_model_path, "--output_dir", str(out),
+                                 "--max_steps", "1", "--train_size", "8", "--eval_size", "2", "--trainer", trainer,
+                                 "--log_completions", "false"]
+    result = subprocess.run([sys.executable, str(_PATH), *flags], capture_output=True, text=True, timeout=900,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = result.stdout[result.stdout.index("Held-out pass@1 before / after training"):]
+    assert f"({trainer}, greedy; problems: word 2, word_reworded 2, word_two_step 2)" in table
+    assert [line.split()[0] for line in table.splitlines()[3:7]] == ["word", "word_reworded", "word_two_step", "all"]
+    for label in ("before", "after"):
+        for split in ("word", "word_reworded", "word_two_step"):
+            assert json.loads((out / f"eval_{label}_{split}.json").read_text())["num_problems"] == 2
+    logged = json.loads((out / "log_history.json").read_text())[0]
+    if trainer == "grpo":
+        assert {"rewards/summed_intermediate_value_turn_reward/mean", "rewards/format_penalty/mean"} <= set(logged)
+    else:
+        assert "turn_rewards/intermediate_value_turn_reward/mean" in logged

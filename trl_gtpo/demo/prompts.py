@@ -51,10 +51,21 @@ WORD_PROBLEM_EXAMPLES: tuple[tuple[str, str], ...] = (
     ),
 )
 
+# A worked two-step word problem (the synthetic "word_two_step" kind): one tool turn per product, the second one
+# reading the first one's output. With the one-step example before it, the model sees both shapes of solution.
+TWO_STEP_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "A tray holds 24 cookies. A shelf holds 13 trays. How many cookies are on 17 shelves?",
+        "```python\nprint(24 * 13)\n```\n```output\n312\n```\n```python\nprint(312 * 17)\n```\n```output\n5304\n```\n"
+        "The answer is \\boxed{5304}.",
+    ),
+)
+
 # The sets of worked examples by name (`build_prompt(examples=...)`, examples/train_gtpo.py's --few_shot_examples).
 EXAMPLE_SETS: dict[str, tuple[tuple[str, str], ...]] = {
     "arithmetic": FEW_SHOT_EXAMPLES,
     "word": WORD_PROBLEM_EXAMPLES,
+    "word_steps": WORD_PROBLEM_EXAMPLES + TWO_STEP_EXAMPLES,
 }
 
 
