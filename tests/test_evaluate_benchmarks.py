@@ -100,3 +100,23 @@ def test_evaluate_reads_the_main_jobs_synthetic_task_as_train_gtpo_does():
     assert evaluated["prompt"] == held_out["prompt"] and evaluated["answer"] == held_out["answer"]
     default = evaluate.load_benchmark("synthetic", evaluate.parse_args(argv[:2] + ["--limit", "4", "--seed", "7"]))
     assert default["prompt"] != held_out["prompt"]  # the defaults are another task: the flags matter
+
+
+def test_evaluate_reads_each_held_out_split_of_the_main_job_as_train_gtpo_does():
+    """The README's evaluate.py flags for a split (`--synthetic_kinds KIND --few_shot_examples word_steps --seed 0`)
+    give the problems and prompts that the main job's --eval_kinds evaluates, whatever the training --seed."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    evaluate, train = _script("evaluate_script", "evaluate.py"), _script("train_script", "train_gtpo.py")
+    recipe = yaml.safe_load((ROOT / "recipes" / "cpu_default.yaml").read_text())
+    script_args = train.GTPOScriptArguments(**{key: recipe[key] for key in (
+        "dataset_name", "synthetic_kinds", "synthetic_seed", "few_shot_examples", "eval_kinds")}, eval_size=4)
+    splits = train.load_eval_splits(script_args, SimpleNamespace(seed=43), None)
+    assert list(splits) == ["word", "word_reworded", "word_two_step"]
+    for kind, held_out in splits.items():
+        argv = ["--benchmarks", "synthetic", "--synthetic_kinds", kind, "--few_shot_examples", "word_steps",
+                "--seed", "0", "--limit", "4"]
+        evaluated = evaluate.load_benchmark("synthetic", evaluate.parse_args(argv))
+        assert evaluated["prompt"] == held_out["prompt"] and evaluated["answer"] == held_out["answer"]
