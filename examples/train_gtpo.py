@@ -333,7 +333,7 @@ def save_success_curve(
     axis.set_ylabel("success rate")
     axis.set_ylim(-0.02, 1.02)
     axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
