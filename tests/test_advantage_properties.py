@@ -1,5 +1,6 @@
-"""The properties every turn advantage of the default estimator must hold (GTPO.md, P1-P5), each on hand-computed
-cases and on many random groups (1-5 turns per trajectory, gamma in {0.5, 0.9, 1}, outcomes, turn terms, shaping).
+"""The properties every turn advantage of the default estimator must hold (GTPO.md, P1-P5 and P7), each on
+hand-computed cases and on many random groups (1-5 turns per trajectory, gamma in {0.5, 0.9, 1}, outcomes, turn terms,
+shaping; up to 64 turns with correlated and anti-correlated turn rewards for P7).
 
 The two repros of the estimator review are here too: a solved group with one format penalty, and a solved group
 with one +0.01 turn reward. Under the estimator this replaced they gave +2.8 and +19 to turns that earned nothing.
@@ -130,7 +131,10 @@ def test_p3_equal_totals_a_turn_reward_on_turn_one_beats_the_outcome_by_hand():
     table = advantages([0.0, 1.0], [2, 2], [[1.0, 0.0], [0.0, 0.0]])
     assert table[0, 0] > table[1, 0]  # the turn that earned the turn reward
     assert table[1, 1] > table[0, 1]  # the turn that earned the outcome
-    torch.testing.assert_close(table, torch.tensor([[0.05, -0.5], [-0.05, 0.5]]), atol=1e-3, rtol=0)
+    # Numerators: A turn 1 = 0.9 * (-0.5) + 0.5 = 0.05, turn 2 = -0.5; sigma = std F + std t_1 = 2 sqrt(0.5).
+    sigma = 2 * math.sqrt(0.5)
+    expected = torch.tensor([[0.05, -0.5], [-0.05, 0.5]]) / sigma
+    torch.testing.assert_close(table, expected, atol=1e-3, rtol=0)
 
 
 def test_p3_equal_totals_each_format_penalty_pushes_its_own_turn_down_by_hand():
@@ -229,6 +233,161 @@ def test_p5_rescaling_every_reward_leaves_the_advantages(gamma, scale):
             if big.any():
                 ratio = scaled[big] / base[big]
                 assert ratio.max() - ratio.min() < 1e-4 and (ratio - 1).abs().max() < 0.05
+
+
+# P7: bounded. No advantage grows with the number of turns: at group scale |A| <= (G - 1) / sqrt(G), GRPO's own
+# bound; at batch scale |A| <= GRPO's largest batch-scaled advantage of a single place's rewards.
+
+
+def grpo_bound(size: int) -> float:
+    return (size - 1) / math.sqrt(size)
+
+
+def long_tool_user(calls: int, gamma: float, scale: str = "group", ordinary_group: bool = False) -> torch.Tensor:
+    """The issue's group of 8: one trajectory makes `calls` tool calls, each earning a turn reward of 1, then
+    answers right (calls + 1 turns); seven answer right in one turn. With `ordinary_group`, a second group of 8
+    (2 turns, no turn rewards, outcomes 1 0 1 0 1 1 0 0) shares the batch."""
+    width = calls + 1
+    terms = [[1.0] * calls + [0.0]] + [[0.0] * width] * 7
+    outcome, num_turns = [1.0] * 8, [width] + [1] * 7
+    if ordinary_group:
+        terms, outcome = terms + [[0.0] * width] * 8, outcome + [1.0, 0, 1, 0, 1, 1, 0, 0]
+        num_turns = num_turns + [2] * 8
+    return advantages(outcome, num_turns, terms, gamma=gamma, scale=scale, group_size=8)
+
+
+@pytest.mark.parametrize("calls", [4, 10, 30])
+def test_p7_many_rewarded_calls_get_grpos_advantage_at_gamma_one_by_hand(calls):
+    # Every turn-reward place m <= calls: values (1, 0 x 7), deviations +7/8 and -1/8, std sqrt(1/8); F ties. So
+    # sigma = calls sqrt(1/8); turn 1 of the long trajectory: calls (7/8) / (calls sqrt(1/8)) = 7 / sqrt(8) = 2.475,
+    # GRPO's z-score of its total (calls + 1 against 1); the seven: -(calls / 8) / sigma = -1 / sqrt(8) = -0.354,
+    # GRPO's. Measured before the bound: 4.95 / 7.83 / 13.55 and -0.71 / -1.12 / -1.94.
+    table = long_tool_user(calls, 1.0)
+    reference = grpo([calls + 1.0] + [1.0] * 7)
+    assert table[0, 0].item() == pytest.approx(reference[0].item(), rel=1e-4)
+    assert table[1:, 0].tolist() == pytest.approx(reference[1:].tolist(), rel=1e-4)
+    assert real(table).abs().max().item() <= grpo_bound(8) + 1e-5
+
+
+@pytest.mark.parametrize("calls", [4, 10, 30])
+def test_p7_with_discount_the_first_call_gets_the_discounted_share_by_hand(calls):
+    # Turn j of the long trajectory: (7/8) sum_{m=j..calls} 0.9^(m-j) / (calls sqrt(1/8)); turn 1:
+    # 7/sqrt(8) (1 - 0.9^calls) / (0.1 calls) = 2.128 / 1.612 / 0.790. Measured before the bound: 4.25 / 5.10 / 4.33.
+    table = long_tool_user(calls, 0.9)
+    sigma = calls * math.sqrt(1 / 8)
+    expected = [7 / 8 * sum(0.9 ** (m - j) for m in range(j, calls)) / sigma for j in range(calls)] + [0.0]
+    torch.testing.assert_close(table[0], torch.tensor(expected), atol=1e-4, rtol=1e-4)
+    assert real(table).abs().max().item() <= grpo_bound(8) + 1e-5
+
+
+@pytest.mark.parametrize("gamma", [0.9, 1.0])
+@pytest.mark.parametrize("calls", [4, 10, 30])
+def test_p7_at_batch_scale_no_more_than_grpos_batch_scaling_of_the_same_totals(calls, gamma):
+    # Measured before the bound (long group's largest |A|, gamma 0.9): 4.49 / 6.27 / 5.82 against GRPO's 3.03 / 3.36
+    # / 3.46; now at most GRPO's figure (at gamma 1: 2.42 / 2.97 / 3.30).
+    table = long_tool_user(calls, gamma, scale="batch", ordinary_group=True)
+    totals = torch.tensor([calls + 1.0] + [1.0] * 7 + [1.0, 0, 1, 0, 1, 1, 0, 0])
+    grouped = totals.view(2, 8)
+    reference = ((grouped - grouped.mean(dim=1, keepdim=True)).flatten() / (totals.std() + 1e-4)).abs().max()
+    assert real(table[:8]).abs().max().item() <= reference.item() + 1e-5
+
+
+class LongGroup(Group):
+    """A random group of agent-length trajectories (1-64 turns) whose turn rewards are correlated within a
+    trajectory (every call earns the trajectory's own value), anti-correlated (its first calls earn +v, its later
+    ones -v, so the totals nearly tie while partial sums grow), or independent."""
+
+    def __init__(self, rng: random.Random, kind: str):
+        self.size = rng.randint(2, 8)
+        self.num_turns = [rng.randint(1, 64) for _ in range(self.size)]
+        self.outcome = [float(rng.random() < 0.5) for _ in range(self.size)]
+        self.terms, self.shaping = [], [0.0] * self.size
+        for i, k in enumerate(self.num_turns):
+            value = rng.choice([-1.0, -0.1, 0.3, 1.0, rng.uniform(-1, 1)])
+            if kind == "correlated":
+                row = [value] * k
+            elif kind == "anti":
+                half = rng.randint(0, k)
+                row = [value] * half + [-value] * (k - half)
+            else:
+                row = [rng.choice([0.0, value, rng.uniform(-1, 1)]) for _ in range(k)]
+            self.terms.append(row + [0.0] * (64 - k))
+
+
+def place_z_bound(group: LongGroup, scale: str, others: list[LongGroup] = ()) -> torch.Tensor:
+    """Reference for the batch bound: per trajectory, the largest |z| of its own places (outcome, and the turn terms
+    of its real turns and of the group's other turn indices, 0 past its end), each place z-scored as GRPO would
+    (group mean; std over the batch for scale "batch")."""
+    def table(g):
+        return torch.tensor([[o] + row for o, row in zip(g.outcome, g.terms)], dtype=torch.float64)
+
+    values = table(group)
+    pool = torch.cat([values] + [table(o) for o in others]) if scale == "batch" else values
+    std = pool.std(dim=0)
+    z = (values - values.mean(dim=0)) / std
+    z = torch.where(std > 0, z, torch.zeros_like(z))
+    return z.abs().amax(dim=1)
+
+
+@pytest.mark.parametrize("kind", ["correlated", "anti", "independent"])
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_p7_agent_length_random_groups_stay_within_grpos_group_bound(gamma, kind):
+    rng = random.Random(110 + int(gamma * 10))
+    for _ in range(100):
+        group = LongGroup(rng, kind)
+        table = group.advantages(gamma=gamma)
+        assert real(table).abs().max().item() <= grpo_bound(group.size) + 1e-4, (kind, group.num_turns)
+        # Each turn is a discounted convex combination of its places' z-scores, so no more than the largest of them.
+        assert (table.nan_to_num().abs().amax(dim=1).double() <= place_z_bound(group, "group") + 1e-4).all()
+
+
+@pytest.mark.parametrize("kind", ["correlated", "anti", "independent"])
+@pytest.mark.parametrize("gamma", [0.9, 1.0])
+def test_p7_agent_length_random_batches_stay_within_each_places_batch_z_score(gamma, kind):
+    rng = random.Random(130 + int(gamma * 10))
+    for _ in range(50):
+        size = rng.randint(2, 8)
+        members = []
+        while len(members) < 3:
+            group = LongGroup(rng, kind)
+            if group.size == size:
+                members.append(group)
+        outcome = [o for g in members for o in g.outcome]
+        num_turns = [k for g in members for k in g.num_turns]
+        terms = [row for g in members for row in g.terms]
+        table = advantages(outcome, num_turns, terms, gamma=gamma, scale="batch", group_size=size)
+        n = 3 * size
+        assert real(table).abs().max().item() <= math.sqrt((n - 1) * (size - 1) / size) + 1e-4  # GRPO's batch bound
+        for index, group in enumerate(members):
+            others = members[:index] + members[index + 1 :]
+            rows = table[index * size : (index + 1) * size].nan_to_num().abs().amax(dim=1).double()
+            assert (rows <= place_z_bound(group, "batch", others) + 1e-4).all()
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_p7_without_scaling_correlated_rewards_get_no_more_than_grpo_on_the_totals(gamma):
+    # scale "none" divides by nothing, so advantages are in reward units; when a trajectory's rewards all lean the
+    # same way (here: every place of trajectory i is q_i, its quality), no turn gets more than GRPO's none-mode
+    # advantage of the totals, whatever the number of turns.
+    rng = random.Random(150)
+    for _ in range(100):
+        size = rng.randint(2, 8)
+        k = rng.randint(1, 64)
+        quality = [rng.random() for _ in range(size)]
+        terms = [[q] * k for q in quality]
+        table = advantages(quality, [k] * size, terms, gamma=gamma, scale="none")
+        totals = torch.tensor([q * (k + 1) for q in quality])
+        assert real(table).abs().max().item() <= (totals - totals.mean()).abs().max().item() * (1 + 1e-4) + 1e-5
+
+
+def test_p7_pooled_the_papers_formula_is_not_bounded():
+    # Kept with its exact numbers: one short trajectory among seven of 30 equal turns is a z-score over 211 pooled
+    # returns, far past GRPO's bound (P7 fails there, as P1 does).
+    table = turn_advantages(
+        TurnBatch(outcome=torch.tensor([1.0] + [0.0] * 7), num_turns=torch.tensor([1] + [30] * 7), group_size=8),
+        AdvantageSettings(gamma=1.0, estimator="pooled"),
+    ).advantages
+    assert table[0, 0].item() > 4 * grpo_bound(8)
 
 
 # The repros of the estimator review (gamma 0.9, groups where every trajectory succeeded).

@@ -158,7 +158,7 @@ def test_aligned_estimator_by_hand():
     # A: two turns, correct: t = [0, 0], F = 1. B: one turn, wrong, malformed call: t = [-0.1], F = 0. gamma 0.9.
     # Places: F (mean 0.5), t_1 (mean -0.05), t_2 (A 0, B 0 past its end: mean 0).
     advantages = advantages_of([1.0, 0.0], [2, 1], 2, "aligned", turn_terms=[[0.0, 0.0], [-0.1, 0.0]])
-    sigma = (torch.tensor([1.0, 0.0]).var() + torch.tensor([0.0, -0.1]).var()).sqrt().item() + 1e-4
+    sigma = torch.tensor([1.0, 0.0]).std().item() + torch.tensor([0.0, -0.1]).std().item() + 1e-4  # std F + std t_1
     expected = torch.tensor(
         [
             [(0.9 * 0.5 + 0.05) / sigma, 0.5 / sigma],  # turn 1 gets the outcome discounted once, and beat B's turn 1

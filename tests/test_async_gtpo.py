@@ -49,13 +49,14 @@ def score(scorer, runs, rows, rewards):
 def test_turn_scorer_by_hand_aligned_with_the_format_rule():
     # A: call ran ("ok"), then answers: 2 turns, outcome 1. B: guesses without a call: 1 turn, outcome 0, and the
     # format rule's -0.1 on its final turn (no call ran). gamma 0.9, aligned, group scale:
-    #   F = [1, 0] -> deviations [0.5, -0.5], var 0.5; t_1 = [0, -0.1] -> [0.05, -0.05], var 0.005; t_2 = [0, 0]
-    #   A_A = [0.9 * 0.5 + 0.05, 0.5] / sigma = [0.5, 0.5] / sigma; A_B = [-0.5 - 0.05] / sigma; sigma = sqrt(0.505)
+    #   F = [1, 0] -> deviations [0.5, -0.5], std sqrt(0.5); t_1 = [0, -0.1] -> [0.05, -0.05], std sqrt(0.005);
+    #   t_2 = [0, 0]. A_A = [0.9 * 0.5 + 0.05, 0.5] / sigma = [0.5, 0.5] / sigma; A_B = [-0.5 - 0.05] / sigma;
+    #   sigma = sqrt(0.5) + sqrt(0.005)
     scorer = TurnScorer(AdvantageSettings(0.9, "aligned", "group", "group"), 2, format_penalty=-0.1)
     rows = [[[0, 0, 1, 1, 0, 0, 1]], [[0, 0, 1, 1]]]
     runs = [[ToolRun("print(6 * 7)", "42", "ok")], []]
     scored = score(scorer, runs, rows, [[1.0], [0.0]])
-    sigma = math.sqrt(0.505) + 1e-4
+    sigma = math.sqrt(0.5) + math.sqrt(0.005) + 1e-4
     a, b = 0.5 / sigma, -0.55 / sigma
     assert scored.token_advantages[0][0] == pytest.approx([0, 0, a, a, 0, 0, a], abs=1e-6)
     assert scored.token_advantages[1][0] == pytest.approx([0, 0, b, b], abs=1e-6)
@@ -217,7 +218,8 @@ def test_turn_scorer_reads_the_code_interpreters_own_records():
     # The fence interpreter hands its records on: the format rule reads them. A: one turn whose call ran, outcome 1.
     # B: one turn with an unclosed ```python block (malformed, -0.1) in a trajectory where no call ran (-0.1),
     # outcome 0.
-    #   F = [1, 0] -> +-0.5, var 0.5; t_1 = [0, -0.2] -> [0.1, -0.1], var 0.02; A = [0.6, -0.6] / sqrt(0.52)
+    #   F = [1, 0] -> +-0.5, std sqrt(0.5); t_1 = [0, -0.2] -> [0.1, -0.1], std sqrt(0.02);
+    #   A = [0.6, -0.6] / (sqrt(0.5) + sqrt(0.02))
     from trl_gtpo.turn_records import TurnRecord
 
     scorer = TurnScorer(AdvantageSettings(0.9, "aligned", "group", "group"), 2, format_penalty=-0.1)
@@ -228,6 +230,6 @@ def test_turn_scorer_reads_the_code_interpreters_own_records():
         row_masks=[[[0, 1, 1]], [[0, 1]]], runs=[None, None], records=records,
         rewards_per_func=torch.tensor([[1.0], [0.0]]), reward_kwargs={}, decode=str,
     )
-    sigma = math.sqrt(0.52) + 1e-4
+    sigma = math.sqrt(0.5) + math.sqrt(0.02) + 1e-4
     assert scored.token_advantages[0][0] == pytest.approx([0, 0.6 / sigma, 0.6 / sigma], abs=1e-6)
     assert scored.token_advantages[1][0] == pytest.approx([0, -0.6 / sigma], abs=1e-6)

@@ -101,8 +101,8 @@ def test_one_group_by_hand_a_turn_reward_moves_its_own_step_and_grpo_sum_moves_t
     """Two trajectories: A gets step 1 right and step 2 wrong, B the reverse; step 1 is rewarded (1), nothing else
     (outcome 0). Tabular policy: the update of step j's logit is (1/G) sum_i A_ij (b_ij - sigmoid(theta_j)).
 
-    Default estimator: the step-1 terms are t = (1, 0), mean 1/2, sample variance 1/2, so sigma = sqrt(1/2) and
-    A_A1 = +1/sqrt(2), A_B1 = -1/sqrt(2); turn 2 and the answer turn have no reward at or after them: A_i2 = 0.
+    Default estimator: the step-1 terms are t = (1, 0), mean 1/2, sample std sqrt(1/2), the only place that varies,
+    so sigma = sqrt(1/2) and A_A1 = +1/sqrt(2), A_B1 = -1/sqrt(2); turn 2 and the answer turn have no reward at or after them: A_i2 = 0.
     Step 1: (1/2) [1/sqrt(2) (1 - s) - 1/sqrt(2) (0 - s)] = 1/(2 sqrt(2)) = 0.3536 for any s = sigmoid(theta_1).
     Step 2: 0. GRPO with the summed reward: totals (1, 0), the same +-1/sqrt(2) on every turn, so step 2 gets
     (1/2) [1/sqrt(2) (0 - s) - 1/sqrt(2) (1 - s)] = -0.3536: B's right step 2 is pushed down.

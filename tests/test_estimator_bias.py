@@ -78,10 +78,11 @@ def chain_rows():
 def test_on_the_chain_turn_credit_has_less_noise_than_grpo_with_the_same_rewards_summed(chain_rows, gamma, group_size):
     # P6 by enumeration: each turn's own reward informs that turn's choice only. Placing it on its turn (aligned)
     # needs fewer groups for the same signal-to-noise than spreading every reward over every turn (GRPO on the summed
-    # rewards), with the same direction. Measured: 1.6-1.8 / 2.85 at G=2, 0.41-0.48 / 0.70 at G=4, 0.13-0.16 / 0.20
-    # at G=8.
+    # rewards), with the same direction. Measured with the bounded scale (sigma = sum of the places' stds): 1.70-1.83
+    # / 2.85 at G=2, 0.45-0.52 / 0.70 at G=4, 0.14-0.17 / 0.20 at G=8 (ratios 0.60-0.86). The root of the summed
+    # variances it replaced measured 0.57-0.81 of GRPO's, but was unbounded with correlated turn rewards (P7).
     aligned, grpo = chain_rows[(gamma, group_size, "aligned", "group")], chain_rows[(gamma, group_size, "grpo", "group")]
-    assert aligned["noise"] < 0.85 * grpo["noise"]
+    assert aligned["noise"] < 0.9 * grpo["noise"]
     assert aligned["cos"] > 0.99 and aligned["sign_agreement"] == 1.0
     # Without the turn rewards GRPO is far noisier still: the information, not only its placement, matters.
     assert chain_rows[(gamma, group_size, "grpo_outcome", "group")]["noise"] > grpo["noise"]

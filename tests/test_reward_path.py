@@ -48,7 +48,7 @@ def test_reward_to_advantage_path_by_hand(estimator, tiny_model_path, tmp_path):
         terms = {"A": [0.0, 0.0], "B": [0.0, 0.0], "C": [penalty, 0.0], "D": [penalty, 0.0]}  # 0 past the end
         mean_final = sum(final.values()) / 4
         mean_terms = [sum(terms[tag][m] for tag in "ABCD") / 4 for m in range(2)]
-        sigma = (torch.tensor(list(final.values())).var() + torch.tensor([terms[t][0] for t in "ABCD"]).var()).sqrt()
+        sigma = torch.tensor(list(final.values())).std() + torch.tensor([terms[t][0] for t in "ABCD"]).std()
         expected = {}
         for tag in "ABCD":
             k = len(returns[tag])

@@ -228,25 +228,35 @@ def aligned_advantages(
     """The "aligned" estimator (the default): each reward is compared with the group's mean reward at the same place.
 
         A_ij = [gamma^(K_i - j) (F_i - mean F) + sum_{m >= j} gamma^(m - j) (t_im - mean_m t)] / (sigma + 1e-4)
-        sigma^2 = var(F) + sum_m var_m(t)
+        sigma = std(F) + sum_m std_m(t)
 
     F_i (`final`, (N,)) is the trajectory-level reward (outcome + shaping), which the paper's return R_ij carries
     from the last turn with weight gamma^(K_i - j); t_im (`terms`, (N, W)) are the turn terms (format penalties, the
     user's turn rewards), 0 past a trajectory's last turn (a finished trajectory earns nothing more). mean F is over
-    the group, mean_m t over the group's trajectories at turn m (those that ended before m count as 0), and var /
-    var_m are their unbiased variances: over the group (`scale="group"`), over the whole batch (`"batch"`, TRL's
-    `scale_rewards="batch"`), or no division (`"none"`). NaN marks an unscorable or turnless trajectory (left out
-    of every statistic; its advantage is NaN, i.e. 0 in the loss) and turns past K_i.
+    the group, mean_m t over the group's trajectories at turn m (those that ended before m count as 0), and std /
+    std_m are their unbiased standard deviations: over the group (`scale="group"`), over the whole batch
+    (`"batch"`, TRL's `scale_rewards="batch"`), or no division (`"none"`). NaN marks an unscorable or turnless
+    trajectory (left out of every statistic; its advantage is NaN, i.e. 0 in the loss) and turns past K_i.
 
-    Why: the numerator is R_ij minus the return that turn j of trajectory i would have earned had every reward been
-    the group's mean at the same place, so it is a sum of reward differences and nothing else: a group whose
+    Why the numerator: it is R_ij minus the return that turn j of trajectory i would have earned had every reward
+    been the group's mean at the same place, so it is a sum of reward differences and nothing else: a group whose
     trajectories earn the same outcome and no turn terms gets exactly 0 whatever their turn counts (GRPO's 0 on a
     solved group; the paper's pooled formula and a baseline of first-turn returns both turned the discount gap
     (1 - gamma) F into unit-sized or larger advantages there), and a turn term moves the turns at and before it
-    even when the group's totals tie. sigma is the std of the total reward when the places vary independently
-    (then sigma^2 = var(sum)), so the scale is GRPO's, but it stays positive when differences cancel in the total.
-    Rescaling every reward by c > 0 rescales numerator and sigma alike (P5). With one turn per trajectory and no
-    turn terms it is exactly GRPO's advantage in every scale mode.
+    even when the group's totals tie.
+
+    Why the scale (bounded, P7): sigma is the largest std the total reward can have given its places' stds
+    (std(x + y) <= std(x) + std(y)), reached when the places move together, as an agent's per-call rewards and its
+    outcome usually do; then sigma is GRPO's std of the totals. Every advantage is a discounted convex combination
+    of the places' own z-scores, A_ij = sum_p c_ijp (s_p / sigma) z_ip with 0 <= c_ijp <= 1 and sum_p s_p = sigma,
+    so |A_ij| <= max_p |z_ip|, GRPO's largest advantage on a single place's rewards: at most (G - 1) / sqrt(G) at
+    group scale (GRPO's own bound), and GRPO's batch-scaled bound at batch scale, whatever the number of turns. The
+    root of the sum of the places' variances, used before, equals the total's std only for independent places and
+    let a trajectory with n correlated turn rewards reach about sqrt(n) times GRPO's bound. The price: when places
+    vary independently, sigma exceeds the total's std (by up to sqrt(number of varying places)), so advantages are
+    smaller than GRPO's, never larger. Rescaling every reward by c > 0 rescales numerator and sigma alike (P5); a
+    place that does not vary in its group adds nothing. With one turn per trajectory and no turn terms it is exactly
+    GRPO's advantage in every scale mode (P4).
 
     What it is unbiased for: at gamma = 1 the baseline of a turn is the group's mean reward-to-go, which does not
     depend on the trajectory's own actions except through its 1/G share of the mean (GRPO's own shrinkage), so the
@@ -263,11 +273,11 @@ def aligned_advantages(
     left_out = torch.full_like(terms, torch.nan)
     places = torch.cat([final.unsqueeze(1), torch.nan_to_num(terms, nan=0.0)], dim=1)  # (N, 1 + W): F, t_1..t_W
     places = torch.where(scored.unsqueeze(1), places, torch.cat([left_out[:, :1], left_out], dim=1))
-    deviations, variance = _place_deviations(places, group_size, scale)
+    deviations, sigma = _place_deviations(places, group_size, scale)
     turns = torch.arange(width, device=terms.device).expand(n, width)
     to_end = (num_turns.unsqueeze(1) - 1 - turns).clamp(min=0).to(terms.dtype)
     numerator = gamma**to_end * deviations[:, :1] + discounted_returns(torch.nan_to_num(deviations[:, 1:]), gamma)
-    advantages = numerator if variance is None else numerator / (variance.sqrt() + 1e-4)
+    advantages = numerator if sigma is None else numerator / (sigma + 1e-4)
     real = scored.unsqueeze(1) & (turns < num_turns.unsqueeze(1))
     return torch.where(real, advantages, left_out)
 
@@ -275,7 +285,7 @@ def aligned_advantages(
 def _place_deviations(places: torch.Tensor, group_size: int, scale: str):
     """(N, P) deviations of each place's value from its group mean (exactly 0 where the group's values are equal,
     so float rounding of a mean is never read as a reward difference), and the (N, 1) sum of the places' unbiased
-    variances (over the group, or the batch for `scale="batch"`; None for `"none"`). NaN rows are left out."""
+    stds (over the group, or the batch for `scale="batch"`; None for `"none"`). NaN rows are left out."""
     n, width = places.shape
     grouped = places.view(n // group_size, group_size, width)
     mean = torch.nanmean(grouped, dim=1, keepdim=True)
@@ -284,16 +294,16 @@ def _place_deviations(places: torch.Tensor, group_size: int, scale: str):
     deviations = torch.where(high == low, torch.zeros_like(grouped), grouped - mean)
     deviations = torch.where(torch.isnan(grouped), grouped, deviations).view(n, width)
     if scale == "group":
-        spread = torch.nan_to_num(nanstd(grouped, dim=1) ** 2, nan=0.0)  # (groups, P); a lone value: no spread
-        variance = torch.where(high.squeeze(1) == low.squeeze(1), torch.zeros_like(spread), spread)
-        variance = variance.sum(dim=1).repeat_interleave(group_size).unsqueeze(1)
+        spread = torch.nan_to_num(nanstd(grouped, dim=1), nan=0.0)  # (groups, P); a lone value: no spread
+        spread = torch.where(high.squeeze(1) == low.squeeze(1), torch.zeros_like(spread), spread)
+        sigma = spread.sum(dim=1).repeat_interleave(group_size).unsqueeze(1)
     elif scale == "batch":
-        variance = torch.nan_to_num(nanstd(places, dim=0) ** 2, nan=0.0).sum().expand(n, 1)
+        sigma = torch.nan_to_num(nanstd(places, dim=0), nan=0.0).sum().expand(n, 1)
     elif scale == "none":
-        variance = None
+        sigma = None
     else:
         raise ValueError(f"Unknown scale_rewards {scale!r}: use 'group', 'batch' or 'none'.")
-    return deviations, variance
+    return deviations, sigma
 
 
 def token_advantages(advantages: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

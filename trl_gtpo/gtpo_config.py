@@ -120,8 +120,9 @@ class GTPOConfig(GRPOConfig):
         metadata={
             "help": "How a turn's advantage is estimated from its discounted return R_ij: 'aligned' (each reward minus "
             "the group's mean reward at the same place, the outcome at the trajectory's end and a turn term at its "
-            "turn index, divided by the root of the sum of those places' variances: a group that earns the same gets "
-            "0 whatever its turn counts, and a turn reward moves its own turn even when totals tie) or 'pooled' (the "
+            "turn index, divided by the sum of those places' stds: a group that earns the same gets 0 whatever its "
+            "turn counts, a turn reward moves its own turn even when totals tie, and no advantage exceeds GRPO's bound "
+            "(G - 1) / sqrt(G) however many turns are rewarded) or 'pooled' (the "
             "paper's formula as we read it: baseline and std over every turn return of the group; a solved group gets "
             "unit-sized advantages from the discount alone). See trl_gtpo.advantages."
         },
