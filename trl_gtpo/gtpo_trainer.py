@@ -104,15 +104,17 @@ class GTPOTrainer(GRPOTrainer):
             )
         self.turn_reward_weights = list(weights) if weights is not None else [1.0] * len(self.turn_reward_funcs)
         # The columns the rollout and the reward functions read, checked now (TRL would fail inside step 1). Only on
-        # GTPO's own code interpreter are the reward functions' other arguments known to be dataset columns.
+        # GTPO's own code interpreter are the reward functions' other arguments known to be dataset columns. With an
+        # `environment_factory` the rows may lack `prompt`, as in TRL: each environment's `reset()` may supply it.
         ours = not own_paths or isinstance(kwargs.get("rollout_func"), CodeInterpreterRollout)
         funcs = [
             func
             for func in _as_list(reward_funcs) + self.turn_reward_funcs
             if ours and callable(func) and not isinstance(func, torch.nn.Module)
         ]
+        needs_prompt = kwargs.get("environment_factory") is None
         for split in ("train_dataset", "eval_dataset"):
-            check_dataset(kwargs.get(split), split, funcs, extra=("env_mask",))
+            check_dataset(kwargs.get(split), split, funcs, extra=("env_mask",), needs_prompt=needs_prompt)
         if kwargs.get("environment_factory") is not None:  # its get_turn_rewards() is read here, not a tool
             kwargs["environment_factory"] = trl_private.hide_environment_methods(
                 kwargs["environment_factory"], ["get_turn_rewards"]
