@@ -3,11 +3,13 @@
 Each test names the TRL test (tests/test_grpo_trainer.py of TRL) whose scenario it reproduces on the tiny model.
 """
 
+from unittest.mock import patch
+
 import pytest
 import torch
 from datasets import Dataset
 
-from helpers import make_args
+from helpers import QUESTION, make_args
 from test_turn_rewards import tool_calling_tokenizer
 from trl_gtpo import GTPOTrainer
 
@@ -159,3 +161,33 @@ def test_the_code_interpreter_still_needs_a_prompt_column(tiny_model_path, tmp_p
             model=tiny_model_path, reward_funcs=called_a_tool, args=make_args(tmp_path),
             train_dataset=Dataset.from_dict({"environment": ["counter"] * 4}),
         )
+
+
+# ------------------------------------------------------------------------ the batch TRL hands to training_step
+
+
+@pytest.mark.slow
+def test_training_step_gets_the_datasets_rows_without_the_rollouts_fields(tiny_model_path, tmp_path):
+    """TRL's test_prepare_input_called_with_correct_data: `training_step` gets the generation batch as the dataset
+    gave it. TRL merges a rollout_func's extra fields into those row dicts in place; the code interpreter's `turns`
+    and `stop_reason` must not end up there (the reward functions still get them)."""
+    first, second = [{"role": "user", "content": "What is 2 + 2?"}], QUESTION
+    args = make_args(
+        tmp_path, max_steps=2, per_device_train_batch_size=4, num_generations=4, max_completion_length=16,
+        shuffle_dataset=False, format_penalty=0.0, shaping_alpha=0.0,
+    )
+    reward_kwargs = []
+
+    def reward(completions, **kwargs):
+        reward_kwargs.append(set(kwargs))
+        return [float(len(completion[0]["content"]) % 2) for completion in completions]
+
+    trainer = GTPOTrainer(
+        model=tiny_model_path, reward_funcs=reward, args=args, train_dataset=Dataset.from_dict({"prompt": [first, second]})
+    )
+    with patch.object(GTPOTrainer, "training_step", wraps=trainer.training_step) as training_step:
+        trainer.train()
+    assert training_step.call_count == 2
+    assert training_step.call_args_list[0].args[1] == [{"prompt": first}] * 4
+    assert training_step.call_args_list[1].args[1] == [{"prompt": second}] * 4
+    assert all({"turns", "stop_reason"} <= seen for seen in reward_kwargs)  # the reward functions' view is TRL's

@@ -138,12 +138,17 @@ class GTPOTrainer(GRPOTrainer):
         # it computes on the way and drops (tool masks, gathered rewards) are read as they pass (`capture_step`).
         # `mask_truncated_completions` is applied here rather than by TRL, so that a trajectory that ran out of turns
         # is not taken for a truncated one (`_mask_truncated`).
+        # TRL merges a rollout_func's extra fields (the code interpreter's `turns`, `stop_reason`) into the row dicts
+        # it is given, in place, to pass them to the reward functions; those dicts are the batch the Trainer hands on
+        # (`training_step`, callbacks). TRL gets copies of the rows: the reward functions and GTPO's own scoring
+        # (`capture_step`) still see the fields, the caller's rows stay the dataset's.
+        rows = [dict(row) for row in inputs]
         with (
             trl_private.capture_step(self) as step,
             trl_private.truncation_masking_off(self) as mask_truncated,
             trl_private.without_trl_checkpointing_warning(),
         ):
-            output = super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(rows)
         output["advantages"] = self._turn_level_advantages(step, output)
         if mask_truncated:
             self._mask_truncated(step, output)
