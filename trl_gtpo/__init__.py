@@ -28,6 +28,9 @@ _EXPORTS = {
     "verified_answer_turn_reward": "rewards.turn",
     "CodeInterpreterRollout": "interpreter.rollout",
     "PythonEnvironment": "interpreter.environment",
+    # Loaded on first use like every name here; these two also import TRL's experimental `trl.experimental.async_grpo`.
+    "AsyncGTPOConfig": "async_gtpo",
+    "AsyncGTPOTrainer": "async_gtpo",
 }
 
 __all__ = sorted(_EXPORTS)
