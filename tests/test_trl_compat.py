@@ -29,6 +29,30 @@ def test_a_moved_trl_signature_fails_loudly_with_the_fix(monkeypatch):
         trl_private.check_trl_api()
 
 
+def test_a_missing_trl_private_fails_gtpo_trainer_construction_naming_the_module_to_update(
+    monkeypatch, tiny_model_path, tmp_path
+):
+    from datasets import Dataset
+
+    from helpers import QUESTION, boxed_42, make_args
+    from trl_gtpo import GTPOTrainer
+
+    monkeypatch.delattr(GRPOTrainer, "_generate_single_turn")
+    with pytest.raises(RuntimeError, match=r"GRPOTrainer\._generate_single_turn.*trl_gtpo/_trl_compat/generation\.py"):
+        GTPOTrainer(
+            model=tiny_model_path, reward_funcs=boxed_42, args=make_args(tmp_path),
+            train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+        )
+    monkeypatch.undo()
+
+    def _calculate_rewards(self, inputs, prompts, completions):  # a parameter gone
+        return None
+
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", _calculate_rewards)
+    with pytest.raises(RuntimeError, match=r"_calculate_rewards takes .* update trl_gtpo/_trl_compat/step\.py"):
+        trl_private.check_trl_api()
+
+
 def test_no_other_module_imports_trl_internals():
     import pathlib
 

@@ -78,6 +78,7 @@ class GTPOTrainer(GRPOTrainer):
         executor: CodeExecutor | None = None,
         **kwargs,
     ):
+        trl_private.check_trl_api()  # the TRL privates GTPO relies on, checked before TRL's own construction
         own_paths = [name for name in ("tools", "rollout_func", "environment_factory") if kwargs.get(name)]
         if executor is not None and own_paths and not isinstance(kwargs.get("rollout_func"), CodeInterpreterRollout):
             raise ValueError(

@@ -1,5 +1,6 @@
 """The one door into TRL's private API (checked against TRL 1.16.0), one module per TRL area: every other module of
-trl_gtpo uses only TRL's public names and the names below. Each function says which TRL code it relies on; `check_trl_api` fails loudly when one of them moves.
+trl_gtpo uses only TRL's public names and the names below. Each function says which TRL code it relies on;
+`check_trl_api`, run when a GTPOTrainer is built, fails loudly when one of them moves.
 
 What GTPO needs that TRL does not expose:
 - the values `GRPOTrainer._generate_and_score_completions` computes and drops: the unmasked tool masks and extra
