@@ -12,7 +12,8 @@ What GTPO needs that TRL does not expose:
 - two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`);
 - the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`);
 - `mask_truncated_completions` applied by GTPO, so that a trajectory that ran out of turns is not dropped
-  (`truncation_masking_off`, `truncated_rows`);
+  (`truncation_masking_off`, `truncated_rows`), nor counted in `completions/clipped_ratio`
+  (`recount_clipped_completions`);
 - an environment's tools as TRL lists them, and hiding `get_turn_rewards` from that list (`environment_tools`,
   `hide_environment_methods`);
 - a readable log: the completions sample in a log file, one TRL deprecation warning per step silenced
@@ -29,6 +30,7 @@ from .logging import (
     compact_completions_sample,
     log_completion_column,
     metrics,
+    recount_clipped_completions,
     replace_logged_advantages,
     without_trl_checkpointing_warning,
 )
@@ -52,6 +54,7 @@ __all__ = [
     "nanstd",
     "patch_colocate_weight_sync_for_cpu",
     "prompt_media",
+    "recount_clipped_completions",
     "replace_logged_advantages",
     "stop_padding_start",
     "stop_string_criteria",

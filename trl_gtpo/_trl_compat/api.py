@@ -31,6 +31,14 @@ _COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("
 # `truncation_masking_off` relies on `_generate_and_score_completions` reading this attribute (TRL 1.16.0).
 _TRUNCATION_MASKING_READ = "if self.mask_truncated_completions:"
 
+# `recount_clipped_completions` relies on `_generate` appending these figures, one value each per call (TRL 1.16.0).
+_TRUNCATION_METRICS = (
+    "completions/clipped_ratio",
+    "completions/mean_terminated_length",
+    "completions/min_terminated_length",
+    "completions/max_terminated_length",
+)
+
 # `compact_completions_sample` relies on `GRPOTrainer.log` printing the sample through this module-level name.
 _SAMPLE_PRINTER = "print_prompt_completions_sample"
 
@@ -64,6 +72,12 @@ def check_trl_api() -> None:
             "GRPOTrainer._generate_and_score_completions no longer reads `self.mask_truncated_completions`, which "
             "GTPO turns off to mask truncated completions itself: install trl==1.16.0 or update "
             "trl_gtpo/_trl_compat/step.py (truncation_masking_off)."
+        )
+    generate = inspect.getsource(GRPOTrainer._generate)
+    if not all(f'_metrics[mode]["{name}"].append(' in generate for name in _TRUNCATION_METRICS):
+        raise RuntimeError(
+            f"GRPOTrainer._generate no longer appends {', '.join(_TRUNCATION_METRICS)} to its metrics, which GTPO "
+            "recounts: install trl==1.16.0 or update trl_gtpo/_trl_compat/logging.py (recount_clipped_completions)."
         )
     import trl.trainer.grpo_trainer as grpo_module
 
