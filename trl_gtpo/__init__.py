@@ -1,9 +1,10 @@
 """trl-gtpo: Group Turn Policy Optimization (arXiv 2511.14846) for multi-turn tool-integrated reasoning, on TRL.
 
-Three parts: the algorithm (`gtpo_config`, `gtpo_trainer`, `advantages`, `turn_records`, `shaping`, `similarity`,
-`rewards`), the code interpreter (`interpreter`: transcript format, loop, rollout, executor protocol, and `interpreter.sandbox`,
-the local pool that runs the code), and the offline demo (`demo`: packaged model, data sets, prompt). Public names load
-lazily (as in TRL), so the pure modules import without pulling in the trainer.
+Four parts: the algorithm (`gtpo_config`, `gtpo_trainer`, `advantages`, `turn_records`, `shaping`, `similarity`,
+`rewards`), the code interpreter (`interpreter`: transcript format, loop, rollout, executor protocol, and
+`interpreter.sandbox`, the local pool that runs the code), asynchronous GTPO (`async_gtpo`, `async_turns`: GTPO on
+TRL's experimental `AsyncGRPOTrainer`), and the offline demo (`demo`: packaged model, data sets, prompt). Public names
+load lazily (as in TRL), so the pure modules import without pulling in the trainer.
 """
 
 import importlib
