@@ -182,9 +182,8 @@ def test_training_step_gets_the_datasets_rows_without_the_rollouts_fields(tiny_m
         reward_kwargs.append(set(kwargs))
         return [float(len(completion[0]["content"]) % 2) for completion in completions]
 
-    trainer = GTPOTrainer(
-        model=tiny_model_path, reward_funcs=reward, args=args, train_dataset=Dataset.from_dict({"prompt": [first, second]})
-    )
+    dataset = Dataset.from_dict({"prompt": [first, second]})
+    trainer = GTPOTrainer(model=tiny_model_path, reward_funcs=reward, args=args, train_dataset=dataset)
     with patch.object(GTPOTrainer, "training_step", wraps=trainer.training_step) as training_step:
         trainer.train()
     assert training_step.call_count == 2
