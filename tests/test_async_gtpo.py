@@ -3,6 +3,7 @@ attention, and a training step from a stub rollout worker (the vLLM stage runs t
 tests/integration/test_vllm_async_gtpo.py)."""
 
 import math
+import os
 import queue
 
 import numpy as np
@@ -203,6 +204,26 @@ def test_check_async_trl_api_names_what_moved(monkeypatch):
     monkeypatch.setattr(async_rollout_worker._AsyncRolloutLoop, "_score_group", score_group)
     with pytest.raises(RuntimeError, match="_score_group as a coroutine.*trl==1.16"):
         trl_async.check_async_trl_api()
+
+
+def test_the_async_trainer_and_config_are_public_names_imported_on_first_use():
+    """`from trl_gtpo import AsyncGTPOTrainer` works; a bare `import trl_gtpo` imports neither them nor TRL's
+    experimental package (nor TRL at all), as for every public name."""
+    import subprocess
+    import sys
+
+    import trl_gtpo
+
+    assert trl_gtpo.AsyncGTPOTrainer is AsyncGTPOTrainer and trl_gtpo.AsyncGTPOConfig is AsyncGTPOConfig
+    assert {"AsyncGTPOConfig", "AsyncGTPOTrainer"} <= set(trl_gtpo.__all__)
+    code = (
+        "import sys, trl_gtpo\n"
+        "loaded = [m for m in ('trl', 'trl_gtpo.async_gtpo', 'trl.experimental') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "from trl_gtpo import AsyncGTPOTrainer\n"
+        "assert 'trl.experimental.async_grpo' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
 @pytest.mark.parametrize(

@@ -380,3 +380,10 @@ def test_mask_truncated_completions_drops_cut_trajectories_not_those_that_ran_ou
         assert trained == (0 if tag == "C" else model_tokens), tag
     assert record["num_items_in_batch"].item() == record["mask"].sum().item()
     assert {tag: stop for tag, stop in zip(tags, stops)} == expected_stops  # the rollout says why each one ended
+    # TRL's completions/clipped_ratio counts only C, the one cut by length (TRL's own rule counts A, C and D: no EOS);
+    # the terminated lengths are those of the other rows' model tokens.
+    logs = trainer.state.log_history[0]
+    assert logs["completions/clipped_ratio"] == 0.25
+    ended = [record["unmasked"][row].sum().item() for row, tag in enumerate(tags) if tag != "C"]
+    assert logs["completions/mean_terminated_length"] == pytest.approx(sum(ended) / 3)
+    assert logs["completions/max_terminated_length"] == max(ended)

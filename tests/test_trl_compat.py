@@ -29,6 +29,30 @@ def test_a_moved_trl_signature_fails_loudly_with_the_fix(monkeypatch):
         trl_private.check_trl_api()
 
 
+def test_a_missing_trl_private_fails_gtpo_trainer_construction_naming_the_module_to_update(
+    monkeypatch, tiny_model_path, tmp_path
+):
+    from datasets import Dataset
+
+    from helpers import QUESTION, boxed_42, make_args
+    from trl_gtpo import GTPOTrainer
+
+    monkeypatch.delattr(GRPOTrainer, "_generate_single_turn")
+    with pytest.raises(RuntimeError, match=r"GRPOTrainer\._generate_single_turn.*trl_gtpo/_trl_compat/generation\.py"):
+        GTPOTrainer(
+            model=tiny_model_path, reward_funcs=boxed_42, args=make_args(tmp_path),
+            train_dataset=Dataset.from_dict({"prompt": [QUESTION] * 4}),
+        )
+    monkeypatch.undo()
+
+    def _calculate_rewards(self, inputs, prompts, completions):  # a parameter gone
+        return None
+
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", _calculate_rewards)
+    with pytest.raises(RuntimeError, match=r"_calculate_rewards takes .* update trl_gtpo/_trl_compat/step\.py"):
+        trl_private.check_trl_api()
+
+
 def test_no_other_module_imports_trl_internals():
     import pathlib
 
@@ -70,6 +94,30 @@ def test_replace_logged_advantages_aligns_from_the_end_of_a_full_deque():
     trainer = SimpleNamespace(_logs={"advantages": deque([9.0, 9.0, 9.0], maxlen=3)})
     trl_private.replace_logged_advantages(trainer, [1.0, 2.0, 3.0, 4.0, 5.0])  # an eval batch larger than the deque
     assert list(trainer._logs["advantages"]) == [3.0, 4.0, 5.0]
+
+
+def test_recount_clipped_completions_replaces_the_figures_trl_just_logged():
+    from collections import defaultdict
+
+    names = ["clipped_ratio", "mean_terminated_length", "min_terminated_length", "max_terminated_length"]
+    logged = defaultdict(list, {f"completions/{name}": [0.5, 0.75] for name in names})  # TRL's, this step's last
+    trainer = SimpleNamespace(
+        _metrics={"train": logged}, model=SimpleNamespace(training=True),
+        accelerator=SimpleNamespace(device="cpu", gather=lambda tensor: tensor),
+    )
+    trl_private.recount_clipped_completions(trainer, [False, True, False, False], [3, 9, 5, 4])
+    assert [logged[f"completions/{name}"] for name in names] == [[0.5, 0.25], [0.5, 4.0], [0.5, 3.0], [0.5, 5.0]]
+    trl_private.recount_clipped_completions(trainer, [True, True], [3, 9])  # nothing terminated: 0, as TRL logs it
+    assert [logged[f"completions/{name}"][-1] for name in names] == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_a_generate_that_no_longer_logs_the_truncation_figures_fails_loudly(monkeypatch):
+    def _generate(self, prompts):  # counts no clipped completions
+        return prompts
+
+    monkeypatch.setattr(GRPOTrainer, "_generate", _generate)
+    with pytest.raises(RuntimeError, match=r"completions/clipped_ratio.*_trl_compat/logging\.py"):
+        trl_private.check_trl_api()
 
 
 class FakeLLM:

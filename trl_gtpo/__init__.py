@@ -1,9 +1,10 @@
 """trl-gtpo: Group Turn Policy Optimization (arXiv 2511.14846) for multi-turn tool-integrated reasoning, on TRL.
 
-Three parts: the algorithm (`gtpo_config`, `gtpo_trainer`, `advantages`, `turn_records`, `shaping`, `similarity`,
-`rewards`), the code interpreter (`interpreter`: transcript format, loop, rollout, executor protocol, and `interpreter.sandbox`,
-the local pool that runs the code), and the offline demo (`demo`: packaged model, data sets, prompt). Public names load
-lazily (as in TRL), so the pure modules import without pulling in the trainer.
+Four parts: the algorithm (`gtpo_config`, `gtpo_trainer`, `advantages`, `turn_records`, `shaping`, `similarity`,
+`rewards`), the code interpreter (`interpreter`: transcript format, loop, rollout, executor protocol, and
+`interpreter.sandbox`, the local pool that runs the code), asynchronous GTPO (`async_gtpo`, `async_turns`: GTPO on
+TRL's experimental `AsyncGRPOTrainer`), and the offline demo (`demo`: packaged model, data sets, prompt). Public names
+load lazily (as in TRL), so the pure modules import without pulling in the trainer.
 """
 
 import importlib
@@ -28,6 +29,9 @@ _EXPORTS = {
     "verified_answer_turn_reward": "rewards.turn",
     "CodeInterpreterRollout": "interpreter.rollout",
     "PythonEnvironment": "interpreter.environment",
+    # Loaded on first use like every name here; these two also import TRL's experimental `trl.experimental.async_grpo`.
+    "AsyncGTPOConfig": "async_gtpo",
+    "AsyncGTPOTrainer": "async_gtpo",
 }
 
 __all__ = sorted(_EXPORTS)

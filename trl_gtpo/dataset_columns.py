@@ -2,7 +2,9 @@
 
 TRL's GRPOTrainer reads `prompt` from every row, and hands the other columns to the reward functions as keyword
 arguments: a missing `prompt` is a bare KeyError inside the first step, a missing reward column a TypeError inside a
-reward function. Both are known at construction, when the error can name the column and the function.
+reward function. Both are known at construction, when the error can name the column and the function. The one
+exception is TRL's: with an `environment_factory`, the environment's `reset()` may supply the prompt, and a row may
+carry only what the environment needs (e.g. an `environment` column that routes it); `prompt` is then optional.
 """
 
 import inspect
@@ -14,16 +16,23 @@ TRAINER_ARGUMENTS = frozenset(
 )
 
 
-def check_dataset(dataset, split: str, funcs: Sequence[Callable] = (), extra: Sequence[str] = ()) -> None:
+def check_dataset(
+    dataset,
+    split: str,
+    funcs: Sequence[Callable] = (),
+    extra: Sequence[str] = (),
+    needs_prompt: bool = True,
+) -> None:
     """Raise a ValueError naming the fix if `dataset` (the trainer's `split`, e.g. "train_dataset") is empty, has no
-    `prompt` column, or lacks a column that a function of `funcs` requires (a parameter without default that is not
-    one of `TRAINER_ARGUMENTS` nor `extra`, the names a rollout adds). Datasets that do not list their columns (some
+    `prompt` column (when `needs_prompt`: every path but an `environment_factory`, whose `reset()` may supply it), or
+    lacks a column that a function of `funcs` requires (a parameter without default that is not one of
+    `TRAINER_ARGUMENTS` nor `extra`, the names a rollout adds). Datasets that do not list their columns (some
     iterable ones) are only checked for what they tell."""
     if dataset is None:
         return
     if isinstance(dataset, dict):  # eval_dataset may be a dict of named datasets
         for name, part in dataset.items():
-            check_dataset(part, f"{split}[{name!r}]", funcs, extra)
+            check_dataset(part, f"{split}[{name!r}]", funcs, extra, needs_prompt)
         return
     try:
         size = len(dataset)
@@ -32,12 +41,12 @@ def check_dataset(dataset, split: str, funcs: Sequence[Callable] = (), extra: Se
     if size == 0:
         raise ValueError(
             f"GTPOTrainer got an empty {split}: there is nothing to train or evaluate on (TRL would run 0 steps and "
-            "return). Pass a dataset with at least one row with a `prompt`."
+            "return). Pass a dataset with at least one row" + (" with a `prompt`." if needs_prompt else ".")
         )
     columns = getattr(dataset, "column_names", None)
     if not isinstance(columns, (list, tuple)):
         return
-    if "prompt" not in columns:
+    if needs_prompt and "prompt" not in columns:
         raise ValueError(
             f"GTPOTrainer's {split} has no `prompt` column (its columns: {list(columns)}): every row needs a `prompt` "
             "(a string, or a list of chat messages); rename the question column, e.g. "

@@ -78,6 +78,7 @@ class GTPOTrainer(GRPOTrainer):
         executor: CodeExecutor | None = None,
         **kwargs,
     ):
+        trl_private.check_trl_api()  # the TRL privates GTPO relies on, checked before TRL's own construction
         own_paths = [name for name in ("tools", "rollout_func", "environment_factory") if kwargs.get(name)]
         if executor is not None and own_paths and not isinstance(kwargs.get("rollout_func"), CodeInterpreterRollout):
             raise ValueError(
@@ -104,15 +105,17 @@ class GTPOTrainer(GRPOTrainer):
             )
         self.turn_reward_weights = list(weights) if weights is not None else [1.0] * len(self.turn_reward_funcs)
         # The columns the rollout and the reward functions read, checked now (TRL would fail inside step 1). Only on
-        # GTPO's own code interpreter are the reward functions' other arguments known to be dataset columns.
+        # GTPO's own code interpreter are the reward functions' other arguments known to be dataset columns. With an
+        # `environment_factory` the rows may lack `prompt`, as in TRL: each environment's `reset()` may supply it.
         ours = not own_paths or isinstance(kwargs.get("rollout_func"), CodeInterpreterRollout)
         funcs = [
             func
             for func in _as_list(reward_funcs) + self.turn_reward_funcs
             if ours and callable(func) and not isinstance(func, torch.nn.Module)
         ]
+        needs_prompt = kwargs.get("environment_factory") is None
         for split in ("train_dataset", "eval_dataset"):
-            check_dataset(kwargs.get(split), split, funcs, extra=("env_mask",))
+            check_dataset(kwargs.get(split), split, funcs, extra=("env_mask",), needs_prompt=needs_prompt)
         if kwargs.get("environment_factory") is not None:  # its get_turn_rewards() is read here, not a tool
             kwargs["environment_factory"] = trl_private.hide_environment_methods(
                 kwargs["environment_factory"], ["get_turn_rewards"]
@@ -135,31 +138,45 @@ class GTPOTrainer(GRPOTrainer):
         # (B, T) turn-level ones. TRL 1.16 computes advantages inline there, so this is the narrowest hook; the values
         # it computes on the way and drops (tool masks, gathered rewards) are read as they pass (`capture_step`).
         # `mask_truncated_completions` is applied here rather than by TRL, so that a trajectory that ran out of turns
-        # is not taken for a truncated one (`_mask_truncated`).
+        # is not taken for a truncated one (`_mask_truncated`); for the same reason TRL's truncation figures
+        # (`completions/clipped_ratio`, the terminated lengths), logged inside `_generate`, are recounted here.
+        # TRL merges a rollout_func's extra fields (the code interpreter's `turns`, `stop_reason`) into the row dicts
+        # it is given, in place, to pass them to the reward functions; those dicts are the batch the Trainer hands on
+        # (`training_step`, callbacks). TRL gets copies of the rows: the reward functions and GTPO's own scoring
+        # (`capture_step`) still see the fields, the caller's rows stay the dataset's.
+        rows = [dict(row) for row in inputs]
         with (
             trl_private.capture_step(self) as step,
             trl_private.truncation_masking_off(self) as mask_truncated,
             trl_private.without_trl_checkpointing_warning(),
         ):
-            output = super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(rows)
+        truncated = self._truncated_rows(step)
+        lengths = [sum(mask) for mask in _mask_lists(step.tool_masks, step.completion_ids)]  # TRL's: model tokens
+        trl_private.recount_clipped_completions(self, truncated, lengths)
         output["advantages"] = self._turn_level_advantages(step, output)
         if mask_truncated:
-            self._mask_truncated(step, output)
+            self._mask_truncated(truncated, output)
         return output
 
-    def _mask_truncated(self, step: trl_private.StepValues, output: dict) -> None:
-        """TRL's `mask_truncated_completions`, except for code-interpreter trajectories that ran out of turns.
+    def _truncated_rows(self, step: trl_private.StepValues) -> list[bool]:
+        """This process's rows cut by the length budget: TRL's rule (no EOS at the end), except for code-interpreter
+        trajectories that ended on purpose.
 
-        TRL drops (masks every token of) a completion that does not end with EOS: one cut by `max_completion_length`.
-        A trajectory whose tool call came in its last allowed turn (`max_turns`) ends there on purpose, with its call
-        unrun and no EOS, as does one that wrote a user stop string: neither was cut, so their turns stay trained.
-        Rewards and advantages are untouched, as in TRL.
+        A trajectory whose tool call came in its last allowed turn (`max_turns`) ends there, with its call unrun and
+        no EOS, as does one that wrote a user stop string (the rollout's `stop_reason`): neither was cut.
         """
         reasons = step.extra_fields.get("stop_reason") or [None] * len(step.completion_ids)
-        truncated = [
+        return [
             cut and reason not in ("max_turns", "stop_string")
             for cut, reason in zip(trl_private.truncated_rows(self, step.completion_ids), reasons, strict=True)
         ]
+
+    def _mask_truncated(self, truncated: list[bool], output: dict) -> None:
+        """TRL's `mask_truncated_completions` over the `truncated` rows (`_truncated_rows`): every token of a
+        completion cut by `max_completion_length` is dropped, the trajectories that ended on purpose stay trained.
+        Rewards and advantages are untouched, as in TRL.
+        """
         keep = torch.tensor([[not cut] for cut in truncated], device=output["completion_mask"].device)
         output["completion_mask"] = output["completion_mask"] * keep.int()
         loss_mask = output["completion_mask"]

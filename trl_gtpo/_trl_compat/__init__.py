@@ -1,5 +1,6 @@
 """The one door into TRL's private API (checked against TRL 1.16.0), one module per TRL area: every other module of
-trl_gtpo uses only TRL's public names and the names below. Each function says which TRL code it relies on; `check_trl_api` fails loudly when one of them moves.
+trl_gtpo uses only TRL's public names and the names below. Each function says which TRL code it relies on;
+`check_trl_api`, run when a GTPOTrainer is built, fails loudly when one of them moves.
 
 What GTPO needs that TRL does not expose:
 - the values `GRPOTrainer._generate_and_score_completions` computes and drops: the unmasked tool masks and extra
@@ -11,7 +12,8 @@ What GTPO needs that TRL does not expose:
 - two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`);
 - the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`);
 - `mask_truncated_completions` applied by GTPO, so that a trajectory that ran out of turns is not dropped
-  (`truncation_masking_off`, `truncated_rows`);
+  (`truncation_masking_off`, `truncated_rows`), nor counted in `completions/clipped_ratio`
+  (`recount_clipped_completions`);
 - an environment's tools as TRL lists them, and hiding `get_turn_rewards` from that list (`environment_tools`,
   `hide_environment_methods`);
 - a readable log: the completions sample in a log file, one TRL deprecation warning per step silenced
@@ -28,6 +30,7 @@ from .logging import (
     compact_completions_sample,
     log_completion_column,
     metrics,
+    recount_clipped_completions,
     replace_logged_advantages,
     without_trl_checkpointing_warning,
 )
@@ -51,6 +54,7 @@ __all__ = [
     "nanstd",
     "patch_colocate_weight_sync_for_cpu",
     "prompt_media",
+    "recount_clipped_completions",
     "replace_logged_advantages",
     "stop_padding_start",
     "stop_string_criteria",

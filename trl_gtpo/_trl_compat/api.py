@@ -1,19 +1,21 @@
 """The TRL 1.16 private API trl_gtpo relies on, listed, and `check_trl_api`, which fails loudly when any of it
-moves (run by tests/test_trl_compat.py)."""
+moves: run when a `GTPOTrainer` is built (before TRL's own construction) and by tests/test_trl_compat.py. Each error
+names the module of `trl_gtpo/_trl_compat/` that relies on what moved."""
 
 import inspect
 
 
-# The private GRPOTrainer methods used here, with the parameters relied on (TRL 1.16.0, trl/trainer/grpo_trainer.py).
+# The private GRPOTrainer methods used here, with the parameters relied on (TRL 1.16.0, trl/trainer/grpo_trainer.py)
+# and the modules of trl_gtpo/_trl_compat/ that rely on them.
 _PRIVATE_METHODS = {
-    "_generate": ["prompts"],
-    "_calculate_rewards": ["inputs", "prompts", "completions", "completion_ids_list"],
-    "_generate_and_score_completions": ["inputs"],
-    "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations"],
-    "_tokenize_prompts": ["prompts"],
-    "_log_completion_extra": ["column", "values"],
-    "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep"],
-    "_compute_loss": ["model", "inputs"],
+    "_generate": (["prompts"], "step.py"),
+    "_calculate_rewards": (["inputs", "prompts", "completions", "completion_ids_list"], "step.py"),
+    "_generate_and_score_completions": (["inputs"], "step.py"),
+    "_generate_single_turn": (["prompt_ids", "images", "multimodal_fields", "num_generations"], "generation.py"),
+    "_tokenize_prompts": (["prompts"], "step.py and generation.py"),
+    "_log_completion_extra": (["column", "values"], "logging.py"),
+    "_get_per_token_logps_and_entropies": (["model", "input_ids", "attention_mask", "logits_to_keep"], "loss.py"),
+    "_compute_loss": (["model", "inputs"], "loss.py"),
 }
 
 # Public GRPOTrainer methods GTPOTrainer overrides, with the keyword parameters TRL passes them (TRL 1.16.0).
@@ -29,6 +31,14 @@ _COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("
 # `truncation_masking_off` relies on `_generate_and_score_completions` reading this attribute (TRL 1.16.0).
 _TRUNCATION_MASKING_READ = "if self.mask_truncated_completions:"
 
+# `recount_clipped_completions` relies on `_generate` appending these figures, one value each per call (TRL 1.16.0).
+_TRUNCATION_METRICS = (
+    "completions/clipped_ratio",
+    "completions/mean_terminated_length",
+    "completions/min_terminated_length",
+    "completions/max_terminated_length",
+)
+
 # `compact_completions_sample` relies on `GRPOTrainer.log` printing the sample through this module-level name.
 _SAMPLE_PRINTER = "print_prompt_completions_sample"
 
@@ -37,15 +47,18 @@ def check_trl_api() -> None:
     """Raise if a private GRPOTrainer method this module relies on is gone or takes other parameters."""
     from trl import GRPOTrainer
 
-    for name, expected in _PRIVATE_METHODS.items():
+    for name, (expected, module) in _PRIVATE_METHODS.items():
         method = getattr(GRPOTrainer, name, None)
         if method is None:
-            raise RuntimeError(f"trl_gtpo needs GRPOTrainer.{name}, which this TRL version lacks: install trl==1.16.0.")
+            raise RuntimeError(
+                f"trl_gtpo needs GRPOTrainer.{name}, which this TRL version lacks: install trl==1.16.0 or update "
+                f"trl_gtpo/_trl_compat/{module}, which uses it."
+            )
         parameters = list(inspect.signature(method).parameters)[1 : len(expected) + 1]
         if parameters != expected:
             raise RuntimeError(
                 f"GRPOTrainer.{name} takes {parameters}, trl_gtpo expects {expected}: install trl==1.16.0 or update "
-                "the trl_gtpo/_trl_compat module that uses it."
+                f"trl_gtpo/_trl_compat/{module}, which uses it."
             )
     for name, expected in _OVERRIDDEN_METHODS.items():
         parameters = list(inspect.signature(getattr(GRPOTrainer, name)).parameters)
@@ -59,6 +72,12 @@ def check_trl_api() -> None:
             "GRPOTrainer._generate_and_score_completions no longer reads `self.mask_truncated_completions`, which "
             "GTPO turns off to mask truncated completions itself: install trl==1.16.0 or update "
             "trl_gtpo/_trl_compat/step.py (truncation_masking_off)."
+        )
+    generate = inspect.getsource(GRPOTrainer._generate)
+    if not all(f'_metrics[mode]["{name}"].append(' in generate for name in _TRUNCATION_METRICS):
+        raise RuntimeError(
+            f"GRPOTrainer._generate no longer appends {', '.join(_TRUNCATION_METRICS)} to its metrics, which GTPO "
+            "recounts: install trl==1.16.0 or update trl_gtpo/_trl_compat/logging.py (recount_clipped_completions)."
         )
     import trl.trainer.grpo_trainer as grpo_module
 

@@ -1,9 +1,11 @@
-"""TRL's metrics and completions table, written by GTPO; its completions sample and one deprecation warning, made
-readable in a log file."""
+"""TRL's metrics and completions table, written by GTPO (its truncation figures recounted); its completions sample and
+one deprecation warning, made readable in a log file."""
 
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+
+import torch
 
 from .api import _SAMPLE_PRINTER
 
@@ -17,6 +19,26 @@ def log_completion_column(trainer, column: str, values: list) -> None:
     """Add a column (one value per local row) to the completions table, before TRL flushes it in
     `_generate_and_score_completions` (`GRPOTrainer._log_completion_extra`, what reward functions' `log_extra` does)."""
     trainer._log_completion_extra(column, values)
+
+
+def recount_clipped_completions(trainer, clipped: Sequence[bool], lengths: Sequence[int]) -> None:
+    """Replace the truncation figures `GRPOTrainer._generate` has just logged by ones counted from `clipped` (this
+    process's rows; True: cut by length), with `lengths` its rows' model-token counts.
+
+    TRL 1.16's `_generate` takes a completion whose last token is neither an EOS nor the pad token for clipped, and
+    logs `completions/clipped_ratio` (the gathered fraction of such rows) and `completions/{mean,min,max}_terminated_
+    length` (over the other rows; 0 when there is none), one value each per call. The caller knows better which rows
+    the length budget cut; their values, computed the same way, overwrite the last ones (`check_trl_api` checks that
+    `_generate` still appends them)."""
+    device = trainer.accelerator.device
+    clipped = trainer.accelerator.gather(torch.tensor(list(clipped), dtype=torch.bool, device=device))
+    lengths = trainer.accelerator.gather(torch.tensor(list(lengths), dtype=torch.float32, device=device))
+    values = metrics(trainer)
+    values["completions/clipped_ratio"][-1] = clipped.float().mean().item()
+    terminated = lengths[~clipped] if (~clipped).any() else torch.zeros(1, device=device)
+    values["completions/mean_terminated_length"][-1] = terminated.mean().item()
+    values["completions/min_terminated_length"][-1] = terminated.min().item()
+    values["completions/max_terminated_length"][-1] = terminated.max().item()
 
 
 def append_logged_columns(trainer, columns: dict[str, list]) -> None:

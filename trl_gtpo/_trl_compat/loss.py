@@ -2,6 +2,8 @@
 
 from contextlib import contextmanager
 
+from ..turn_level import turn_level_old_logps
+
 
 @contextmanager
 def turn_level_ratio(trainer, inputs: dict):
@@ -26,8 +28,6 @@ def turn_level_ratio(trainer, inputs: dict):
     forward = trainer._get_per_token_logps_and_entropies
 
     def turn_level_forward(*args, **kwargs):
-        from ..turn_level import turn_level_old_logps  # here: turn_level -> advantages imports this module
-
         per_token_logps, entropies, aux_loss = forward(*args, **kwargs)
         old = inputs.get("old_per_token_logps")
         old = per_token_logps.detach() if old is None else old

@@ -1,7 +1,7 @@
 """The multi-turn code-interpreter loop, written against a `generate_turn` callable and a `CodeExecutor`.
 
 It knows nothing of trainers or backends: the trainer passes TRL's own `_generate_single_turn` (through
-`turn_generation.TurnGenerator`), tests pass a scripted generator. Token ids are only ever concatenated, never
+`trl_gtpo._trl_compat.TurnGenerator`), tests pass a scripted generator. Token ids are only ever concatenated, never
 re-tokenized, so the tool mask and the sampling log-probs stay aligned with what the model saw.
 """
 

@@ -2,7 +2,7 @@
 
 GTPOTrainer installs one when no `tools`, `environment_factory` or `rollout_func` is given. Passing one to TRL's
 `GRPOTrainer(rollout_func=CodeInterpreterRollout(args))` gives GRPO with the same multi-turn tool use: the baseline
-GTPO is compared against (benchmarks/compare_grpo_gtpo.py).
+GTPO is compared against (`examples/train_gtpo.py --trainer grpo`).
 """
 
 import logging
