@@ -17,6 +17,7 @@ import torch
 from ._trl_compat import async_grpo as trl_async
 from .advantages import AdvantageSettings, TurnBatch, outcome_rewards, turn_advantages
 from .async_turns import row_turns, token_advantages_by_row
+from .gtpo_config import GTPOFields
 from .interpreter.environment import SharedExecutor, records_from_environment
 from .rewards.format import format_terms
 from .rewards.turn import call_turn_reward_funcs, weighted_turn_terms
@@ -29,74 +30,30 @@ except ImportError:  # pragma: no cover - check_async_trl_api() explains
 
 
 @dataclass
-class AsyncGTPOConfig(AsyncGRPOConfig):
+class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
     r"""
-    Configuration class for [`AsyncGTPOTrainer`]: TRL's [`AsyncGRPOConfig`] plus GTPO's turn-level advantages.
+    Configuration class for [`AsyncGTPOTrainer`]: TRL's [`AsyncGRPOConfig`] plus the GTPO fields of [`GTPOFields`]
+    (the same fields, defaults and checks as [`GTPOConfig`]'s), with two differences of the asynchronous trainer:
 
-    The fields below mean what they mean in [`GTPOConfig`] (same names, defaults and checks). TRL's asynchronous loss
-    has no `importance_sampling_level`: its ratio is per token, between the trainer's policy and the vLLM policy that
-    sampled the token (up to `max_staleness` versions old), clipped per token; each token's clipped ratio multiplies
-    its turn's advantage. A turn-level ratio (GTPOConfig's `importance_sampling_level="turn"`, GSPO's length-normalized
-    ratio over one turn) is not offered here: it would replace TRL's loss, which this trainer keeps.
+    - A group is scored alone, when its last rollout finishes, so `turn_advantage_scope` is `"group"` only and the
+      scale is the group's. The outcome is the sum of the reward functions, as TRL's asynchronous trainer sums them.
+    - TRL's asynchronous loss has no `importance_sampling_level`: its ratio is per token, between the trainer's policy
+      and the vLLM policy that sampled the token (up to `max_staleness` versions old), clipped per token; each
+      token's clipped ratio multiplies its turn's advantage. A turn-level ratio (GTPOConfig's
+      `importance_sampling_level="turn"`) would replace TRL's loss, which this trainer keeps.
+
+    The `tool_*` fields configure the sandbox of GTPO's code interpreter in the rollout process (used when neither
+    `tools` nor `environment_factory` is given).
 
     Parameters:
-        turn_advantage_estimator (`str`, *optional*, defaults to `"aligned"`):
-            `"aligned"` or `"pooled"` (see `trl_gtpo.advantages`).
-        gamma (`float`, *optional*, defaults to `0.9`):
-            Discount of the turn returns, in [0, 1].
-        turn_advantage_scope (`str`, *optional*, defaults to `"group"`):
-            Set of turn returns whose mean the `"pooled"` estimator subtracts; only `"group"` here (a group is scored
-            alone, when its last rollout finishes).
-        format_penalty (`float`, *optional*, defaults to `-0.1`):
-            Reward of a turn whose `python` call was malformed, and of the final turn of a trajectory none of whose
-            calls ran (read from a `PythonEnvironment`'s records). `<= 0`; `0.0` turns it off.
-        turn_reward_weights (`list[float]`, *optional*):
-            Weights of the trainer's `turn_reward_funcs`; None: all 1.0.
-        shaping_alpha (`float`, *optional*, defaults to `0.5`):
-            Weight of the shaping reward of failed trajectories (similarity of their code to the group's successful
-            code); `0.0` turns it off.
-        shaping_success_threshold (`float`, *optional*):
-            Outcome reward from which a trajectory counts as successful; None: 1.0.
         tree_attention (`str`, *optional*, defaults to `"auto"`):
             How the trainer's packed forward attends: `"kernel"` (TRL's FlashAttention-3 kernel, which the `kernels`
             package fetches from the Hub: CUDA and a Hub connection or cache), `"sdpa"` (the same attention on
             PyTorch SDPA, a loop over the packed segments: any device, offline) or `"auto"` (kernel with CUDA, SDPA
             without).
-        max_turns (`int`, *optional*, defaults to `4`):
-            GTPO's code interpreter (on when neither `tools` nor `environment_factory` is given): model turns per
-            trajectory, i.e. at most `max_turns - 1` code blocks run.
-        turn_stop_marker (`str`, *optional*, defaults to `"```output"`):
-            GTPO's code interpreter: the text after which the tool's output follows (as `GTPOConfig`'s).
     """
 
-    turn_advantage_estimator: str = field(
-        default="aligned",
-        metadata={"help": "How a turn's advantage is estimated: 'aligned' or 'pooled' (see trl_gtpo.advantages)."},
-    )
-    gamma: float = field(default=0.9, metadata={"help": "Discount factor of the turn returns, in [0, 1]."})
-    turn_advantage_scope: str = field(
-        default="group",
-        metadata={"help": "Set of turn returns whose mean 'pooled' subtracts: only 'group' (groups are scored alone)."},
-    )
-    format_penalty: float = field(
-        default=-0.1,
-        metadata={
-            "help": "Reward of a turn with a malformed python call, and of the final turn of a trajectory none of "
-            "whose calls ran. Must be <= 0; 0.0 turns it off."
-        },
-    )
-    turn_reward_weights: list[float] | None = field(
-        default=None,
-        metadata={"help": "Weights of the turn_reward_funcs, one per function; None: all 1.0."},
-    )
-    shaping_alpha: float = field(
-        default=0.5,
-        metadata={"help": "Weight of the shaping reward of failed trajectories. Must be >= 0; 0.0 turns it off."},
-    )
-    shaping_success_threshold: float | None = field(
-        default=None,
-        metadata={"help": "Outcome reward at or above which a trajectory counts as successful; None: 1.0."},
-    )
+    _VALID_DICT_FIELDS = getattr(AsyncGRPOConfig, "_VALID_DICT_FIELDS", []) + ["tool_executor_kwargs"]
 
     tree_attention: str = field(
         default="auto",
@@ -106,37 +63,14 @@ class AsyncGTPOConfig(AsyncGRPOConfig):
         },
     )
 
-    max_turns: int = field(
-        default=4,
-        metadata={
-            "help": "GTPO's code interpreter: model turns per trajectory (at most max_turns - 1 code blocks run)."
-        },
-    )
-    turn_stop_marker: str = field(
-        default="```output",
-        metadata={"help": "GTPO's code interpreter: the text after which the tool's output follows."},
-    )
-
     def __post_init__(self):
         super().__post_init__()
-        AdvantageSettings(self.gamma, self.turn_advantage_estimator, "group", "group")  # names the bad value
         if self.turn_advantage_scope != "group":
             raise ValueError(
-                f"AsyncGTPOConfig.turn_advantage_scope={self.turn_advantage_scope!r}: use 'group'. A group is scored "
-                "alone, when its last rollout finishes, so there is no batch to pool over."
+                f"AsyncGTPOConfig.turn_advantage_scope={self.turn_advantage_scope!r} is not allowed: use 'group'. A "
+                "group is scored alone, when its last rollout finishes, so there is no batch to pool over."
             )
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"AsyncGTPOConfig.gamma={self.gamma!r}: use a number in [0, 1].")
-        if self.format_penalty > 0:
-            raise ValueError(f"AsyncGTPOConfig.format_penalty={self.format_penalty!r}: use a number <= 0.")
-        if not (isinstance(self.max_turns, int) and self.max_turns >= 1):
-            raise ValueError(f"AsyncGTPOConfig.max_turns={self.max_turns!r}: use an integer >= 1.")
-        if self.tree_attention not in ("auto", "kernel", "sdpa"):
-            raise ValueError(
-                f"AsyncGTPOConfig.tree_attention={self.tree_attention!r}: use 'auto', 'kernel' or 'sdpa'."
-            )
-        if self.shaping_alpha < 0:
-            raise ValueError(f"AsyncGTPOConfig.shaping_alpha={self.shaping_alpha!r}: use a number >= 0.")
+        self._check(self.tree_attention in ("auto", "kernel", "sdpa"), "tree_attention", "'auto', 'kernel' or 'sdpa'")
 
 
 @dataclass(frozen=True)
@@ -258,8 +192,8 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
         turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
             Turn reward functions as for `GTPOTrainer` (they must pickle: module-level functions).
         sandbox_settings (*optional*):
-            What `make_executor` reads to build the fence interpreter's sandbox in the rollout process (a `GTPOConfig`
-            works); None: a `SandboxPool` with its defaults.
+            What `make_executor` reads to build the fence interpreter's sandbox in the rollout process; None: `args`
+            (its `tool_*` fields).
         Every other argument is [`AsyncGRPOTrainer`]'s.
     """
 
@@ -299,7 +233,7 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
         code_interpreter = None
         if not kwargs.get("tools") and kwargs.get("environment_factory") is None:
             code_interpreter = CodeInterpreterSettings(
-                SharedExecutor(sandbox_settings), args.max_turns, args.turn_stop_marker
+                SharedExecutor(sandbox_settings if sandbox_settings is not None else args), args.max_turns, args.turn_stop_marker
             )
         if self.rollout_worker is not None:
             trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, code_interpreter)
