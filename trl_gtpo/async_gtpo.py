@@ -5,8 +5,8 @@ call, so a step costs about the sum over turns of the slowest turn. TRL 1.16's `
 its own asyncio task against a vLLM server (no barrier between trajectories) and trains while generation goes on; it
 gives one advantage per conversation. `AsyncGTPOTrainer` keeps its rollouts and its loss and replaces that advantage,
 when a group of `num_generations` rollouts is scored, by GTPO's turn-level ones (arXiv 2511.14846, section 3): the
-group's turn records and rewards make a `TurnBatch`, `advantages.turn_advantages` (the same pure step as
-`GTPOTrainer`'s) gives the (N, K) table, and every model token of turn j gets A_ij.
+group's turn records and rewards go through `scoring.score_turns` (the same pure step as `GTPOTrainer`'s), which
+gives the (N, K) table, and every model token of turn j gets A_ij.
 """
 
 from collections.abc import Callable
@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ._trl_compat import async_grpo as trl_async
-from .advantages import AdvantageSettings, TurnBatch, outcome_rewards, turn_advantages
 from .async_turns import row_turns, token_advantages_by_row
 from .gtpo_config import GTPOFields
-from .interpreter.environment import SharedExecutor, records_from_environment
-from .rewards.format import format_terms
-from .rewards.turn import call_turn_reward_funcs, weighted_turn_terms
-from .turn_records import TurnRecord, records_from_messages, trajectory_code
+from .interpreter.environment import SharedExecutor
+from .rewards.turn import call_turn_reward_funcs
+from .scoring import ScoringSettings, score_turns, trajectory_records
+from .turn_records import TurnRecord
 
 try:
     from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
@@ -98,17 +97,15 @@ class ScoredGroup:
 class TurnScorer:
     """GTPO's scoring of one group of asynchronous rollouts; runs in TRL's rollout process (it pickles).
 
-    Turn rewards: the format rule (on `PythonEnvironment` rollouts), the user's `turn_reward_funcs` (weighted); the
-    outcome (the sum of TRL's reward columns, as TRL sums them) and the shaping reward on the final turn.
+    It gathers the group's turn records and turn rewards, lets `scoring.score_turns` (the same step as
+    `GTPOTrainer`'s) make the table, and spreads it over the rows. The outcome is the sum of TRL's reward columns, as
+    TRL sums them.
     """
 
-    settings: AdvantageSettings
+    settings: ScoringSettings
     group_size: int
-    format_penalty: float = -0.1
     turn_reward_funcs: list[Callable] = field(default_factory=list)
     turn_reward_weights: list[float] = field(default_factory=list)
-    shaping_alpha: float = 0.0
-    shaping_success_threshold: float | None = None
 
     def score(
         self, *, prompts, completions, completion_ids, row_ids, row_masks, runs, rewards_per_func, reward_kwargs,
@@ -118,49 +115,32 @@ class TurnScorer:
         `runs[i]`: its `PythonEnvironment` call log (None: no such environment); `records[i]`: the code
         interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F)."""
         num_turns = torch.tensor([row_turns(masks)[1] for masks in row_masks])
-        width = max(1, int(num_turns.max()))
         records = records or [None] * len(row_ids)
-        turns = []
-        for ids, masks, messages, calls, own in zip(row_ids, row_masks, completions, runs, records, strict=True):
-            flat_ids = [token for row in ids for token in row]
-            flat_mask = [value for row in masks for value in row]
-            if own is not None:
-                turns.append(list(own))
-            elif calls is not None:
-                turns.append(records_from_environment(flat_ids, flat_mask, list(messages), calls, decode))
-            else:
-                turns.append(records_from_messages(flat_ids, flat_mask, list(messages), decode))
-        interpreter = all(calls is not None or own is not None for calls, own in zip(runs, records))
-        terms = format_terms(turns, num_turns, width, self.format_penalty) if interpreter else None
+        turns = [
+            trajectory_records(
+                [token for row in ids for token in row], [value for row in masks for value in row], list(messages),
+                decode, own=own, runs=calls,
+            )
+            for ids, masks, messages, calls, own in zip(row_ids, row_masks, completions, runs, records, strict=True)
+        ]
         names = [getattr(func, "__name__", type(func).__name__) for func in self.turn_reward_funcs]
+        values = []
         if self.turn_reward_funcs:
             values = call_turn_reward_funcs(
                 self.turn_reward_funcs, names, turns, run_async=run_async, prompts=prompts, completions=completions,
                 completion_ids=completion_ids, **reward_kwargs,
             )
-            terms = weighted_turn_terms(values, self.turn_reward_weights or [1.0] * len(names), width, base=terms)
-        # TRL's asynchronous trainer sums its reward columns with weight 1 (NaN: every column None)
-        outcome = outcome_rewards(rewards_per_func, torch.ones(rewards_per_func.shape[1]), self.group_size)
-        shaping = self._shaping(outcome, turns) if interpreter else None
-        batch = TurnBatch(outcome, num_turns, self.group_size, turn_terms=terms, shaping=shaping)
-        table = turn_advantages(batch, self.settings)
+        scored = score_turns(
+            turns, num_turns, rewards_per_func, torch.ones(rewards_per_func.shape[1]), self.group_size,
+            self.settings, interpreter=all(calls is not None or own is not None for calls, own in zip(runs, records)),
+            turn_values=values, turn_weights=self.turn_reward_weights or [1.0] * len(names),
+        )
+        advantages = scored.table.advantages
         metrics = [
-            {"turns/num_turns": float(k), "advantages/turn_mean": _nanmean(table.advantages[i])}
+            {"turns/num_turns": float(k), "advantages/turn_mean": _nanmean(advantages[i])}
             for i, k in enumerate(num_turns.tolist())
         ]
-        return ScoredGroup(token_advantages_by_row(table.advantages, row_masks), table.advantages, turns, metrics)
-
-    def _shaping(self, outcome: torch.Tensor, turns) -> torch.Tensor | None:
-        if self.shaping_alpha == 0.0:
-            return None
-        from .shaping import batch_shaping_rewards
-
-        codes = [trajectory_code(records) for records in turns]
-        shaping = batch_shaping_rewards(
-            outcome.tolist(), codes, self.group_size, alpha=self.shaping_alpha,
-            success_threshold=self.shaping_success_threshold,
-        )
-        return torch.tensor(shaping, dtype=torch.float32)
+        return ScoredGroup(token_advantages_by_row(advantages, row_masks), advantages, turns, metrics)
 
 
 def _nanmean(values: torch.Tensor) -> float:
@@ -180,9 +160,8 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
     ```python blocks; `max_turns`, `turn_stop_marker`), each turn one request, each block run in the sandbox.
 
     What changes: when a group's last rollout finishes, `TurnScorer` turns its rows' completion masks into turns
-    (maximal runs of model tokens), its records into turn rewards (format rule, `turn_reward_funcs`, shaping) and
-    TRL's rewards into the outcome, calls `advantages.turn_advantages` on that group's `TurnBatch`, and gives every
-    model token its turn's advantage; the packed loss terms carry those per-token advantages into TRL's loss
+    (maximal runs of model tokens), gathers its records, turn rewards and TRL's rewards, lets `scoring.score_turns`
+    make the turn-advantage table, and gives every model token its turn's advantage; the packed loss terms carry those per-token advantages into TRL's loss
     unchanged.
 
     Off-policy staleness is TRL's: samples up to `max_staleness` policy versions old are trained with TRL's per-token
@@ -222,13 +201,10 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
             super().__init__(model, reward_funcs, args=args, **kwargs)
         trl_async.use_sdpa_tree_attention(args.tree_attention)
         self.turn_scorer = TurnScorer(
-            AdvantageSettings(args.gamma, args.turn_advantage_estimator, "group", "group"),
+            ScoringSettings.from_config(args),
             args.num_generations,
-            format_penalty=args.format_penalty,
             turn_reward_funcs=funcs,
             turn_reward_weights=list(weights) if weights is not None else [1.0] * len(funcs),
-            shaping_alpha=args.shaping_alpha,
-            shaping_success_threshold=args.shaping_success_threshold,
         )
         code_interpreter = None
         if not kwargs.get("tools") and kwargs.get("environment_factory") is None:
