@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._trl_compat import nanstd
+
+def nanstd(values: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Unbiased std over the non-NaN values (NaN with fewer than two): GRPO's statistics leave unscorable rows out."""
+    count = (~torch.isnan(values)).sum(dim=dim, keepdim=keepdim)
+    squares = (values - torch.nanmean(values, dim=dim, keepdim=True)) ** 2
+    return (torch.nanmean(squares, dim=dim, keepdim=keepdim) * (count / (count - 1))).sqrt()
+
 
 ESTIMATORS = ("aligned", "pooled")
 # Estimators of earlier releases, refused with the reason (they turned the discount into large advantages in tied

@@ -15,8 +15,9 @@ from .interpreter.environment import PythonEnvironment
 from .interpreter.executor import CodeExecutor, check_executor
 from .interpreter.rollout import CodeInterpreterRollout
 from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values
+from .sample_log import compact_samples
 from .scoring import ScoredTurns, ScoringSettings, score_turns, trajectory_records
-from .turn_level import turn_off_policy_mask
+from .turn_level import turn_level_old_logps, turn_off_policy_mask
 from .turn_records import TurnRecord, environment_call_turns, turn_index
 
 
@@ -180,7 +181,7 @@ class GTPOTrainer(GRPOTrainer):
         # end-of-training summary (no new completions there); the rest is TRL's.
         if sys.stdout.isatty():
             return super().log(logs, start_time)
-        with trl_private.compact_completions_sample(enabled="train_runtime" not in logs):
+        with trl_private.compact_completions_sample(compact_samples, enabled="train_runtime" not in logs):
             return super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -190,7 +191,7 @@ class GTPOTrainer(GRPOTrainer):
         if self.args.importance_sampling_level != "turn":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)  # the ratio step writes into this copy: TRL reuses the buffered batch across iterations
-        with trl_private.turn_level_ratio(self, inputs):
+        with trl_private.turn_level_ratio(self, inputs, turn_level_old_logps):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     @staticmethod
