@@ -295,3 +295,48 @@ def test_the_async_trainer_shapes_with_the_configured_similarity(tiny_model_path
     )
     assert asked == [("embedding", "/models/e5")]
     assert trainer.turn_scorer.settings.shaping_alpha == 0.5
+
+
+def test_the_fence_interpreter_runs_in_trls_rollout_loop_turn_by_turn(tiny_model_path):
+    """GTPORolloutLoop (the TRL adapter) drives `CodeInterpreterSettings.run` (GTPO's side): one request per turn,
+    the code run in the sandbox, one training row with the tool output masked, and the interpreter's records."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import AutoTokenizer
+
+    from trl_gtpo.async_gtpo import CodeInterpreterSettings
+    from trl_gtpo.interpreter.environment import SharedExecutor
+    from trl_gtpo.interpreter.executor import ExecutionResult
+
+    class Executor:
+        def run(self, calls):
+            return [ExecutionResult("42\n", "ok") for _ in calls]
+
+        def close_session(self, session_id):
+            pass
+
+        def close(self):
+            pass
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    turns = iter(["```python\nprint(6 * 7)\n```", " The answer is 42."])
+    requests = []
+
+    async def complete(prompt_ids, max_tokens, stop):
+        requests.append(stop)
+        ids = tokenizer.encode(next(turns), add_special_tokens=False)
+        return ids + ([tokenizer.eos_token_id] if len(requests) == 2 else []), [-0.5] * (len(ids) + (len(requests) == 2))
+
+    loop = object.__new__(trl_async.GTPORolloutLoop)
+    loop.tokenizer, loop.chat_template_kwargs, loop.max_tokens = tokenizer, {}, 64
+    loop.eos_token_ids, loop._tool_pool, loop._complete = [tokenizer.eos_token_id], ThreadPoolExecutor(1), complete
+    loop.code_interpreter = CodeInterpreterSettings(SharedExecutor(executor=Executor()), 3, "```output")
+    completion, ids, rows, calls, errors, _ = asyncio.run(
+        loop._generate_one([{"role": "user", "content": "6 * 7?"}], {}, [])
+    )
+    assert len(requests) == 2 and calls == 1 and errors == 0
+    (row,) = rows
+    assert [(r.tool_call, r.status) for r in completion.records] == [("print(6 * 7)", "ok"), (None, "none")]
+    masked = [t for t, m in zip(row.input_ids, row.completion_mask) if m == 0]
+    assert "42" in tokenizer.decode(masked[-8:])  # the sandbox's output is a tool token, not trained

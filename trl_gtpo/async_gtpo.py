@@ -17,7 +17,9 @@ import torch
 from ._trl_compat import async_grpo as trl_async
 from .async_turns import row_turns, token_advantages_by_row
 from .gtpo_config import GTPOFields
-from .interpreter.environment import SharedExecutor
+from .interpreter.environment import TOOL_NAME, PythonEnvironment, SharedExecutor, ToolRun
+from .interpreter.loop import CodeInterpreterLoop
+from .interpreter.rollout import turn_records
 from .rewards.turn import call_turn_reward_funcs
 from .scoring import ScoringSettings, score_turns, trajectory_records
 from .turn_records import TurnRecord
@@ -75,11 +77,34 @@ class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
 @dataclass(frozen=True)
 class CodeInterpreterSettings:
     """GTPO's markdown-fence code interpreter in the rollout process: the shared sandbox executor (it pickles as its
-    settings), the turn limit and the stop marker."""
+    settings), the turn limit and the stop marker. `run` is one rollout, which TRL's loop drives turn by turn."""
 
     executor: SharedExecutor
     max_turns: int
     stop_marker: str
+
+    def run(self, tokenizer, prompt_ids, max_tokens, eos_token_ids, complete, decode):
+        """One trajectory of the same loop as the synchronous trainers' (`CodeInterpreterLoop`: ```python blocks,
+        stop strings, sandbox calls, token ids only ever concatenated); `complete(history, max_new_tokens, stop)` is
+        one turn from the server. Returns the trajectory and its turn records."""
+        interpreter = CodeInterpreterLoop(
+            tokenizer, self.executor, max_turns=self.max_turns, max_completion_length=max_tokens,
+            stop_marker=self.stop_marker, eos_token_ids=eos_token_ids,
+        )
+
+        def generate_turn(histories, max_new_tokens):
+            ids, logprobs = complete(histories[0], max_new_tokens, interpreter.stop_strings)
+            return [ids], [logprobs]
+
+        (trajectory,) = interpreter.run([prompt_ids], generate_turn)
+        return trajectory, turn_records(trajectory, decode)
+
+
+def python_environment_runs(tool_dict: dict) -> list[ToolRun] | None:
+    """The call log of the `PythonEnvironment` whose `python` tool a rollout used (None: no such environment): the
+    environment returns to TRL's pool, and is reset by another rollout, before the group is scored."""
+    environment = getattr(tool_dict.get(TOOL_NAME), "__self__", None)
+    return list(environment.runs) if isinstance(environment, PythonEnvironment) else None
 
 
 @dataclass(frozen=True)
@@ -212,7 +237,7 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
                 SharedExecutor(sandbox_settings if sandbox_settings is not None else args), args.max_turns, args.turn_stop_marker
             )
         if self.rollout_worker is not None:
-            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, code_interpreter)
+            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, python_environment_runs, code_interpreter)
 
     def get_train_dataloader(self):
         # Overrides AsyncGRPOTrainer.get_train_dataloader only to wrap its collator: TRL's packer stamps one
