@@ -211,3 +211,17 @@ def test_unknown_estimator_is_refused_with_the_choices():
 def test_removed_estimators_are_refused_with_the_reason_and_the_replacement(estimator):
     with pytest.raises(ValueError, match="removed.*Use 'aligned'"):
         AdvantageSettings(estimator=estimator)
+
+
+def test_nanstd_matches_trls_to_the_bit():
+    """advantages.nanstd replaces TRL's (the advantage step imports nothing of the TRL door): the same numbers."""
+    from trl.trainer.utils import nanstd as trl_nanstd
+
+    from trl_gtpo.advantages import nanstd
+
+    values = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    values[0, :4] = float("nan")  # one value left: NaN, as in TRL
+    values[1] = float("nan")
+    for dim, keepdim in [(None, False), (1, False), (1, True), (0, True)]:
+        torch.testing.assert_close(nanstd(values, dim, keepdim), trl_nanstd(values, dim, keepdim), rtol=0, atol=0,
+                                   equal_nan=True)

@@ -15,7 +15,9 @@ from trl_gtpo.advantages import AdvantageSettings
 from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer, TurnScorer
 from trl_gtpo.async_turns import row_turns, token_advantages_by_row
 from trl_gtpo.interpreter.environment import ToolRun
+from trl_gtpo.scoring import ScoringSettings
 from trl_gtpo.testing import NoWeightTransfer
+from trl_gtpo.turn_records import TurnRecord
 
 pytest.importorskip("trl.experimental.async_grpo")
 from trl.experimental.async_grpo.async_grpo_trainer import DataCollatorForRollout  # noqa: E402
@@ -39,6 +41,11 @@ CALL = [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name"
 GUESS = [{"role": "assistant", "content": "7"}]
 
 
+def scoring(advantages, **settings):
+    """The scorer's settings, shaping off unless asked for."""
+    return ScoringSettings(advantages, **{"shaping_alpha": 0.0, **settings})
+
+
 def score(scorer, runs, rows, rewards):
     return scorer.score(
         prompts=[[{"role": "user", "content": "6 * 7?"}]] * 2, completions=[CALL, GUESS], completion_ids=[[1], [1]],
@@ -53,7 +60,7 @@ def test_turn_scorer_by_hand_aligned_with_the_format_rule():
     #   F = [1, 0] -> deviations [0.5, -0.5], std sqrt(0.5); t_1 = [0, -0.1] -> [0.05, -0.05], std sqrt(0.005);
     #   t_2 = [0, 0]. A_A = [0.9 * 0.5 + 0.05, 0.5] / sigma = [0.5, 0.5] / sigma; A_B = [-0.5 - 0.05] / sigma;
     #   sigma = sqrt(0.5) + sqrt(0.005)
-    scorer = TurnScorer(AdvantageSettings(0.9, "aligned", "group", "group"), 2, format_penalty=-0.1)
+    scorer = TurnScorer(scoring(AdvantageSettings(0.9, "aligned", "group", "group"), format_penalty=-0.1), 2)
     rows = [[[0, 0, 1, 1, 0, 0, 1]], [[0, 0, 1, 1]]]
     runs = [[ToolRun("print(6 * 7)", "42", "ok")], []]
     scored = score(scorer, runs, rows, [[1.0], [0.0]])
@@ -75,7 +82,7 @@ def test_turn_scorer_pooled_with_a_turn_reward_and_a_forked_row():
     # Without an environment (TRL's own tools): no format rule. A's turns are split over two rows (a fork); a turn
     # reward 0.5 on its first turn (status "ok" from TRL's tool message). pooled, gamma 0.5:
     #   A: r = [0.5, 1] -> R = [1.0, 1.0]; B: r = [0] -> R = [0]; mean 2/3, unbiased std sqrt(1/3)
-    scorer = TurnScorer(AdvantageSettings(0.5, "pooled", "group", "group"), 2, turn_reward_funcs=[tool_ok],
+    scorer = TurnScorer(scoring(AdvantageSettings(0.5, "pooled", "group", "group")), 2, turn_reward_funcs=[tool_ok],
                         turn_reward_weights=[0.5])
     rows = [[[0, 1, 1, 0], [0, 0, 0, 0, 1]], [[0, 1]]]
     scored = score(scorer, [None, None], rows, [[1.0], [0.0]])
@@ -241,9 +248,7 @@ def test_turn_scorer_reads_the_code_interpreters_own_records():
     # outcome 0.
     #   F = [1, 0] -> +-0.5, std sqrt(0.5); t_1 = [0, -0.2] -> [0.1, -0.1], std sqrt(0.02);
     #   A = [0.6, -0.6] / (sqrt(0.5) + sqrt(0.02))
-    from trl_gtpo.turn_records import TurnRecord
-
-    scorer = TurnScorer(AdvantageSettings(0.9, "aligned", "group", "group"), 2, format_penalty=-0.1)
+    scorer = TurnScorer(scoring(AdvantageSettings(0.9, "aligned", "group", "group"), format_penalty=-0.1), 2)
     records = [[TurnRecord(0, "t", "print(6 * 7)", "42", "ok", 0, 2)],
                [TurnRecord(0, "t", "print(", None, "none", 0, 1, well_formed=False)]]
     scored = scorer.score(
@@ -254,3 +259,84 @@ def test_turn_scorer_reads_the_code_interpreters_own_records():
     sigma = math.sqrt(0.5) + math.sqrt(0.02) + 1e-4
     assert scored.token_advantages[0][0] == pytest.approx([0, 0.6 / sigma, 0.6 / sigma], abs=1e-6)
     assert scored.token_advantages[1][0] == pytest.approx([0, -0.6 / sigma], abs=1e-6)
+
+
+def test_the_async_trainer_shapes_with_the_configured_similarity(tiny_model_path, tmp_path, monkeypatch):
+    """The drift this guards: the asynchronous scorer once shaped with the lexical similarity whatever the config
+    said (it had no `shaping_similarity`). Built from the config, it now asks for the configured one, and takes the
+    sandbox of its code interpreter from the config's `tool_*` fields (no GTPOConfig needed)."""
+    from datasets import Dataset
+
+    import trl_gtpo.shaping  # noqa: F401 - binds the real make_similarity before it is patched here
+
+    args = AsyncGTPOConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, num_generations=2, token_budget=0,
+        report_to="none", use_cpu=True, save_strategy="no", shaping_similarity="embedding",
+        shaping_embedding_model="/models/e5", tool_timeout=3.0,
+    )
+    trainer = AsyncGTPOTrainer(
+        tiny_model_path, reward_funcs=[], args=args,
+        train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
+        rollout_worker=StubWorker([]), weight_transfer=NoWeightTransfer(),
+    )
+    asked = []
+
+    def make_similarity(name, model_path=None):
+        asked.append((name, model_path))
+        return lambda a, b: np.full((len(a), len(b)), 0.5)
+
+    monkeypatch.setattr("trl_gtpo.similarity.make_similarity", make_similarity)
+    records = [[TurnRecord(0, "t", "print(6 * 7)", "42", "ok", 0, 2)],
+               [TurnRecord(0, "t", "print(6 * 8)", "48", "ok", 0, 1)]]
+    trainer.turn_scorer.score(
+        prompts=[[]] * 2, completions=[[], []], completion_ids=[[1], [1]], row_ids=[[[5, 6, 7]], [[5, 6]]],
+        row_masks=[[[0, 1, 1]], [[0, 1]]], runs=[None, None], records=records,
+        rewards_per_func=torch.tensor([[1.0], [0.0]]), reward_kwargs={}, decode=str,
+    )
+    assert asked == [("embedding", "/models/e5")]
+    assert trainer.turn_scorer.settings.shaping_alpha == 0.5
+
+
+def test_the_fence_interpreter_runs_in_trls_rollout_loop_turn_by_turn(tiny_model_path):
+    """GTPORolloutLoop (the TRL adapter) drives `CodeInterpreterSettings.run` (GTPO's side): one request per turn,
+    the code run in the sandbox, one training row with the tool output masked, and the interpreter's records."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import AutoTokenizer
+
+    from trl_gtpo.async_gtpo import CodeInterpreterSettings
+    from trl_gtpo.interpreter.environment import SharedExecutor
+    from trl_gtpo.interpreter.executor import ExecutionResult
+
+    class Executor:
+        def run(self, calls):
+            return [ExecutionResult("42\n", "ok") for _ in calls]
+
+        def close_session(self, session_id):
+            pass
+
+        def close(self):
+            pass
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    turns = iter(["```python\nprint(6 * 7)\n```", " The answer is 42."])
+    requests = []
+
+    async def complete(prompt_ids, max_tokens, stop):
+        requests.append(stop)
+        ids = tokenizer.encode(next(turns), add_special_tokens=False)
+        return ids + ([tokenizer.eos_token_id] if len(requests) == 2 else []), [-0.5] * (len(ids) + (len(requests) == 2))
+
+    loop = object.__new__(trl_async.GTPORolloutLoop)
+    loop.tokenizer, loop.chat_template_kwargs, loop.max_tokens = tokenizer, {}, 64
+    loop.eos_token_ids, loop._tool_pool, loop._complete = [tokenizer.eos_token_id], ThreadPoolExecutor(1), complete
+    loop.code_interpreter = CodeInterpreterSettings(SharedExecutor(executor=Executor()), 3, "```output")
+    completion, ids, rows, calls, errors, _ = asyncio.run(
+        loop._generate_one([{"role": "user", "content": "6 * 7?"}], {}, [])
+    )
+    assert len(requests) == 2 and calls == 1 and errors == 0
+    (row,) = rows
+    assert [(r.tool_call, r.status) for r in completion.records] == [("print(6 * 7)", "ok"), (None, "none")]
+    masked = [t for t, m in zip(row.input_ids, row.completion_mask) if m == 0]
+    assert "42" in tokenizer.decode(masked[-8:])  # the sandbox's output is a tool token, not trained

@@ -53,7 +53,11 @@ def _config(tmp_path, **fields):
 
 
 def config(**fields):
-    return lambda tmp_path, model: _config(tmp_path, **fields)
+    def build(tmp_path, model):
+        return _config(tmp_path, **fields)
+
+    build.fields = fields  # the same fields go to AsyncGTPOConfig (test_the_async_config_refuses_the_same_fields)
+    return build
 
 
 def rollout(**fields):
@@ -205,3 +209,23 @@ def test_the_readme_counts_this_table():
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read()
     assert f"{len(BAD_INPUTS)} / {len(BAD_INPUTS)} bad inputs" in readme
+
+
+# The config rows, less GRPOConfig's own field that GTPOConfig widens (the asynchronous trainer has no such field).
+ASYNC_CONFIG_ROWS = [
+    row for row in BAD_INPUTS if "importance_sampling_level" not in getattr(row[1], "fields", {"importance_sampling_level"})
+]
+
+
+@pytest.mark.parametrize(
+    "build, error, phrase", [row[1:] for row in ASYNC_CONFIG_ROWS], ids=[row[0] for row in ASYNC_CONFIG_ROWS]
+)
+def test_the_async_config_refuses_the_same_fields_naming_its_own_class(build, error, phrase, tmp_path):
+    """AsyncGTPOConfig has GTPOConfig's GTPO fields and checks (GTPOFields): every config row above, with the
+    error naming AsyncGTPOConfig."""
+    pytest.importorskip("trl.experimental.async_grpo")
+    from trl_gtpo.async_gtpo import AsyncGTPOConfig
+
+    with pytest.raises(error) as caught:
+        AsyncGTPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **build.fields)
+    assert phrase.replace("GTPOConfig.", "AsyncGTPOConfig.") in str(caught.value), str(caught.value)

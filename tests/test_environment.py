@@ -190,10 +190,11 @@ def assert_tool_tokens_masked(tokenizer, completion_ids, tool_mask):
 
 
 class RecordingEnvironmentGTPOTrainer(RecordingGTPOTrainer):
-    def _python_environment_turns(self, step, masks):
-        turns = super()._python_environment_turns(step, masks)
+    def _turn_records(self, step, masks):
+        turns, interpreter = super()._turn_records(step, masks)
+        assert interpreter  # the environment's records are the code interpreter's: the format rule reads them
         self.environment_turns = getattr(self, "environment_turns", []) + [turns]
-        return turns
+        return turns, interpreter
 
 
 @pytest.fixture

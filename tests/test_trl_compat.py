@@ -307,9 +307,11 @@ def test_the_completions_sample_printer_is_swapped_only_during_the_call(capsys):
     import trl.trainer.grpo_trainer as grpo_module
 
     original = grpo_module.print_prompt_completions_sample
-    with trl_private.compact_completions_sample():
+    from trl_gtpo.sample_log import compact_samples
+
+    with trl_private.compact_completions_sample(compact_samples):
         grpo_module.print_prompt_completions_sample(["p"], ["c"], {"r": [1.0]}, [0.0], 7)
-    with trl_private.compact_completions_sample(enabled=False):  # the end-of-training summary: nothing printed
+    with trl_private.compact_completions_sample(compact_samples, enabled=False):  # the end-of-training summary: nothing printed
         grpo_module.print_prompt_completions_sample(["p"], ["c"], {"r": [1.0]}, [0.0], 8)
     assert grpo_module.print_prompt_completions_sample is original
     assert capsys.readouterr().out.split("\n")[:2] == ["--- step 7: 1 of 1 completions ---", "[1] r 1.00 | advantage +0.00"]

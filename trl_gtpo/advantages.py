@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._trl_compat import nanstd
+
+def nanstd(values: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Unbiased std over the non-NaN values (NaN with fewer than two): GRPO's statistics leave unscorable rows out."""
+    count = (~torch.isnan(values)).sum(dim=dim, keepdim=keepdim)
+    squares = (values - torch.nanmean(values, dim=dim, keepdim=True)) ** 2
+    return (torch.nanmean(squares, dim=dim, keepdim=keepdim) * (count / (count - 1))).sqrt()
+
 
 ESTIMATORS = ("aligned", "pooled")
 # Estimators of earlier releases, refused with the reason (they turned the discount into large advantages in tied
@@ -59,10 +65,31 @@ class TurnBatch:
     shaping: torch.Tensor | None = None
 
 
+class SettingError(ValueError):
+    """A setting of the advantage step with a value it does not take. `name` is the setting's, so that a config can
+    say it with its own field's name (`message("GTPOConfig.turn_advantage_estimator")`)."""
+
+    def __init__(self, name: str, value, fix: str):
+        self.name, self.value, self.fix = name, value, fix
+        super().__init__(self.message(f"AdvantageSettings.{name}"))
+
+    def message(self, label: str) -> str:
+        return f"{label}={self.value!r} is not allowed: {self.fix}."
+
+
+def check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
+    """The one check of the step's string settings: `value` is one of `allowed` (removed estimators with why)."""
+    if name == "estimator" and value in REMOVED_ESTIMATORS:
+        raise SettingError(name, value, REMOVED_ESTIMATOR_REASON.rstrip("."))
+    if value not in allowed:
+        raise SettingError(name, value, f"use one of {', '.join(allowed)}")
+
+
 @dataclass(frozen=True)
 class AdvantageSettings:
-    """The knobs of the step: `gamma`, `estimator` (one of ESTIMATORS), `scope` (SCOPES, "pooled" only) and `scale`
-    (TRL's `scale_rewards`: SCALES)."""
+    """The knobs of the step, checked here once for every caller (`GTPOConfig`, `AsyncGTPOConfig`, direct use):
+    `gamma` in [0, 1], `estimator` (one of ESTIMATORS), `scope` (SCOPES, "pooled" only) and `scale` (TRL's
+    `scale_rewards`: SCALES)."""
 
     gamma: float = 0.9
     estimator: str = "aligned"
@@ -70,11 +97,10 @@ class AdvantageSettings:
     scale: str = "group"
 
     def __post_init__(self):
-        if self.estimator in REMOVED_ESTIMATORS:
-            raise ValueError(f"The turn advantage estimator {self.estimator!r}: {REMOVED_ESTIMATOR_REASON}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise SettingError("gamma", self.gamma, "use a number in [0, 1], e.g. 0.9")
         for name, allowed in (("estimator", ESTIMATORS), ("scope", SCOPES), ("scale", SCALES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"Unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}.")
+            check_choice(name, getattr(self, name), allowed)
 
 
 @dataclass(frozen=True)
@@ -206,11 +232,10 @@ def normalize_returns(returns: torch.Tensor, group_size: int, scope: str = "grou
         mean = torch.nanmean(returns)
         std = nanstd(returns) if scale == "group" else None
     else:
-        raise ValueError(f"Unknown turn_advantage_scope {scope!r}: use 'group' or 'batch'.")
+        check_choice("scope", scope, SCOPES)
+    check_choice("scale", scale, SCALES)
     if scale == "batch":
         std = nanstd(returns)
-    elif scale not in ("group", "none"):
-        raise ValueError(f"Unknown scale_rewards {scale!r}: use 'group', 'batch' or 'none'.")
     advantages = returns - mean
     if std is not None:
         advantages = advantages / (std + 1e-4)
@@ -299,10 +324,9 @@ def _place_deviations(places: torch.Tensor, group_size: int, scale: str):
         sigma = spread.sum(dim=1).repeat_interleave(group_size).unsqueeze(1)
     elif scale == "batch":
         sigma = torch.nan_to_num(nanstd(places, dim=0), nan=0.0).sum().expand(n, 1)
-    elif scale == "none":
-        sigma = None
     else:
-        raise ValueError(f"Unknown scale_rewards {scale!r}: use 'group', 'batch' or 'none'.")
+        check_choice("scale", scale, SCALES)
+        sigma = None
     return deviations, sigma
 
 

@@ -5,8 +5,8 @@ call, so a step costs about the sum over turns of the slowest turn. TRL 1.16's `
 its own asyncio task against a vLLM server (no barrier between trajectories) and trains while generation goes on; it
 gives one advantage per conversation. `AsyncGTPOTrainer` keeps its rollouts and its loss and replaces that advantage,
 when a group of `num_generations` rollouts is scored, by GTPO's turn-level ones (arXiv 2511.14846, section 3): the
-group's turn records and rewards make a `TurnBatch`, `advantages.turn_advantages` (the same pure step as
-`GTPOTrainer`'s) gives the (N, K) table, and every model token of turn j gets A_ij.
+group's turn records and rewards go through `scoring.score_turns` (the same pure step as `GTPOTrainer`'s), which
+gives the (N, K) table, and every model token of turn j gets A_ij.
 """
 
 from collections.abc import Callable
@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ._trl_compat import async_grpo as trl_async
-from .advantages import AdvantageSettings, TurnBatch, outcome_rewards, turn_advantages
 from .async_turns import row_turns, token_advantages_by_row
-from .interpreter.environment import SharedExecutor, records_from_environment
-from .rewards.format import format_terms
-from .rewards.turn import call_turn_reward_funcs, weighted_turn_terms
-from .turn_records import TurnRecord, records_from_messages, trajectory_code
+from .gtpo_config import GTPOFields
+from .interpreter.environment import TOOL_NAME, PythonEnvironment, SharedExecutor, ToolRun
+from .interpreter.loop import CodeInterpreterLoop
+from .interpreter.rollout import turn_records
+from .rewards.turn import call_turn_reward_funcs
+from .scoring import ScoringSettings, score_turns, trajectory_records
+from .turn_records import TurnRecord
 
 try:
     from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
@@ -29,74 +31,30 @@ except ImportError:  # pragma: no cover - check_async_trl_api() explains
 
 
 @dataclass
-class AsyncGTPOConfig(AsyncGRPOConfig):
+class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
     r"""
-    Configuration class for [`AsyncGTPOTrainer`]: TRL's [`AsyncGRPOConfig`] plus GTPO's turn-level advantages.
+    Configuration class for [`AsyncGTPOTrainer`]: TRL's [`AsyncGRPOConfig`] plus the GTPO fields of [`GTPOFields`]
+    (the same fields, defaults and checks as [`GTPOConfig`]'s), with two differences of the asynchronous trainer:
 
-    The fields below mean what they mean in [`GTPOConfig`] (same names, defaults and checks). TRL's asynchronous loss
-    has no `importance_sampling_level`: its ratio is per token, between the trainer's policy and the vLLM policy that
-    sampled the token (up to `max_staleness` versions old), clipped per token; each token's clipped ratio multiplies
-    its turn's advantage. A turn-level ratio (GTPOConfig's `importance_sampling_level="turn"`, GSPO's length-normalized
-    ratio over one turn) is not offered here: it would replace TRL's loss, which this trainer keeps.
+    - A group is scored alone, when its last rollout finishes, so `turn_advantage_scope` is `"group"` only and the
+      scale is the group's. The outcome is the sum of the reward functions, as TRL's asynchronous trainer sums them.
+    - TRL's asynchronous loss has no `importance_sampling_level`: its ratio is per token, between the trainer's policy
+      and the vLLM policy that sampled the token (up to `max_staleness` versions old), clipped per token; each
+      token's clipped ratio multiplies its turn's advantage. A turn-level ratio (GTPOConfig's
+      `importance_sampling_level="turn"`) would replace TRL's loss, which this trainer keeps.
+
+    The `tool_*` fields configure the sandbox of GTPO's code interpreter in the rollout process (used when neither
+    `tools` nor `environment_factory` is given).
 
     Parameters:
-        turn_advantage_estimator (`str`, *optional*, defaults to `"aligned"`):
-            `"aligned"` or `"pooled"` (see `trl_gtpo.advantages`).
-        gamma (`float`, *optional*, defaults to `0.9`):
-            Discount of the turn returns, in [0, 1].
-        turn_advantage_scope (`str`, *optional*, defaults to `"group"`):
-            Set of turn returns whose mean the `"pooled"` estimator subtracts; only `"group"` here (a group is scored
-            alone, when its last rollout finishes).
-        format_penalty (`float`, *optional*, defaults to `-0.1`):
-            Reward of a turn whose `python` call was malformed, and of the final turn of a trajectory none of whose
-            calls ran (read from a `PythonEnvironment`'s records). `<= 0`; `0.0` turns it off.
-        turn_reward_weights (`list[float]`, *optional*):
-            Weights of the trainer's `turn_reward_funcs`; None: all 1.0.
-        shaping_alpha (`float`, *optional*, defaults to `0.5`):
-            Weight of the shaping reward of failed trajectories (similarity of their code to the group's successful
-            code); `0.0` turns it off.
-        shaping_success_threshold (`float`, *optional*):
-            Outcome reward from which a trajectory counts as successful; None: 1.0.
         tree_attention (`str`, *optional*, defaults to `"auto"`):
             How the trainer's packed forward attends: `"kernel"` (TRL's FlashAttention-3 kernel, which the `kernels`
             package fetches from the Hub: CUDA and a Hub connection or cache), `"sdpa"` (the same attention on
             PyTorch SDPA, a loop over the packed segments: any device, offline) or `"auto"` (kernel with CUDA, SDPA
             without).
-        max_turns (`int`, *optional*, defaults to `4`):
-            GTPO's code interpreter (on when neither `tools` nor `environment_factory` is given): model turns per
-            trajectory, i.e. at most `max_turns - 1` code blocks run.
-        turn_stop_marker (`str`, *optional*, defaults to `"```output"`):
-            GTPO's code interpreter: the text after which the tool's output follows (as `GTPOConfig`'s).
     """
 
-    turn_advantage_estimator: str = field(
-        default="aligned",
-        metadata={"help": "How a turn's advantage is estimated: 'aligned' or 'pooled' (see trl_gtpo.advantages)."},
-    )
-    gamma: float = field(default=0.9, metadata={"help": "Discount factor of the turn returns, in [0, 1]."})
-    turn_advantage_scope: str = field(
-        default="group",
-        metadata={"help": "Set of turn returns whose mean 'pooled' subtracts: only 'group' (groups are scored alone)."},
-    )
-    format_penalty: float = field(
-        default=-0.1,
-        metadata={
-            "help": "Reward of a turn with a malformed python call, and of the final turn of a trajectory none of "
-            "whose calls ran. Must be <= 0; 0.0 turns it off."
-        },
-    )
-    turn_reward_weights: list[float] | None = field(
-        default=None,
-        metadata={"help": "Weights of the turn_reward_funcs, one per function; None: all 1.0."},
-    )
-    shaping_alpha: float = field(
-        default=0.5,
-        metadata={"help": "Weight of the shaping reward of failed trajectories. Must be >= 0; 0.0 turns it off."},
-    )
-    shaping_success_threshold: float | None = field(
-        default=None,
-        metadata={"help": "Outcome reward at or above which a trajectory counts as successful; None: 1.0."},
-    )
+    _VALID_DICT_FIELDS = getattr(AsyncGRPOConfig, "_VALID_DICT_FIELDS", []) + ["tool_executor_kwargs"]
 
     tree_attention: str = field(
         default="auto",
@@ -106,47 +64,47 @@ class AsyncGTPOConfig(AsyncGRPOConfig):
         },
     )
 
-    max_turns: int = field(
-        default=4,
-        metadata={
-            "help": "GTPO's code interpreter: model turns per trajectory (at most max_turns - 1 code blocks run)."
-        },
-    )
-    turn_stop_marker: str = field(
-        default="```output",
-        metadata={"help": "GTPO's code interpreter: the text after which the tool's output follows."},
-    )
-
     def __post_init__(self):
         super().__post_init__()
-        AdvantageSettings(self.gamma, self.turn_advantage_estimator, "group", "group")  # names the bad value
         if self.turn_advantage_scope != "group":
             raise ValueError(
-                f"AsyncGTPOConfig.turn_advantage_scope={self.turn_advantage_scope!r}: use 'group'. A group is scored "
-                "alone, when its last rollout finishes, so there is no batch to pool over."
+                f"AsyncGTPOConfig.turn_advantage_scope={self.turn_advantage_scope!r} is not allowed: use 'group'. A "
+                "group is scored alone, when its last rollout finishes, so there is no batch to pool over."
             )
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"AsyncGTPOConfig.gamma={self.gamma!r}: use a number in [0, 1].")
-        if self.format_penalty > 0:
-            raise ValueError(f"AsyncGTPOConfig.format_penalty={self.format_penalty!r}: use a number <= 0.")
-        if not (isinstance(self.max_turns, int) and self.max_turns >= 1):
-            raise ValueError(f"AsyncGTPOConfig.max_turns={self.max_turns!r}: use an integer >= 1.")
-        if self.tree_attention not in ("auto", "kernel", "sdpa"):
-            raise ValueError(
-                f"AsyncGTPOConfig.tree_attention={self.tree_attention!r}: use 'auto', 'kernel' or 'sdpa'."
-            )
-        if self.shaping_alpha < 0:
-            raise ValueError(f"AsyncGTPOConfig.shaping_alpha={self.shaping_alpha!r}: use a number >= 0.")
+        self._check(self.tree_attention in ("auto", "kernel", "sdpa"), "tree_attention", "'auto', 'kernel' or 'sdpa'")
 
 
 @dataclass(frozen=True)
 class CodeInterpreterSettings:
     """GTPO's markdown-fence code interpreter in the rollout process: the shared sandbox executor (it pickles as its
-    settings), the turn limit and the stop marker."""
+    settings), the turn limit and the stop marker. `run` is one rollout, which TRL's loop drives turn by turn."""
 
     executor: SharedExecutor
     max_turns: int
     stop_marker: str
+
+    def run(self, tokenizer, prompt_ids, max_tokens, eos_token_ids, complete, decode):
+        """One trajectory of the same loop as the synchronous trainers' (`CodeInterpreterLoop`: ```python blocks,
+        stop strings, sandbox calls, token ids only ever concatenated); `complete(history, max_new_tokens, stop)` is
+        one turn from the server. Returns the trajectory and its turn records."""
+        interpreter = CodeInterpreterLoop(
+            tokenizer, self.executor, max_turns=self.max_turns, max_completion_length=max_tokens,
+            stop_marker=self.stop_marker, eos_token_ids=eos_token_ids,
+        )
+
+        def generate_turn(histories, max_new_tokens):
+            ids, logprobs = complete(histories[0], max_new_tokens, interpreter.stop_strings)
+            return [ids], [logprobs]
+
+        (trajectory,) = interpreter.run([prompt_ids], generate_turn)
+        return trajectory, turn_records(trajectory, decode)
+
+
+def python_environment_runs(tool_dict: dict) -> list[ToolRun] | None:
+    """The call log of the `PythonEnvironment` whose `python` tool a rollout used (None: no such environment): the
+    environment returns to TRL's pool, and is reset by another rollout, before the group is scored."""
+    environment = getattr(tool_dict.get(TOOL_NAME), "__self__", None)
+    return list(environment.runs) if isinstance(environment, PythonEnvironment) else None
 
 
 @dataclass(frozen=True)
@@ -164,17 +122,15 @@ class ScoredGroup:
 class TurnScorer:
     """GTPO's scoring of one group of asynchronous rollouts; runs in TRL's rollout process (it pickles).
 
-    Turn rewards: the format rule (on `PythonEnvironment` rollouts), the user's `turn_reward_funcs` (weighted); the
-    outcome (the sum of TRL's reward columns, as TRL sums them) and the shaping reward on the final turn.
+    It gathers the group's turn records and turn rewards, lets `scoring.score_turns` (the same step as
+    `GTPOTrainer`'s) make the table, and spreads it over the rows. The outcome is the sum of TRL's reward columns, as
+    TRL sums them.
     """
 
-    settings: AdvantageSettings
+    settings: ScoringSettings
     group_size: int
-    format_penalty: float = -0.1
     turn_reward_funcs: list[Callable] = field(default_factory=list)
     turn_reward_weights: list[float] = field(default_factory=list)
-    shaping_alpha: float = 0.0
-    shaping_success_threshold: float | None = None
 
     def score(
         self, *, prompts, completions, completion_ids, row_ids, row_masks, runs, rewards_per_func, reward_kwargs,
@@ -184,49 +140,32 @@ class TurnScorer:
         `runs[i]`: its `PythonEnvironment` call log (None: no such environment); `records[i]`: the code
         interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F)."""
         num_turns = torch.tensor([row_turns(masks)[1] for masks in row_masks])
-        width = max(1, int(num_turns.max()))
         records = records or [None] * len(row_ids)
-        turns = []
-        for ids, masks, messages, calls, own in zip(row_ids, row_masks, completions, runs, records, strict=True):
-            flat_ids = [token for row in ids for token in row]
-            flat_mask = [value for row in masks for value in row]
-            if own is not None:
-                turns.append(list(own))
-            elif calls is not None:
-                turns.append(records_from_environment(flat_ids, flat_mask, list(messages), calls, decode))
-            else:
-                turns.append(records_from_messages(flat_ids, flat_mask, list(messages), decode))
-        interpreter = all(calls is not None or own is not None for calls, own in zip(runs, records))
-        terms = format_terms(turns, num_turns, width, self.format_penalty) if interpreter else None
+        turns = [
+            trajectory_records(
+                [token for row in ids for token in row], [value for row in masks for value in row], list(messages),
+                decode, own=own, runs=calls,
+            )
+            for ids, masks, messages, calls, own in zip(row_ids, row_masks, completions, runs, records, strict=True)
+        ]
         names = [getattr(func, "__name__", type(func).__name__) for func in self.turn_reward_funcs]
+        values = []
         if self.turn_reward_funcs:
             values = call_turn_reward_funcs(
                 self.turn_reward_funcs, names, turns, run_async=run_async, prompts=prompts, completions=completions,
                 completion_ids=completion_ids, **reward_kwargs,
             )
-            terms = weighted_turn_terms(values, self.turn_reward_weights or [1.0] * len(names), width, base=terms)
-        # TRL's asynchronous trainer sums its reward columns with weight 1 (NaN: every column None)
-        outcome = outcome_rewards(rewards_per_func, torch.ones(rewards_per_func.shape[1]), self.group_size)
-        shaping = self._shaping(outcome, turns) if interpreter else None
-        batch = TurnBatch(outcome, num_turns, self.group_size, turn_terms=terms, shaping=shaping)
-        table = turn_advantages(batch, self.settings)
+        scored = score_turns(
+            turns, num_turns, rewards_per_func, torch.ones(rewards_per_func.shape[1]), self.group_size,
+            self.settings, interpreter=all(calls is not None or own is not None for calls, own in zip(runs, records)),
+            turn_values=values, turn_weights=self.turn_reward_weights or [1.0] * len(names),
+        )
+        advantages = scored.table.advantages
         metrics = [
-            {"turns/num_turns": float(k), "advantages/turn_mean": _nanmean(table.advantages[i])}
+            {"turns/num_turns": float(k), "advantages/turn_mean": _nanmean(advantages[i])}
             for i, k in enumerate(num_turns.tolist())
         ]
-        return ScoredGroup(token_advantages_by_row(table.advantages, row_masks), table.advantages, turns, metrics)
-
-    def _shaping(self, outcome: torch.Tensor, turns) -> torch.Tensor | None:
-        if self.shaping_alpha == 0.0:
-            return None
-        from .shaping import batch_shaping_rewards
-
-        codes = [trajectory_code(records) for records in turns]
-        shaping = batch_shaping_rewards(
-            outcome.tolist(), codes, self.group_size, alpha=self.shaping_alpha,
-            success_threshold=self.shaping_success_threshold,
-        )
-        return torch.tensor(shaping, dtype=torch.float32)
+        return ScoredGroup(token_advantages_by_row(advantages, row_masks), advantages, turns, metrics)
 
 
 def _nanmean(values: torch.Tensor) -> float:
@@ -246,9 +185,8 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
     ```python blocks; `max_turns`, `turn_stop_marker`), each turn one request, each block run in the sandbox.
 
     What changes: when a group's last rollout finishes, `TurnScorer` turns its rows' completion masks into turns
-    (maximal runs of model tokens), its records into turn rewards (format rule, `turn_reward_funcs`, shaping) and
-    TRL's rewards into the outcome, calls `advantages.turn_advantages` on that group's `TurnBatch`, and gives every
-    model token its turn's advantage; the packed loss terms carry those per-token advantages into TRL's loss
+    (maximal runs of model tokens), gathers its records, turn rewards and TRL's rewards, lets `scoring.score_turns`
+    make the turn-advantage table, and gives every model token its turn's advantage; the packed loss terms carry those per-token advantages into TRL's loss
     unchanged.
 
     Off-policy staleness is TRL's: samples up to `max_staleness` policy versions old are trained with TRL's per-token
@@ -258,8 +196,8 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
         turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
             Turn reward functions as for `GTPOTrainer` (they must pickle: module-level functions).
         sandbox_settings (*optional*):
-            What `make_executor` reads to build the fence interpreter's sandbox in the rollout process (a `GTPOConfig`
-            works); None: a `SandboxPool` with its defaults.
+            What `make_executor` reads to build the fence interpreter's sandbox in the rollout process; None: `args`
+            (its `tool_*` fields).
         Every other argument is [`AsyncGRPOTrainer`]'s.
     """
 
@@ -288,21 +226,18 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
             super().__init__(model, reward_funcs, args=args, **kwargs)
         trl_async.use_sdpa_tree_attention(args.tree_attention)
         self.turn_scorer = TurnScorer(
-            AdvantageSettings(args.gamma, args.turn_advantage_estimator, "group", "group"),
+            ScoringSettings.from_config(args),
             args.num_generations,
-            format_penalty=args.format_penalty,
             turn_reward_funcs=funcs,
             turn_reward_weights=list(weights) if weights is not None else [1.0] * len(funcs),
-            shaping_alpha=args.shaping_alpha,
-            shaping_success_threshold=args.shaping_success_threshold,
         )
         code_interpreter = None
         if not kwargs.get("tools") and kwargs.get("environment_factory") is None:
             code_interpreter = CodeInterpreterSettings(
-                SharedExecutor(sandbox_settings), args.max_turns, args.turn_stop_marker
+                SharedExecutor(sandbox_settings if sandbox_settings is not None else args), args.max_turns, args.turn_stop_marker
             )
         if self.rollout_worker is not None:
-            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, code_interpreter)
+            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, python_environment_runs, code_interpreter)
 
     def get_train_dataloader(self):
         # Overrides AsyncGRPOTrainer.get_train_dataloader only to wrap its collator: TRL's packer stamps one

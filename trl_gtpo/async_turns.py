@@ -6,8 +6,8 @@ any context a re-tokenization rewrote. A model turn is a maximal run of 1s (arXi
 synchronous paths; when a conversation forks into several rows (its chat template rewrote earlier turns), the later
 rows carry only the turns after the fork as 1s, so the turns of a conversation are the runs of its rows in order.
 
-Pure functions: the rollout worker gathers a group, builds a `TurnBatch` and calls `advantages.turn_advantages` (the
-same step as `GTPOTrainer`), and `token_advantages_by_row` spreads each turn's advantage over its tokens.
+Pure functions: the rollout worker gathers a group and calls `scoring.score_turns` (the same step as
+`GTPOTrainer`'s), and `token_advantages_by_row` spreads each turn's advantage over its tokens.
 """
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
-"""GTPOConfig: GRPOConfig plus the knobs of GTPO (turn rewards, returns, shaping) and of its code interpreter."""
+"""The GTPO fields, shared by `GTPOConfig` and `AsyncGTPOConfig` and checked once (`GTPOFields`), and GTPOConfig:
+GRPOConfig plus those fields."""
 
 import json
 import math
@@ -8,32 +9,21 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .advantages import AGGREGATIONS, ESTIMATORS, REMOVED_ESTIMATOR_REASON, REMOVED_ESTIMATORS
+from .advantages import AGGREGATIONS, AdvantageSettings, SettingError
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "turn", "sequence")
 EXECUTOR_ERROR_MODES = ("raise", "contain")
+SIMILARITIES = ("lexical", "embedding")
 
 
 @dataclass
-class GTPOConfig(GRPOConfig):
+class GTPOFields:
     r"""
-    Configuration class for [`GTPOTrainer`].
-
-    [`GTPOConfig`] inherits every parameter of TRL's [`GRPOConfig`] and adds the parameters of Group Turn Policy
-    Optimization (arXiv 2511.14846): turn-level rewards, discounted returns turned into advantages within the group,
-    self-supervised reward shaping, and the multi-turn code interpreter used for generation.
-
-    With one turn per trajectory and no format or shaping reward, the "aligned" and "pooled" estimators give back
-    GRPO's advantages exactly, and GTPO's loss is GRPO's under every loss type and option below.
-
-    TRL options defined per sequence take their turn-level reading (table in docs/SETTINGS.md):
-    `importance_sampling_level="turn"` (new: GSPO's length-normalized ratio over each turn, times its advantage; the
-    choice for GSPO users) and `"sequence"` (GSPO's one ratio per trajectory, times each turn's advantage); the
-    off-policy mask (`off_policy_mask_threshold`) drops a turn whose advantage is negative and whose own tokens
-    drifted past the threshold; `multi_objective_aggregation="normalize_then_sum"` normalizes each reward function
-    within its group before the sum enters the final turn's reward, and scales by the batch std as TRL does;
-    `loss_type="luspo"` weights each turn's loss by its length (with `"turn"`), `"vespo"` weights each token of turn j
-    by the gamma weight of the trajectory's importance ratio shaped by the sign of A_ij.
+    The parameters of Group Turn Policy Optimization (arXiv 2511.14846), one set for [`GTPOConfig`] and
+    [`AsyncGTPOConfig`]: turn-level rewards, discounted returns turned into advantages within the group,
+    self-supervised reward shaping, and the multi-turn code interpreter. Put it first among a config's bases
+    (`class MyConfig(GTPOFields, GRPOConfig)`): its checks run around the base config's own, once, and every error
+    names the config's class and field.
 
     Parameters:
         > Turn-level advantages
@@ -52,12 +42,6 @@ class GTPOConfig(GRPOConfig):
             ran. `<= 0`; `0.0` turns it off.
         turn_reward_weights (`list[float]`, *optional*):
             Weights of the trainer's `turn_reward_funcs`; None: all 1.0.
-
-        > TRL options read per turn (docs/SETTINGS.md)
-
-        importance_sampling_level (`str`, *optional*, defaults to `"token"`):
-            GRPOConfig's, plus `"turn"`: GSPO's length-normalized ratio over each turn's model tokens, clipped as GSPO
-            clips, times the turn's advantage. GSPO users should pick `"turn"` over `"sequence"`.
 
         > Self-supervised reward shaping
 
@@ -98,21 +82,6 @@ class GTPOConfig(GRPOConfig):
             after 2 retries) or `"contain"` (the calls get a `crash` result the model reads; warned once, counted in
             the `tools/executor_failures` metric).
     """
-
-    _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["tool_executor_kwargs"]
-
-    # GRPOConfig's field, with GTPO's third value.
-    importance_sampling_level: str = field(
-        default="token",
-        metadata={
-            "help": "Level of the importance ratio: 'token' (per token), 'turn' (GSPO's length-normalized ratio "
-            "exp(mean log-ratio) over the model tokens of one turn, clipped as GSPO clips, times that turn's "
-            "advantage) or 'sequence' (GSPO's ratio over the whole trajectory, times each turn's advantage). GSPO "
-            "users should pick 'turn': under 'sequence' the gradient of every token is scaled by the trajectory's "
-            "mean turn advantage, so the turn-level credit survives only in the clipping; 'turn' keeps each turn's "
-            "advantage on its own tokens and, with one turn per trajectory, is exactly GSPO."
-        },
-    )
 
     # > Turn-level advantages
     turn_advantage_estimator: str = field(
@@ -269,115 +238,150 @@ class GTPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        # Before GRPOConfig's: TrainingArguments parses dict-like fields with a bare json.loads, and a wrong type would
-        # fail inside the range checks below with an error that names no field.
+        # Before the base config's: TrainingArguments parses dict-like fields with a bare json.loads, and a wrong type
+        # would fail inside the range checks below with an error that names no field.
         _check_types(self)
         super().__post_init__()
-        _check(0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "a number in [0, 1], e.g. 0.9")
-        if self.turn_advantage_estimator in REMOVED_ESTIMATORS:
-            raise ValueError(f"GTPOConfig.turn_advantage_estimator={self.turn_advantage_estimator!r}: {REMOVED_ESTIMATOR_REASON}")
-        _check(
-            self.turn_advantage_estimator in ESTIMATORS,
-            "turn_advantage_estimator",
-            self.turn_advantage_estimator,
-            " or ".join(repr(name) for name in ESTIMATORS),
-        )
-        _check(
-            self.turn_advantage_scope in ("group", "batch"),
-            "turn_advantage_scope",
-            self.turn_advantage_scope,
-            "'group' or 'batch'",
-        )
-        _check(self.format_penalty <= 0.0, "format_penalty", self.format_penalty, "a number <= 0, e.g. -0.1 (0 = off)")
-        _check(self.shaping_alpha >= 0.0, "shaping_alpha", self.shaping_alpha, "a number >= 0, e.g. 0.5 (0 = off)")
-        _check(
-            self.shaping_similarity in ("lexical", "embedding"),
-            "shaping_similarity",
-            self.shaping_similarity,
-            "'lexical' or 'embedding'",
-        )
-        _check(
-            isinstance(self.max_turns, int) and self.max_turns >= 1, "max_turns", self.max_turns, "an integer >= 1"
-        )
-        _check(bool(self.turn_stop_marker), "turn_stop_marker", self.turn_stop_marker, "a non-empty string")
-        _check(
-            self.max_tool_output_chars >= 16,
-            "max_tool_output_chars",
-            self.max_tool_output_chars,
-            "an integer >= 16, e.g. 1024",
-        )
-        _check(self.tool_timeout > 0, "tool_timeout", self.tool_timeout, "a positive number of seconds, e.g. 10")
+        try:  # the advantage step's settings are checked where they are defined; the error names this field
+            AdvantageSettings(self.gamma, self.turn_advantage_estimator, self.turn_advantage_scope)
+        except SettingError as e:
+            raise ValueError(e.message(self._field(_ADVANTAGE_FIELDS[e.name]))) from None
+        self._check(self.format_penalty <= 0.0, "format_penalty", "a number <= 0, e.g. -0.1 (0 = off)")
+        self._check(self.shaping_alpha >= 0.0, "shaping_alpha", "a number >= 0, e.g. 0.5 (0 = off)")
+        self._check(self.shaping_similarity in SIMILARITIES, "shaping_similarity", "'lexical' or 'embedding'")
+        self._check(isinstance(self.max_turns, int) and self.max_turns >= 1, "max_turns", "an integer >= 1")
+        self._check(bool(self.turn_stop_marker), "turn_stop_marker", "a non-empty string")
+        self._check(self.max_tool_output_chars >= 16, "max_tool_output_chars", "an integer >= 16, e.g. 1024")
+        self._check(self.tool_timeout > 0, "tool_timeout", "a positive number of seconds, e.g. 10")
         floor = _memory_floor_mb(self.tool_executor, self.tool_executor_kwargs)
-        _check(
+        self._check(
             self.tool_memory_limit_mb >= floor,
             "tool_memory_limit_mb",
-            self.tool_memory_limit_mb,
             f"at least {floor} (MiB) for the local sandbox with "
             + ("its default preload" if floor > 96 else "your preload")
             + ", e.g. 1024: a session starts as a copy of its worker (numpy and sympy preloaded) and needs room to run",
         )
-        _check(
+        self._check(
             self.tool_executor_errors in EXECUTOR_ERROR_MODES,
             "tool_executor_errors",
-            self.tool_executor_errors,
             " or ".join(repr(mode) for mode in EXECUTOR_ERROR_MODES),
         )
-        _check(
+        self._check(
             self.tool_pool_size is None or self.tool_pool_size >= 1,
             "tool_pool_size",
-            self.tool_pool_size,
             "None (one worker per core) or an integer >= 1",
         )
-        _check(
+
+    def _field(self, name: str) -> str:
+        return f"{type(self).__name__}.{name}"
+
+    def _check(self, ok: bool, name: str, allowed: str) -> None:
+        if not ok:
+            raise ValueError(f"{self._field(name)}={getattr(self, name)!r} is not allowed: use {allowed}.")
+
+
+# The config field of each AdvantageSettings field.
+_ADVANTAGE_FIELDS = {"gamma": "gamma", "estimator": "turn_advantage_estimator", "scope": "turn_advantage_scope"}
+
+
+@dataclass
+class GTPOConfig(GTPOFields, GRPOConfig):
+    r"""
+    Configuration class for [`GTPOTrainer`].
+
+    [`GTPOConfig`] inherits every parameter of TRL's [`GRPOConfig`] and adds the parameters of Group Turn Policy
+    Optimization (arXiv 2511.14846), listed in [`GTPOFields`]: turn-level rewards, discounted returns turned into
+    advantages within the group, self-supervised reward shaping, and the multi-turn code interpreter used for
+    generation.
+
+    With one turn per trajectory and no format or shaping reward, the "aligned" and "pooled" estimators give back
+    GRPO's advantages exactly, and GTPO's loss is GRPO's under every loss type and option below.
+
+    TRL options defined per sequence take their turn-level reading (table in docs/SETTINGS.md):
+    `importance_sampling_level="turn"` (new: GSPO's length-normalized ratio over each turn, times its advantage; the
+    choice for GSPO users) and `"sequence"` (GSPO's one ratio per trajectory, times each turn's advantage); the
+    off-policy mask (`off_policy_mask_threshold`) drops a turn whose advantage is negative and whose own tokens
+    drifted past the threshold; `multi_objective_aggregation="normalize_then_sum"` normalizes each reward function
+    within its group before the sum enters the final turn's reward, and scales by the batch std as TRL does;
+    `loss_type="luspo"` weights each turn's loss by its length (with `"turn"`), `"vespo"` weights each token of turn j
+    by the gamma weight of the trajectory's importance ratio shaped by the sign of A_ij.
+
+    Parameters:
+        > TRL options read per turn (docs/SETTINGS.md)
+
+        importance_sampling_level (`str`, *optional*, defaults to `"token"`):
+            GRPOConfig's, plus `"turn"`: GSPO's length-normalized ratio over each turn's model tokens, clipped as GSPO
+            clips, times the turn's advantage. GSPO users should pick `"turn"` over `"sequence"`.
+    """
+
+    _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["tool_executor_kwargs"]
+
+    # GRPOConfig's field, with GTPO's third value.
+    importance_sampling_level: str = field(
+        default="token",
+        metadata={
+            "help": "Level of the importance ratio: 'token' (per token), 'turn' (GSPO's length-normalized ratio "
+            "exp(mean log-ratio) over the model tokens of one turn, clipped as GSPO clips, times that turn's "
+            "advantage) or 'sequence' (GSPO's ratio over the whole trajectory, times each turn's advantage). GSPO "
+            "users should pick 'turn': under 'sequence' the gradient of every token is scaled by the trajectory's "
+            "mean turn advantage, so the turn-level credit survives only in the clipping; 'turn' keeps each turn's "
+            "advantage on its own tokens and, with one turn per trajectory, is exactly GSPO."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check(
             self.multi_objective_aggregation in AGGREGATIONS,
             "multi_objective_aggregation",
-            self.multi_objective_aggregation,
             " or ".join(repr(name) for name in AGGREGATIONS),
         )
-        _check(
+        self._check(
             self.importance_sampling_level in IMPORTANCE_SAMPLING_LEVELS,
             "importance_sampling_level",
-            self.importance_sampling_level,
             " or ".join(repr(level) for level in IMPORTANCE_SAMPLING_LEVELS) + " ('turn' for GSPO, see its help)",
         )
 
 
-def _check(ok: bool, name: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"GTPOConfig.{name}={value!r} is not allowed: use {allowed}.")
-
-
-def _check_types(config: "GTPOConfig") -> None:
-    """Every field GTPOConfig adds (and its `importance_sampling_level`) has the type of its annotation, numbers are
-    finite, and `tool_executor_kwargs` given as a string is a JSON object (parsed here)."""
+def _check_types(config: GTPOFields) -> None:
+    """Every GTPO field (and every field the config class itself declares, such as GTPOConfig's
+    `importance_sampling_level`) has the type of its annotation, numbers are finite, and `tool_executor_kwargs` given
+    as a string is a JSON object (parsed here)."""
+    label = type(config).__name__
     if isinstance(config.tool_executor_kwargs, str):
         try:
             parsed = json.loads(config.tool_executor_kwargs)
         except ValueError as e:
             raise ValueError(
-                f"GTPOConfig.tool_executor_kwargs={config.tool_executor_kwargs!r} is not valid JSON ({e}): use a JSON "
+                f"{label}.tool_executor_kwargs={config.tool_executor_kwargs!r} is not valid JSON ({e}): use a JSON "
                 'object such as \'{"preload": ["math"]}\', or pass a dict.'
             ) from None
         if not isinstance(parsed, dict):
             raise ValueError(
-                f"GTPOConfig.tool_executor_kwargs={config.tool_executor_kwargs!r} is JSON but not an object: use a "
+                f"{label}.tool_executor_kwargs={config.tool_executor_kwargs!r} is JSON but not an object: use a "
                 'JSON object such as \'{"preload": ["math"]}\', or pass a dict.'
             )
         config.tool_executor_kwargs = parsed
-    hints = typing.get_type_hints(GTPOConfig)
-    for name in GTPOConfig.__annotations__:
-        if name.startswith("_"):
-            continue
+    hints = typing.get_type_hints(type(config))
+    own = [  # the fields the package's config classes declare themselves
+        name
+        for cls in type(config).__mro__
+        if issubclass(cls, GTPOFields) and cls.__module__.startswith("trl_gtpo.")
+        for name in vars(cls).get("__annotations__", {})
+        if not name.startswith("_")
+    ]
+    defaults = type(config).__dataclass_fields__
+    for name in dict.fromkeys(own):
         value, expected = getattr(config, name), hints[name]
         if not _has_type(value, expected):
             raise TypeError(
-                f"GTPOConfig.{name}={value!r} has type {type(value).__name__}: it must be of type "
-                f"{_type_name(expected)} (e.g. the default, {GTPOConfig.__dataclass_fields__[name].default!r})."
+                f"{label}.{name}={value!r} has type {type(value).__name__}: it must be of type "
+                f"{_type_name(expected)} (e.g. the default, {defaults[name].default!r})."
             )
         numbers = value if isinstance(value, (list, tuple)) else [value]
         bad = [v for v in numbers if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            raise ValueError(f"GTPOConfig.{name}={value!r} is not allowed: use finite numbers (no inf or nan).")
+            raise ValueError(f"{label}.{name}={value!r} is not allowed: use finite numbers (no inf or nan).")
 
 
 def _has_type(value, expected) -> bool:

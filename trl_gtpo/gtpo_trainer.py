@@ -8,30 +8,17 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from . import _trl_compat as trl_private
-from .advantages import (
-    AdvantageSettings,
-    TurnBatch,
-    outcome_rewards,
-    token_advantages,
-    turn_advantages,
-    zero_std_groups,
-)
+from .advantages import token_advantages, zero_std_groups
 from .dataset_columns import check_dataset
 from .gtpo_config import GTPOConfig
-from .interpreter.environment import PythonEnvironment, records_from_environment
+from .interpreter.environment import PythonEnvironment
 from .interpreter.executor import CodeExecutor, check_executor
 from .interpreter.rollout import CodeInterpreterRollout
-from .rewards.format import format_terms
-from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values, weighted_turn_terms
-from .turn_level import turn_off_policy_mask
-from .turn_records import (
-    TurnRecord,
-    environment_call_turns,
-    records_from_mask,
-    records_from_messages,
-    trajectory_code,
-    turn_index,
-)
+from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values
+from .sample_log import compact_samples
+from .scoring import ScoredTurns, ScoringSettings, score_turns, trajectory_records
+from .turn_level import turn_level_old_logps, turn_off_policy_mask
+from .turn_records import TurnRecord, environment_call_turns, turn_index
 
 
 class GTPOTrainer(GRPOTrainer):
@@ -127,7 +114,9 @@ class GTPOTrainer(GRPOTrainer):
             # TRL's `_compute_loss` knows "token" and "sequence": it runs at token level, and `compute_loss` below
             # makes its per-token ratio each turn's.
             self.importance_sampling_level = "token"
-        self._similarity = None  # the shaping similarity, built at its first use (it may load an embedding model)
+        self.scoring_settings = ScoringSettings.from_config(
+            args, scale=self.scale_rewards, aggregation=self.multi_objective_aggregation
+        )
         if self.rollout_func is None and not self.tools and self.environment_factories is None:
             self.rollout_func = CodeInterpreterRollout(args, executor)
         if isinstance(self.rollout_func, CodeInterpreterRollout):
@@ -192,7 +181,7 @@ class GTPOTrainer(GRPOTrainer):
         # end-of-training summary (no new completions there); the rest is TRL's.
         if sys.stdout.isatty():
             return super().log(logs, start_time)
-        with trl_private.compact_completions_sample(enabled="train_runtime" not in logs):
+        with trl_private.compact_completions_sample(compact_samples, enabled="train_runtime" not in logs):
             return super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -202,7 +191,7 @@ class GTPOTrainer(GRPOTrainer):
         if self.args.importance_sampling_level != "turn":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)  # the ratio step writes into this copy: TRL reuses the buffered batch across iterations
-        with trl_private.turn_level_ratio(self, inputs):
+        with trl_private.turn_level_ratio(self, inputs, turn_level_old_logps):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     @staticmethod
@@ -218,85 +207,61 @@ class GTPOTrainer(GRPOTrainer):
         return turn_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold)
 
     def _turn_level_advantages(self, step: trl_private.StepValues, output: dict) -> torch.Tensor:
-        """Gather one step's turn data, compute the turn-advantage table, log it, and broadcast this process's rows."""
+        """Gather one step's turn data from every process, score it (`scoring.score_turns`), log the table, and
+        broadcast this process's rows."""
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         device = self.accelerator.device
         width_t = output["completion_ids"].shape[1]
         masks = _mask_lists(step.tool_masks, step.completion_ids)
         index, num_turns = turn_index(torch.tensor([m + [0] * (width_t - len(m)) for m in masks], device=device))
-        width = max(1, int(self.accelerator.gather(num_turns.max().reshape(1)).max().item()))
-
-        interpreter_turns = _interpreter_turns(step.extra_fields)
-        if interpreter_turns is None:  # the code interpreter as a TRL environment keeps the same records
-            interpreter_turns = self._python_environment_turns(step, masks)
-        turns = interpreter_turns if interpreter_turns is not None else self._turn_records(step, masks)
-        formats = None
-        if interpreter_turns is not None:  # the format rule reads the code interpreter's own records
-            formats = format_terms(turns, num_turns, width, self.args.format_penalty)
+        turns, interpreter = self._turn_records(step, masks)
         sources = self._turn_reward_sources(step, turns)
         weights = dict(zip(self.turn_reward_func_names, self.turn_reward_weights))
-        terms = weighted_turn_terms(
-            list(sources.values()), [weights.get(name, 1.0) for name in sources], width, base=formats
+        # Gathered in the layout of TRL's gathered rewards: process 0's rows, then process 1's, ...
+        sources = {name: gather_object(values) for name, values in sources.items()}
+        scored = score_turns(
+            gather_object(turns) if turns is not None else None,
+            self.accelerator.gather(num_turns),
+            step.rewards_per_func,
+            self.reward_weights.to(device),
+            group_size,
+            self.scoring_settings,
+            interpreter=interpreter,
+            turn_values=list(sources.values()),
+            turn_weights=[weights.get(name, 1.0) for name in sources],
         )
-        # Outcome reward r_out: GRPO's weighted sum of the reward functions (each normalized within its group first
-        # under "normalize_then_sum"); NaN when every function returned None. Shaping decides success on the raw sum.
-        reward_weights, aggregation = self.reward_weights.to(device), self.multi_objective_aggregation
-        outcome = outcome_rewards(step.rewards_per_func, reward_weights, group_size, aggregation)
-        raw_outcome = outcome_rewards(step.rewards_per_func, reward_weights, group_size, "sum_then_normalize")
-        batch = TurnBatch(
-            outcome=outcome,
-            num_turns=self.accelerator.gather(num_turns),
-            group_size=group_size,
-            turn_terms=self.accelerator.gather(terms.to(device)) if terms is not None else None,
-            shaping=(
-                self._shaping_rewards(raw_outcome, interpreter_turns, group_size)
-                if interpreter_turns is not None
-                else None
-            ),
-        )
-        # TRL scales "normalize_then_sum" advantages by the batch std whatever `scale_rewards` says; so does GTPO.
-        scale = "batch" if aggregation == "normalize_then_sum" else self.scale_rewards
-        settings = AdvantageSettings(
-            self.args.gamma, self.args.turn_advantage_estimator, self.args.turn_advantage_scope, scale
-        )
-        table = turn_advantages(batch, settings)
-        self._log_turn_step(batch, table, sources, formats, num_turns)
+        self._log_turn_step(scored, sources)
         local = slice(self.accelerator.process_index * len(masks), (self.accelerator.process_index + 1) * len(masks))
-        return token_advantages(table.advantages[local], index)
+        return token_advantages(scored.table.advantages[local], index)
 
-    def _python_environment_turns(self, step, masks: list[list[int]]) -> list[list[TurnRecord]] | None:
-        """This process's turn records when every trajectory ran a `PythonEnvironment` (the code interpreter as a TRL
-        environment): built from its sandbox call log, so the format rule and shaping read them as the code
-        interpreter's own. None on any other path."""
+    def _turn_records(self, step: trl_private.StepValues, masks: list[list[int]]):
+        """This process's turn records and whether they are the code interpreter's (fence or `PythonEnvironment`),
+        which the format rule and shaping read; on TRL's own paths, records only when a turn reward needs them."""
+        own = _interpreter_turns(step.extra_fields)
+        if own is not None:
+            return own, True
+        runs = self._python_environment_runs()
+        if runs is None and not (
+            self.turn_reward_funcs or "turn_rewards" in step.extra_fields or self.environment_factories
+        ):
+            return None, False
+        tokenizer = trl_private.tokenizer(self)
+
+        def decode(ids):
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+        rows = zip(step.completion_ids, masks, step.completions, runs or [None] * len(masks), strict=True)
+        records = [trajectory_records(ids, mask, messages, decode, runs=calls) for ids, mask, messages, calls in rows]
+        return records, runs is not None
+
+    def _python_environment_runs(self) -> list | None:
+        """Each trajectory's `PythonEnvironment` call log, when every trajectory ran one (the code interpreter as a
+        TRL environment); None on any other path."""
         environments = self.environments
         if not environments or not all(isinstance(env, PythonEnvironment) for env in environments):
             return None
-        tokenizer = trl_private.tokenizer(self)
-
-        def decode(ids):
-            return tokenizer.decode(ids, skip_special_tokens=True)
-
-        rows = zip(step.completion_ids, masks, step.completions, environments, strict=True)
-        return [records_from_environment(ids, mask, messages, env.runs, decode) for ids, mask, messages, env in rows]
-
-    def _turn_records(self, step: trl_private.StepValues, masks: list[list[int]]) -> list[list[TurnRecord]] | None:
-        """This process's turn records on TRL's own paths (from its tool loop's messages, or the mask), when a turn
-        reward needs them; None otherwise."""
-        needs_records = self.turn_reward_funcs or "turn_rewards" in step.extra_fields or self.environment_factories
-        if not needs_records:
-            return None
-        tokenizer = trl_private.tokenizer(self)
-
-        def decode(ids):
-            return tokenizer.decode(ids, skip_special_tokens=True)
-
-        if self.tools:
-            return [
-                records_from_messages(ids, mask, completion, decode)
-                for ids, mask, completion in zip(step.completion_ids, masks, step.completions, strict=True)
-            ]
-        return [records_from_mask(ids, mask, decode) for ids, mask in zip(step.completion_ids, masks, strict=True)]
+        return [env.runs for env in environments]
 
     def _turn_reward_sources(self, step, turns) -> dict[str, list[list[float | None]]]:
         """This process's turn rewards by source name, values[i][j]: the user's turn reward functions (weighted by
@@ -348,29 +313,10 @@ class GTPOTrainer(GRPOTrainer):
             return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
         return asyncio.run(coroutine)
 
-    def _shaping_rewards(self, outcome: torch.Tensor, turns, group_size: int) -> torch.Tensor | None:
-        """Part 3 of GTPO over the whole batch (every process): failed trajectories get alpha * mean similarity of
-        their code to the code of their group's successful trajectories. Only the code interpreter writes code."""
-        if self.args.shaping_alpha == 0.0:
-            return None
-        from .shaping import batch_shaping_rewards
-        from .similarity import make_similarity
-
-        if self._similarity is None:
-            self._similarity = make_similarity(self.args.shaping_similarity, self.args.shaping_embedding_model)
-        codes = gather_object([trajectory_code(records) for records in turns])
-        shaping = batch_shaping_rewards(
-            outcome.tolist(),
-            codes,
-            group_size,
-            alpha=self.args.shaping_alpha,
-            success_threshold=self.args.shaping_success_threshold,
-            similarity=self._similarity,
-        )
-        return torch.tensor(shaping, dtype=torch.float32, device=outcome.device)
-
-    def _log_turn_step(self, batch: TurnBatch, table, sources: dict, formats, num_turns: torch.Tensor) -> None:
+    def _log_turn_step(self, scored: ScoredTurns, sources: dict) -> None:
+        """The step's turn figures (every process's rows) in TRL's metrics and completions table."""
         metrics = trl_private.metrics(self)
+        batch, table = scored.batch, scored.table
         advantages = table.advantages
         for j in range(advantages.shape[1]):
             column = advantages[:, j]
@@ -390,16 +336,13 @@ class GTPOTrainer(GRPOTrainer):
         if batch.shaping is not None:
             metrics["shaping/mean"].append(batch.shaping.mean().item())
             metrics["shaping/frac_shaped"].append((batch.shaping > 0).float().mean().item())
-        if formats is not None:
-            violations = self.accelerator.gather((formats < 0).sum().float().reshape(1)).sum()
+        if scored.formats is not None:
+            violations = (scored.formats < 0).sum().float()
             metrics["format/violations_per_turn"].append((violations / batch.num_turns.sum().clamp(min=1)).item())
         for name, values in sources.items():
-            local = [value for row in values for value in row if value is not None]
-            local_stats = torch.tensor([[sum(local), len(local)]], dtype=torch.float32, device=num_turns.device)
-            stats = self.accelerator.gather(local_stats)
-            total, count = stats.sum(dim=0).tolist()
-            if count:
-                metrics[f"turn_rewards/{name}/mean"].append(total / count)
+            given = [value for row in values for value in row if value is not None]
+            if given:
+                metrics[f"turn_rewards/{name}/mean"].append(sum(given) / len(given))
         # The completions table: each turn's reward and advantage, and as "advantage" the mean of the trajectory's turn
         # advantages (what trains), instead of GRPO's trajectory advantage that TRL logged.
         rewards, advantages_rows = table.rewards.tolist(), advantages.tolist()

@@ -20,7 +20,7 @@ What GTPO needs that TRL does not expose:
   (`compact_completions_sample`, `without_trl_checkpointing_warning`).
 """
 
-from trl.trainer.utils import get_config_model_id, nanstd
+from trl.trainer.utils import get_config_model_id
 
 from .api import check_trl_api
 from .environments import environment_tools, hide_environment_methods
@@ -51,7 +51,6 @@ __all__ = [
     "hide_environment_methods",
     "log_completion_column",
     "metrics",
-    "nanstd",
     "patch_colocate_weight_sync_for_cpu",
     "prompt_media",
     "recount_clipped_completions",

@@ -19,6 +19,7 @@ each of them, so a TRL upgrade fails with a clear message at construction instea
 """
 
 import asyncio
+import functools
 import inspect
 import random
 import uuid
@@ -27,8 +28,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-
-from ..interpreter.environment import TOOL_NAME, PythonEnvironment, ToolRun
 
 try:  # TRL's experimental module imports without vLLM; only starting its worker needs vLLM
     from trl.experimental.async_grpo import async_grpo_trainer as _trainer_module
@@ -108,7 +107,7 @@ class TurnCompletion(list):
     when no such environment ran) or the code interpreter's own turn records (`records`; None on the other paths).
     Both pickle, should TRL ever move them."""
 
-    def __init__(self, messages, runs: list[ToolRun] | None = None, records: list | None = None):
+    def __init__(self, messages, runs: list | None = None, records: list | None = None):
         super().__init__(messages)
         self.runs = runs
         self.records = records
@@ -121,10 +120,12 @@ _FENCES_PARSED_BY_GTPO = "GTPO's code interpreter reads the ```python blocks of 
 
 
 class GTPORolloutLoop(_AsyncRolloutLoop):
-    """TRL's asynchronous rollout loop with GTPO's scoring (see the module docstring). `turn_scorer` is a
-    `trl_gtpo.async_gtpo.TurnScorer`; every other argument is TRL's."""
+    """TRL's asynchronous rollout loop with GTPO's scoring (see the module docstring). GTPO's parts arrive as
+    arguments: `turn_scorer` (`.score(...)`, `trl_gtpo.async_gtpo.TurnScorer`), `environment_runs(tool_dict)` (a
+    rollout's environment call log, or None) and `code_interpreter` (`.run(...)`, the fence interpreter, or None);
+    every other argument is TRL's."""
 
-    def __init__(self, *, turn_scorer, code_interpreter=None, **kwargs):
+    def __init__(self, *, turn_scorer, environment_runs=None, code_interpreter=None, **kwargs):
         tokenizer = kwargs.get("processing_class")
         if code_interpreter is not None and getattr(tokenizer, "response_template", None) is None and getattr(
             tokenizer, "response_schema", None
@@ -134,7 +135,8 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
             tokenizer.response_template = _FENCES_PARSED_BY_GTPO
         super().__init__(**kwargs)
         self.turn_scorer = turn_scorer
-        self.code_interpreter = code_interpreter  # a CodeInterpreterSettings: GTPO's fence interpreter, not TRL's tools
+        self.environment_runs = environment_runs
+        self.code_interpreter = code_interpreter  # GTPO's fence interpreter, not TRL's tools
 
     async def _generate_one(self, prompt, tool_dict, tools, group_id=0):
         # Overrides `_AsyncRolloutLoop._generate_one` (one conversation, its own asyncio task) to run GTPO's
@@ -143,46 +145,35 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
         if self.code_interpreter is not None:
             return await self._generate_with_code_interpreter(prompt)
         completion, *rest = await super()._generate_one(prompt, tool_dict=tool_dict, tools=tools, group_id=group_id)
-        environment = getattr(tool_dict.get(TOOL_NAME), "__self__", None)
-        runs = list(environment.runs) if isinstance(environment, PythonEnvironment) else None
+        runs = self.environment_runs(tool_dict) if self.environment_runs is not None else None
         return (TurnCompletion(completion, runs), *rest)
 
     async def _generate_with_code_interpreter(self, prompt):
-        """One rollout of GTPO's code interpreter (`CodeInterpreterLoop`, the same loop as the synchronous trainers':
-        ```python blocks, stop strings, sandbox calls, token ids only ever concatenated) in a thread of TRL's tool
-        pool, each turn one `/v1/completions` request of this asyncio loop. Returns what TRL's `_generate_one`
-        returns: one training row (prompt + completion, tool tokens masked) and the turn records on the completion."""
-        from ..interpreter.loop import CodeInterpreterLoop
-        from ..interpreter.rollout import turn_records
-
-        settings = self.code_interpreter
+        """One rollout of GTPO's code interpreter (`code_interpreter.run`, in a thread of TRL's tool pool), each turn
+        one `/v1/completions` request of this asyncio loop. Returns what TRL's `_generate_one` returns: one training
+        row (prompt + completion, tool tokens masked) and the turn records on the completion."""
         loop = asyncio.get_running_loop()
         prompt_ids = self.tokenizer.apply_chat_template(
             prompt, return_dict=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
-        interpreter = CodeInterpreterLoop(
-            self.tokenizer, settings.executor, max_turns=settings.max_turns, max_completion_length=self.max_tokens,
-            stop_marker=settings.stop_marker, eos_token_ids=self.eos_token_ids,
+
+        def complete(history, max_new_tokens, stop):
+            return asyncio.run_coroutine_threadsafe(self._complete(history, max_new_tokens, stop), loop).result()
+
+        def decode(tokens):
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+        run = functools.partial(
+            self.code_interpreter.run, self.tokenizer, prompt_ids, self.max_tokens, self.eos_token_ids, complete, decode
         )
-
-        def generate_turn(histories, max_new_tokens):
-            request = self._complete(histories[0], max_new_tokens, interpreter.stop_strings)
-            ids, logprobs = asyncio.run_coroutine_threadsafe(request, loop).result()
-            return [ids], [logprobs]
-
-        (trajectory,) = await loop.run_in_executor(self._tool_pool, interpreter.run, [prompt_ids], generate_turn)
+        trajectory, records = await loop.run_in_executor(self._tool_pool, run)
         ids = trajectory.completion_ids
         logprobs = trajectory.logprobs or [0.0] * len(ids)
         sequence = _worker_module.TrainingSequence(
             list(prompt_ids) + ids, [0] * len(prompt_ids) + trajectory.tool_mask, [0.0] * len(prompt_ids) + logprobs,
             uuid.uuid4().hex,
         )
-
-        def decode(tokens):
-            return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
         messages = [{"role": "assistant", "content": decode(ids)}]
-        records = turn_records(trajectory, decode)
         rows = [sequence] if any(trajectory.tool_mask) else []
         return (TurnCompletion(messages, records=records), ids, rows, trajectory.num_tool_calls,
                 trajectory.num_tool_errors, None)
@@ -254,13 +245,14 @@ def _rewards_per_func(samples, sequences_by_conversation, names: Sequence[str]) 
     return torch.tensor(table, dtype=torch.float32).reshape(len(table), len(names))
 
 
-def use_turn_scoring(rollout_worker, turn_scorer, code_interpreter=None) -> None:
-    """Make TRL's `AsyncRolloutWorker` spawn `GTPORolloutLoop` with `turn_scorer` (and GTPO's code interpreter when
-    `code_interpreter` is given), before `start()`. A custom worker (`rollout_worker=` of the trainer) is left alone:
+def use_turn_scoring(rollout_worker, turn_scorer, environment_runs=None, code_interpreter=None) -> None:
+    """Make TRL's `AsyncRolloutWorker` spawn `GTPORolloutLoop` with GTPO's parts (see `GTPORolloutLoop`), before
+    `start()`; they must pickle. A custom worker (`rollout_worker=` of the trainer) is left alone:
     its samples must carry per-token advantages itself."""
     if isinstance(rollout_worker, _worker_module.AsyncRolloutWorker):
         rollout_worker._loop_cls = GTPORolloutLoop
         rollout_worker._loop_kwargs["turn_scorer"] = turn_scorer
+        rollout_worker._loop_kwargs["environment_runs"] = environment_runs
         rollout_worker._loop_kwargs["code_interpreter"] = code_interpreter
 
 

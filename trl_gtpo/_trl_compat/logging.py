@@ -59,7 +59,7 @@ def replace_logged_advantages(trainer, values: Sequence[float]) -> None:
 
 
 @contextmanager
-def compact_completions_sample(enabled: bool = True):
+def compact_completions_sample(printer, enabled: bool = True):
     """While `GRPOTrainer.log` runs, print its completions sample (`log_completions`) compactly, a few lines per
     sample (`trl_gtpo.sample_log`), instead of TRL's rich table (not at all when not `enabled`): `log` looks the
     printer up at call time as `trl.trainer.grpo_trainer.print_prompt_completions_sample`, which is swapped for the
@@ -67,13 +67,11 @@ def compact_completions_sample(enabled: bool = True):
     import trl.trainer.grpo_trainer as grpo_module
     from tqdm.auto import tqdm
 
-    from ..sample_log import compact_samples
-
     original = getattr(grpo_module, _SAMPLE_PRINTER)
 
     def print_compact(*args, **kwargs):
         if enabled:
-            tqdm.write(compact_samples(*args, **kwargs))
+            tqdm.write(printer(*args, **kwargs))
 
     setattr(grpo_module, _SAMPLE_PRINTER, print_compact)
     try:

@@ -2,19 +2,18 @@
 
 from contextlib import contextmanager
 
-from ..turn_level import turn_level_old_logps
-
 
 @contextmanager
-def turn_level_ratio(trainer, inputs: dict):
+def turn_level_ratio(trainer, inputs: dict, turn_level_old_logps):
     """Make TRL's token-level importance ratio the turn-level one for one `_compute_loss(model, inputs)` call.
 
     TRL 1.16's `GRPOTrainer._compute_loss` knows two ratios, per token and per sequence. With the trainer at token
     level, it computes `log_ratio = per_token_logps - old_per_token_logps` right after its forward pass
     (`_get_per_token_logps_and_entropies`), with `old_per_token_logps = inputs.get("old_per_token_logps")` or, when
     absent (on-policy), `per_token_logps.detach()`. The forward pass is wrapped on the instance for the duration of
-    the call: after it runs, `inputs["old_per_token_logps"]` is replaced by `turn_level_old_logps(...)`, under which
-    `log_ratio` is each turn's mean log-ratio, with its gradient (see `trl_gtpo.turn_level`). `per_token_logps`
+    the call: after it runs, `inputs["old_per_token_logps"]` is replaced by `turn_level_old_logps(per_token_logps,
+    old, mask, kept)` (GTPO's, passed in: `trl_gtpo.turn_level`), under which `log_ratio` is each turn's mean
+    log-ratio, with its gradient. `per_token_logps`
     itself is untouched, so the KL term and the `log pi` factor of CISPO and VESPO stay exact.
 
     `inputs` must be the caller's own copy of the batch dict (the buffered batch is reused across iterations); the

@@ -1,17 +1,14 @@
-"""make_executor: the `CodeExecutor` a GTPOConfig asks for, the local SandboxPool or a user-supplied one."""
+"""make_executor: the `CodeExecutor` a config's `tool_*` fields ask for (GTPOConfig's, AsyncGTPOConfig's: read by name,
+so the interpreter needs no config class), the local SandboxPool or a user-supplied one."""
 
 import importlib
 import inspect
 import json
-from typing import TYPE_CHECKING
 
 from .executor import CodeExecutor, check_executor
 
-if TYPE_CHECKING:
-    from ..gtpo_config import GTPOConfig
 
-
-def make_executor(args: "GTPOConfig") -> CodeExecutor:
+def make_executor(args) -> CodeExecutor:
     """Build the executor of `args`: `args.tool_executor(args, **args.tool_executor_kwargs)` if set, else a
     `SandboxPool` sized and limited by the `tool_*` fields (with `tool_executor_kwargs` as extra `SandboxPool`
     arguments, e.g. `{"preload": ["math"]}`)."""
@@ -28,7 +25,7 @@ def make_executor(args: "GTPOConfig") -> CodeExecutor:
     return executor
 
 
-def check_executor_settings(args: "GTPOConfig") -> dict:
+def check_executor_settings(args) -> dict:
     """Check, without starting anything, that `make_executor(args)` can build its executor: the factory imports and
     takes `(args, **tool_executor_kwargs)`, or those kwargs fit the local `SandboxPool`. Returns the parsed kwargs."""
     kwargs = _parse_kwargs(args.tool_executor_kwargs)

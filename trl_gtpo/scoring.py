@@ -1,0 +1,143 @@
+"""The scoring step of GTPO (arXiv 2511.14846, sections 3.1-3.3), one for both trainers: turn records, the reward
+functions' table and the settings -> the turn-advantage table.
+
+`GTPOTrainer` (a generation batch gathered from every process) and `AsyncGTPOTrainer` (one group, in TRL's rollout
+process) only gather their step's inputs, call [`score_turns`], slice its table and log it; the rules that make turn
+rewards (which records to read, the format rule, the weights of turn rewards, the outcome, shaping) live here once,
+so the two trainers cannot drift apart. Pure: no trainer, no process group, no model (an embedding similarity is
+loaded once per process by `similarity.make_similarity`).
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .advantages import AdvantageSettings, TurnAdvantages, TurnBatch, outcome_rewards, turn_advantages
+from .interpreter.environment import ToolRun, records_from_environment
+from .rewards.format import format_terms
+from .rewards.turn import weighted_turn_terms
+from .similarity import Similarity
+from .turn_records import TurnRecord, records_from_messages, trajectory_code
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The settings of one scoring step, read from a config's GTPO fields (`from_config`).
+
+    `aggregation` is TRL's `multi_objective_aggregation` (the asynchronous trainer sums its rewards); the shaping
+    similarity is a name ("lexical", "embedding") or a callable, so the settings pickle to a rollout process.
+    """
+
+    advantages: AdvantageSettings = field(default_factory=AdvantageSettings)
+    aggregation: str = "sum_then_normalize"
+    format_penalty: float = -0.1
+    shaping_alpha: float = 0.5
+    shaping_success_threshold: float | None = None
+    shaping_similarity: str | Similarity = "lexical"
+    shaping_embedding_model: str | None = None
+
+    @classmethod
+    def from_config(
+        cls, args, *, scale: str = "group", aggregation: str = "sum_then_normalize"
+    ) -> "ScoringSettings":
+        """The settings of a config's GTPO fields (`gtpo_config.GTPOFields`), with TRL's `scale_rewards` and
+        `multi_objective_aggregation` where the trainer has them. TRL scales "normalize_then_sum" advantages by the
+        batch std whatever `scale_rewards` says; so does GTPO."""
+        scale = "batch" if aggregation == "normalize_then_sum" else scale
+        return cls(
+            advantages=AdvantageSettings(args.gamma, args.turn_advantage_estimator, args.turn_advantage_scope, scale),
+            aggregation=aggregation,
+            format_penalty=args.format_penalty,
+            shaping_alpha=args.shaping_alpha,
+            shaping_success_threshold=args.shaping_success_threshold,
+            shaping_similarity=args.shaping_similarity,
+            shaping_embedding_model=args.shaping_embedding_model,
+        )
+
+
+@dataclass(frozen=True)
+class ScoredTurns:
+    """What one scoring step gives: the `TurnBatch` it built, its (N, K) tables, and the format rule's terms (None
+    off the code interpreter), for the trainers' logs."""
+
+    batch: TurnBatch
+    table: TurnAdvantages
+    formats: torch.Tensor | None
+
+
+def trajectory_records(
+    completion_ids: Sequence[int],
+    mask: Sequence[int] | None,
+    messages,
+    decode: Callable[[list[int]], str],
+    *,
+    own: Sequence[TurnRecord] | None = None,
+    runs: Sequence[ToolRun] | None = None,
+) -> list[TurnRecord]:
+    """One trajectory's turn records, from the best source it has: the code interpreter's own records (`own`), a
+    `PythonEnvironment`'s call log (`runs`), or TRL's tool messages (the mask alone when there are none)."""
+    if own is not None:
+        return list(own)
+    if runs is not None:
+        return records_from_environment(completion_ids, mask, list(messages), runs, decode)
+    return records_from_messages(completion_ids, mask, messages, decode)
+
+
+def score_turns(
+    records: Sequence[Sequence[TurnRecord]] | None,
+    num_turns: torch.Tensor,
+    rewards_per_func: torch.Tensor,
+    reward_weights: torch.Tensor,
+    group_size: int,
+    settings: ScoringSettings,
+    *,
+    interpreter: bool = False,
+    turn_values: Sequence[Sequence[Sequence[float | None]]] = (),
+    turn_weights: Sequence[float] = (),
+) -> ScoredTurns:
+    """The turn-advantage table of N trajectories (consecutive groups of `group_size`).
+
+    r_ij = format_ij + sum_f w_f u_f(i, j) + [j == K_i] (r_out_i + r_shape_i), then `advantages.turn_advantages`.
+
+    - `records[i]`: trajectory i's turn records (None when nothing reads them). With `interpreter` (they are the code
+      interpreter's, fence or `PythonEnvironment`), the format rule and shaping read them; other paths have no code
+      of their own to judge.
+    - `rewards_per_func` (N, F) and `reward_weights` (F,): the reward functions' table; r_out is its weighted sum
+      (each function normalized in its group first under "normalize_then_sum"). Shaping decides success on the raw
+      weighted sum.
+    - `turn_values[s][i][j]` with weight `turn_weights[s]`: each source of turn rewards (the user's functions, an
+      environment's, a rollout_func's); None and missing turns count 0.
+    """
+    width = max(1, int(num_turns.max().item())) if num_turns.numel() else 1
+    formats = format_terms(records, num_turns, width, settings.format_penalty) if interpreter else None
+    terms = weighted_turn_terms(turn_values, turn_weights, width, base=formats)
+    outcome = outcome_rewards(rewards_per_func, reward_weights, group_size, settings.aggregation)
+    shaping = None
+    if interpreter and settings.shaping_alpha != 0.0:
+        raw = outcome_rewards(rewards_per_func, reward_weights, group_size, "sum_then_normalize")
+        shaping = _shaping(raw, records, group_size, settings)
+    batch = TurnBatch(
+        outcome=outcome,
+        num_turns=num_turns,
+        group_size=group_size,
+        turn_terms=terms.to(outcome.device) if terms is not None else None,
+        shaping=shaping,
+    )
+    return ScoredTurns(batch, turn_advantages(batch, settings.advantages), formats)
+
+
+def _shaping(outcome: torch.Tensor, records, group_size: int, settings: ScoringSettings) -> torch.Tensor:
+    """Part 3 of GTPO: a failed trajectory gets alpha * mean similarity of its code to its group's successful code."""
+    from .shaping import batch_shaping_rewards
+    from .similarity import make_similarity
+
+    shaping = batch_shaping_rewards(
+        outcome.tolist(),
+        [trajectory_code(trajectory) for trajectory in records],
+        group_size,
+        alpha=settings.shaping_alpha,
+        success_threshold=settings.shaping_success_threshold,
+        similarity=make_similarity(settings.shaping_similarity, settings.shaping_embedding_model),
+    )
+    return torch.tensor(shaping, dtype=torch.float32, device=outcome.device)
