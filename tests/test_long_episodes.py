@@ -7,8 +7,6 @@ model turn's tokens carrying its own entry of the turn-advantage table, and ever
 (G-1)/sqrt(G) at group scale.
 """
 
-import contextlib
-import io
 import math
 import re
 
@@ -16,8 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from helpers import QUESTION, RecordingGTPOTrainer, make_args
-from trl_gtpo.interpreter.executor import ExecutionResult
+from helpers import QUESTION, ExecExecutor, RecordingGTPOTrainer, make_args
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.rewards.turn import tool_success_turn_reward
 
@@ -53,31 +50,6 @@ class LongScripts:
                 new.append(self.tokenizer.eos_token_id)
             outputs.append(new[:max_new_tokens])
         return outputs, None
-
-
-class ExecExecutor:
-    """Runs each call with exec() in its session's namespace (the sandbox has its own tests)."""
-
-    def __init__(self):
-        self.sessions = {}
-
-    def run(self, calls):
-        results = []
-        for call in calls:
-            buffer = io.StringIO()
-            try:
-                with contextlib.redirect_stdout(buffer):
-                    exec(call.code, self.sessions.setdefault(call.session_id, {}))
-                results.append(ExecutionResult(buffer.getvalue(), "ok"))
-            except Exception as error:
-                results.append(ExecutionResult(f"{type(error).__name__}: {error}", "error"))
-        return results
-
-    def close_session(self, session_id):
-        self.sessions.pop(session_id, None)
-
-    def close(self):
-        pass
 
 
 def boxed_42(completions, **kwargs):

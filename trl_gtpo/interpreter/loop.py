@@ -109,7 +109,12 @@ class CodeInterpreterLoop:
         self.eos_token_ids = set(eos_token_ids)
         # Distributed runs: returns True while any process still has a live trajectory. Collective backends
         # (ZeRO-3 parameter gathering, vLLM server mode) need every process to generate the same number of times.
+        # When this process's executor failed (see `_step`), it is called as keep_in_step(False, failure=error) at the
+        # next agreement, which every process reaches: an implementation that knows failures (the trainer's, see
+        # `rollout._ProcessesInStep`) raises on every process, naming the process that failed; otherwise the loop
+        # raises the failure here.
         self.keep_in_step = keep_in_step
+        self._failure: Exception | None = None
         # An executor whose run() raises on every try: "raise" (an ExecutorError with the cause) or "contain" (the
         # calls get a "crash" result; counted in `executor_failures`, the last cause in `last_executor_error`).
         self.executor_errors = executor_errors
@@ -129,10 +134,15 @@ class CodeInterpreterLoop:
     def run(self, prompt_ids: list[list[int]], generate_turn: GenerateTurn) -> list[Trajectory]:
         rollouts = [_Rollout(row, list(ids), uuid.uuid4().hex, Trajectory()) for row, ids in enumerate(prompt_ids)]
         self.seconds = {"generation": 0.0, "tools": 0.0}
+        self._failure = None
         try:
             while True:
                 live = [r for r in rollouts if not r.done]
                 if self.keep_in_step is not None:
+                    if self._failure is not None:  # every process learns of it at this agreement, and stops
+                        failure, self._failure = self._failure, None
+                        self.keep_in_step(False, failure=failure)
+                        raise failure
                     if not self.keep_in_step(bool(live)):
                         break
                     if not live:  # other processes still generate: take part in the collective with a dummy call
@@ -171,8 +181,17 @@ class CodeInterpreterLoop:
                 calls.append((rollout, call))
         if calls:
             start = time.perf_counter()
-            results = self._execute([call for _, call in calls])
-            self.seconds["tools"] += time.perf_counter() - start
+            try:
+                results = self._execute([call for _, call in calls])
+            except Exception as error:
+                if self.keep_in_step is None:
+                    raise
+                # Distributed: raising here would leave the other processes waiting for this one in their next
+                # collective; the failure is raised on every process at the next agreement (`run`) instead.
+                self._failure = error
+                return
+            finally:
+                self.seconds["tools"] += time.perf_counter() - start
             for (rollout, _), result in zip(calls, results, strict=True):
                 self._append_output(rollout, result)
 
