@@ -83,6 +83,7 @@ def test_a_training_step_with_32_to_48_tool_calls_per_trajectory(tiny_model_path
     record, table = trainer.records[0], trainer.tables[0]
     tokenizer = trainer.processing_class
     logs = trainer.state.log_history[0]
+    assert logs["tools/run_ms/mean"] > 0 and logs["tools/queue_wait_ms/p90"] == 0  # an executor without a queue
     assert logs["turns/max"] == MAX_TURNS and logs["turns/mean"] == sum(n + 1 for n in CALLS.values()) / GROUP
 
     for i, turns in enumerate(record["turns"]):

@@ -20,7 +20,7 @@ from .dataset_columns import check_dataset
 from .gtpo_config import GTPOConfig
 from .interpreter.environment import PythonEnvironment, records_from_environment
 from .interpreter.executor import CodeExecutor, check_executor
-from .interpreter.rollout import CodeInterpreterRollout
+from .interpreter.rollout import CodeInterpreterRollout, log_call_timings
 from .rewards.format import format_terms
 from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values, weighted_turn_terms
 from .turn_level import turn_off_policy_mask
@@ -277,6 +277,8 @@ class GTPOTrainer(GRPOTrainer):
         def decode(ids):
             return tokenizer.decode(ids, skip_special_tokens=True)
 
+        # Each call's queue wait and run time, as the code interpreter logs them (tools/queue_wait_ms, tools/run_ms).
+        log_call_timings(self, [(run.queue_wait, run.run_time) for env in environments for run in env.runs])
         rows = zip(step.completion_ids, masks, step.completions, environments, strict=True)
         return [records_from_environment(ids, mask, messages, env.runs, decode) for ids, mask, messages, env in rows]
 

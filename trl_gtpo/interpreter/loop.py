@@ -121,6 +121,9 @@ class CodeInterpreterLoop:
         self.executor_failures = 0
         self.last_executor_error: BaseException | None = None
         self.seconds = {"generation": 0.0, "tools": 0.0}  # where the time of the last `run` went
+        # (queue wait, run time) in seconds of each code call of the last `run` (`ExecutionResult.queue_wait`,
+        # `.duration`), logged as tools/queue_wait_ms and tools/run_ms
+        self.call_timings: list[tuple[float, float]] = []
         # The prompt index (in `run`'s prompt_ids) of each history in the current `generate_turn` call: what a
         # generator that needs more than the token ids (a VLM prompt's images) looks up.
         self.rows: list[int] = []
@@ -134,6 +137,7 @@ class CodeInterpreterLoop:
     def run(self, prompt_ids: list[list[int]], generate_turn: GenerateTurn) -> list[Trajectory]:
         rollouts = [_Rollout(row, list(ids), uuid.uuid4().hex, Trajectory()) for row, ids in enumerate(prompt_ids)]
         self.seconds = {"generation": 0.0, "tools": 0.0}
+        self.call_timings = []
         self._failure = None
         try:
             while True:
@@ -191,7 +195,10 @@ class CodeInterpreterLoop:
                 self._failure = error
                 return
             finally:
-                self.seconds["tools"] += time.perf_counter() - start
+                wall = time.perf_counter() - start
+                self.seconds["tools"] += wall
+            for result in results:  # an executor that does not time its calls: the turn's wall time
+                self.call_timings.append((result.queue_wait, result.duration if result.duration > 0 else wall))
             for (rollout, _), result in zip(calls, results, strict=True):
                 self._append_output(rollout, result)
 

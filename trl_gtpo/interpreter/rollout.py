@@ -116,6 +116,7 @@ class CodeInterpreterRollout:
                 "metric; this warning is not repeated."
             )
         _log_tool_metrics(trainer, trajectories, loop.seconds, self.args.max_turns, loop.executor_failures)
+        log_call_timings(trainer, loop.call_timings)
 
         def decode(ids):
             return tokenizer.decode(ids, skip_special_tokens=True)
@@ -245,6 +246,21 @@ def _log_tool_metrics(
     metrics["timing/tool_seconds"].append(seconds["tools"])
     # One readable line per trajectory in the completions table: each turn's tool call and how it went.
     trl_private.log_completion_column(trainer, "tool_calls", [_describe_turns(t) for t in trajectories])
+
+
+def log_call_timings(trainer, timings: list[tuple[float, float]]) -> None:
+    """Log the step's code calls of every process: tools/queue_wait_ms (waiting for a free sandbox worker) and
+    tools/run_ms (running), each as /mean and /p90. Collective: every process calls it, with its own calls."""
+    from accelerate.utils import gather_object
+
+    everyone = [pair for pairs in gather_object([list(timings)]) for pair in pairs]
+    if not everyone:
+        return
+    metrics = trl_private.metrics(trainer)
+    table = torch.tensor(everyone, dtype=torch.float64) * 1000.0
+    for k, name in enumerate(("tools/queue_wait_ms", "tools/run_ms")):
+        metrics[f"{name}/mean"].append(table[:, k].mean().item())
+        metrics[f"{name}/p90"].append(torch.quantile(table[:, k], 0.9).item())
 
 
 def _describe_turns(trajectory: Trajectory) -> str:
