@@ -12,7 +12,9 @@ Sessions and workers: a session (one trajectory) is bound to one worker for its 
 forked from that worker, so its Python state survives between its turns, is isolated from every other session, and
 is dropped by `close_session` (the process is killed). A worker hosts any number of sessions (idle ones are frozen and
 cost little memory, their pages are shared with the worker), but runs one call at a time: the calls of one `run` run
-in parallel across workers, and calls bound to the same worker queue. New sessions go to the worker with the fewest,
+in parallel across workers, and calls bound to the same worker queue. Several threads may call `run` at once: each
+call starts as soon as a worker it may use is free (oldest first), whichever thread submitted it, and reports how long
+it waited (`ExecutionResult.queue_wait`); size the pool to the calls expected at once (`size`). New sessions go to the worker with the fewest,
 so a turn of G trajectories spreads evenly; with `persistent_sessions=False` every call takes a fresh session on
 whichever worker is free. A worker that dies, or does not answer by the call's timeout plus `HUNG_WORKER_MARGIN_S`
 (frozen, stuck), is replaced; its call gets a "crash" result and the other sessions it hosted start over, with a note
@@ -126,9 +128,11 @@ class SandboxPool:
     """Runs model-written Python in warm, isolated worker processes (see the module docstring).
 
     Args:
-        size: number of workers, i.e. calls running at once. None: this process's share of the node's cores (the
-            cores it may run on divided by the training processes of the node, `LOCAL_WORLD_SIZE`), at least 1, at
-            most 8; so 8 ranks on a node do not start 8 pools of 8.
+        size: number of workers, i.e. calls running at once, from one `run` or from several threads
+            (`GTPOConfig.tool_pool_size`; set it to the calls you expect at once where the cores or the tool's waits
+            allow: one per trajectory of this process is the most any turn asks). None: this process's share of
+            the node's cores (the cores it may run on divided by the training processes of the node,
+            `LOCAL_WORLD_SIZE`), at least 1, at most 8; so 8 ranks on a node do not start 8 pools of 8.
         timeout: wall-clock seconds one code block may run.
         memory_limit_mb: address-space limit of a session process.
         max_output_chars: characters of output kept for the model.
