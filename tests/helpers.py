@@ -1,9 +1,13 @@
 """What the trainer tests share: CPU-sized configs, a trainer that records GRPO's and GTPO's advantages of every
 batch, and scripted code-interpreter trajectories (A-D) whose advantages the tests compute by hand."""
 
+import contextlib
+import io
+
 import torch
 
 from trl_gtpo import GTPOConfig, GTPOTrainer
+from trl_gtpo.interpreter.executor import ExecutionResult
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
 
@@ -159,3 +163,28 @@ def loss_and_grad(trainer, batch: dict, logps: torch.Tensor, entropies: torch.Te
         del trainer._get_per_token_logps_and_entropies
     loss.backward()
     return loss.detach(), theta.grad
+
+
+class ExecExecutor:
+    """Runs each call with exec() in its session's namespace (the sandbox has its own tests)."""
+
+    def __init__(self):
+        self.sessions = {}
+
+    def run(self, calls):
+        results = []
+        for call in calls:
+            buffer = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(buffer):
+                    exec(call.code, self.sessions.setdefault(call.session_id, {}))
+                results.append(ExecutionResult(buffer.getvalue(), "ok"))
+            except Exception as error:
+                results.append(ExecutionResult(f"{type(error).__name__}: {error}", "error"))
+        return results
+
+    def close_session(self, session_id):
+        self.sessions.pop(session_id, None)
+
+    def close(self):
+        pass

@@ -250,6 +250,8 @@ def test_gtpo_trainer_reads_the_sandbox_status_in_its_turn_records(tiny_model_pa
 
     expected = pooled([[1.5, 1.0] if v else [0.0, 0.0] for v in ok])
     assert trainer.state.log_history[0]["format/violations_per_turn"] == 0.0  # the format rule read these records
+    logs = trainer.state.log_history[0]  # each sandbox call's wait for a worker and run time
+    assert logs["tools/run_ms/mean"] > 0 and logs["tools/run_ms/p90"] > 0 and logs["tools/queue_wait_ms/mean"] >= 0
     for row in range(4):
         assert first_token_advantages(record, row) == pytest.approx(expected[row], abs=1e-5)
         assert_tool_tokens_masked(tokenizer, record["completion_ids"][row], record["unmasked"][row].tolist())
@@ -260,3 +262,96 @@ def test_gtpo_trainer_reads_the_sandbox_status_in_its_turn_records(tiny_model_pa
         else:
             assert (turns[0].tool_call, turns[0].status) == ("print(1 / 0)", "error")
             assert "ZeroDivisionError" in turns[0].tool_response
+
+
+# ---- calls dispatched as they arrive (issue 30, item 3) ----------------------------------------------------------
+
+
+def test_an_executor_that_takes_concurrent_runs_gets_each_call_as_it_arrives():
+    """Two threads' calls are inside the executor's run() at the same time: each waits at a barrier for the other,
+    which a SharedExecutor that runs one batch after the other never lets happen (the barrier breaks: 'crash')."""
+    barrier = threading.Barrier(2, timeout=30)
+
+    class Concurrent(FakeExecutor):
+        concurrent_runs = True
+
+        def run(self, calls):
+            barrier.wait()
+            return super().run(calls)
+
+    shared = SharedExecutor(executor=Concurrent())
+    envs = [PythonEnvironment(shared) for _ in range(2)]
+    threads = [threading.Thread(target=env.python, args=("x = 1",)) for env in envs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [env.runs for env in envs] == [[ToolRun("x = 1", "", "ok")]] * 2
+
+
+def _interval(output: str) -> tuple[float, float]:
+    start, end = map(float, output.split())
+    return start, end
+
+
+SLEEP = "import time\nstart = time.monotonic()\ntime.sleep(1.5)\nprint(start, time.monotonic())"
+
+
+def _run_in_threads(target, arguments):
+    results = [None] * len(arguments)
+
+    def work(k):
+        results[k] = target(*arguments[k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(arguments))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+@pytest.mark.slow
+def test_sandbox_calls_from_two_threads_overlap_and_a_busy_pool_queues_them():
+    """Two sleeping calls from two threads: with 2 workers each starts before the other ends (before, the pool ran
+    one thread's run() after the other under one lock); with 1 worker they run one after the other and the second
+    reports its wait for the worker. Ordering evidence only, no wall-clock threshold."""
+    for size in (2, 1):
+        with SandboxPool(size, timeout=30.0, memory_limit_mb=512, preload=()) as pool:
+            shared = SharedExecutor(executor=pool)
+            results = _run_in_threads(shared.run_one, [(CodeCall(f"s{k}", SLEEP),) for k in range(2)])
+        assert [r.status for r in results] == ["ok", "ok"], results
+        (a_start, a_end), (b_start, b_end) = (_interval(r.output) for r in results)
+        if size == 2:
+            assert a_start < b_end and b_start < a_end  # the two ran at the same time
+        else:
+            first, second = sorted(results, key=lambda r: _interval(r.output)[0])
+            assert _interval(first.output)[1] <= _interval(second.output)[0]  # one after the other
+            assert second.queue_wait > first.queue_wait and second.duration > 0
+
+
+@pytest.mark.slow
+def test_a_sessions_calls_stay_ordered_and_errors_come_back_per_call_while_threads_share_the_pool(sandbox):
+    """Four threads, each with its own session, submit five calls one after another (each adds to the session's
+    counter, every other thread's third call raises); meanwhile one run() holds three calls of one session."""
+
+    def session(k):
+        outputs = []
+        for step in range(5):
+            code = "n = 0" if step == 0 else ("1 / 0" if step == 2 and k % 2 else "n += 1\nprint(n)")
+            (result,) = sandbox.run([CodeCall(f"t{k}", code)])
+            outputs.append((result.status, result.output.strip().splitlines()[-1] if result.output.strip() else ""))
+        return outputs
+
+    def one_run():
+        calls = [CodeCall("batch", "v = [1]"), CodeCall("batch", "v.append(2)"), CodeCall("batch", "print(v)")]
+        return [(r.status, r.output.strip()) for r in sandbox.run(calls)]
+
+    results = _run_in_threads(lambda k: session(k) if k < 4 else one_run(), [(k,) for k in range(5)])
+    for k in range(4):
+        if k % 2:
+            assert results[k][2][0] == "error" and "ZeroDivisionError" in results[k][2][1]
+            assert [value for _, value in results[k][3:]] == ["2", "3"]
+        else:
+            assert [value for _, value in results[k][1:]] == ["1", "2", "3", "4"]
+    assert results[4] == [("ok", ""), ("ok", ""), ("ok", "[1, 2]")]

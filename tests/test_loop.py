@@ -356,3 +356,38 @@ def test_each_generation_call_tells_which_prompt_each_history_continues(tokenize
 
     loop.run([tokenizer.encode(prompt) for prompt in scripts], generate_turn)
     assert seen == [[0, 1, 2], [1, 2]]  # Q1 ended at EOS in turn 1
+
+
+def test_a_failing_executor_is_raised_at_the_next_agreement_of_the_processes(tokenizer):
+    """Distributed (a keep_in_step is given): the executor's failure is not raised where it happens, which would leave
+    the other processes waiting in their next collective, but handed to the next agreement, which every process
+    reaches; an agreement that does not raise it leaves the loop to raise it."""
+
+    class Broken(PythonExecutor):
+        def run(self, calls):
+            raise ConnectionError("sandbox service down")
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def agreement(live, failure=None):
+        seen.append((live, failure))
+        if failure is not None:
+            raise Stop("every process stops") from failure
+        return True
+
+    scripts = {"Q": ["```python\nprint(1)\n```\n", "ok<EOS>"]}
+    loop = make_loop(tokenizer, executor=Broken(), keep_in_step=agreement)
+    with pytest.raises(Stop) as caught:
+        loop.run([tokenizer.encode("Q")], ScriptedModel(tokenizer, scripts))
+    assert [live for live, _ in seen] == [True, False]  # turn 1 ran, its calls failed, then the agreement
+    assert isinstance(seen[1][1], ExecutorError) and "sandbox service down" in str(seen[1][1])
+    assert isinstance(caught.value.__cause__, ExecutorError)
+
+    seen.clear()
+    loop = make_loop(tokenizer, executor=Broken(), keep_in_step=lambda live, failure=None: seen.append(failure) or True)
+    with pytest.raises(ExecutorError, match="sandbox service down"):
+        loop.run([tokenizer.encode("Q")], ScriptedModel(tokenizer, scripts))
+    assert seen[0] is None and isinstance(seen[1], ExecutorError)

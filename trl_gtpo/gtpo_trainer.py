@@ -13,7 +13,7 @@ from .dataset_columns import check_dataset
 from .gtpo_config import GTPOConfig
 from .interpreter.environment import PythonEnvironment
 from .interpreter.executor import CodeExecutor, check_executor
-from .interpreter.rollout import CodeInterpreterRollout
+from .interpreter.rollout import CodeInterpreterRollout, log_call_timings
 from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values
 from .sample_log import compact_samples
 from .scoring import ScoredTurns, ScoringSettings, score_turns, trajectory_records
@@ -261,6 +261,8 @@ class GTPOTrainer(GRPOTrainer):
         environments = self.environments
         if not environments or not all(isinstance(env, PythonEnvironment) for env in environments):
             return None
+        # Each call's queue wait and run time, as the code interpreter logs them (tools/queue_wait_ms, tools/run_ms).
+        log_call_timings(self, [(run.queue_wait, run.run_time) for env in environments for run in env.runs])
         return [env.runs for env in environments]
 
     def _turn_reward_sources(self, step, turns) -> dict[str, list[list[float | None]]]:

@@ -14,7 +14,8 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 
 from ..turn_records import TurnRecord, records_from_mask
 from .executor import CodeCall, CodeExecutor, ExecutionResult
@@ -32,14 +33,27 @@ class ToolRun:
     code: str
     output: str
     status: str
+    # Seconds the call waited for a sandbox worker, and ran (`ExecutionResult.queue_wait`, `.duration`): what the
+    # trainer logs as tools/queue_wait_ms and tools/run_ms. Not part of a run's identity.
+    queue_wait: float = field(default=0.0, compare=False)
+    run_time: float = field(default=0.0, compare=False)
 
 
 class SharedExecutor:
     """The executor of every environment of one process, started at the first call and shared by its instances.
 
     It pickles as its settings only (TRL's `AsyncGRPOTrainer` sends `environment_factory` to a spawned process, which
-    starts its own pool). Calls that arrive at once from several threads (TRL runs tools in a thread pool, one call per
-    trajectory) are run together in one `executor.run`, so the pool runs them in parallel rather than one by one.
+    starts its own pool). Calls arrive from several threads at once (TRL runs tools in a thread pool, one call per
+    trajectory; the asynchronous trainer one rollout per task). An executor that says it takes concurrent `run` calls
+    (`concurrent_runs = True`, as `SandboxPool` does) gets each call as it arrives, from its own thread, with no lock
+    here: the pool starts it as soon as a worker is free, so calls overlap up to the pool's size
+    (`GTPOConfig.tool_pool_size`: set it to the number of calls you expect at once, e.g. the trajectories of one
+    process, where the cores allow). Any other executor is called from one thread at a time: the calls that arrive
+    while one `run` is going on are run together in the next one.
+
+    Every result carries how long its call waited (`ExecutionResult.queue_wait`: for a worker of the pool, and here
+    for the previous batch of a serial executor) and ran (`duration`; the wall time of its `run` when the executor
+    does not say), which the trainer logs as tools/queue_wait_ms and tools/run_ms.
 
     Args:
         args: what `make_executor` reads (a `GTPOConfig`: `tool_executor`, `tool_pool_size`, `tool_timeout`, ...);
@@ -86,8 +100,15 @@ class SharedExecutor:
         return [self.run_one(call) for call in calls]
 
     def run_one(self, call: CodeCall) -> ExecutionResult:
-        """Run one call, together with the calls other threads submit meanwhile; never raises."""
-        slot = [call, None]
+        """Run one call: at once on an executor with `concurrent_runs`, else together with the calls other threads
+        submit meanwhile; never raises."""
+        executor = self.executor
+        if getattr(executor, "concurrent_runs", False):
+            start = time.monotonic()
+            (result,) = self._run_batch([call])
+            return _timed(result, 0.0, time.monotonic() - start)
+        arrival = time.monotonic()
+        slot = [call, None, arrival]
         with self._state:
             self._pending.append(slot)
             while slot[1] is None and self._running:
@@ -97,17 +118,21 @@ class SharedExecutor:
             self._running = True  # this thread runs the batch of everything pending
             batch, self._pending = self._pending, []
         results = None
+        start = time.monotonic()
         try:
-            results = self._run_batch([call for call, _ in batch])
+            results = self._run_batch([pending[0] for pending in batch])
         finally:  # even when interrupted, release the threads waiting on this batch
+            wall = time.monotonic() - start
             with self._state:
                 for pending, result in zip(batch, results or [None] * len(batch), strict=True):
-                    pending[1] = result or ExecutionResult("SandboxError: the run was interrupted", "crash")
+                    result = result or ExecutionResult("SandboxError: the run was interrupted", "crash")
+                    pending[1] = _timed(result, start - pending[2], wall)
                 self._running = False
                 self._state.notify_all()
         return slot[1]
 
     def _run_batch(self, calls: list[CodeCall]) -> list[ExecutionResult]:
+        """`executor.run(calls)`; a failure becomes a "crash" result per call."""
         try:
             results = self.executor.run(calls)
         except Exception as error:  # a broken executor becomes an error message for the model, never a crash
@@ -132,6 +157,13 @@ class SharedExecutor:
             if self._owns_executor and self._executor is not None:
                 self._executor.close()
                 self._executor = None
+
+
+def _timed(result: ExecutionResult, waited: float, wall: float) -> ExecutionResult:
+    """`result` with `waited` seconds (waiting for an earlier batch) added to its queue wait, and the wall time of its
+    run (less the pool's queue wait) as its duration when the executor did not give one."""
+    duration = result.duration if result.duration > 0 else max(0.0, wall - result.queue_wait)
+    return replace(result, queue_wait=waited + result.queue_wait, duration=duration)
 
 
 _DEFAULT_EXECUTOR = SharedExecutor()  # what `PythonEnvironment()` uses: one local SandboxPool per process
@@ -196,8 +228,9 @@ class PythonEnvironment:
         if isinstance(self._executor, SharedExecutor):
             result = self._executor.run_one(call)
         else:
-            result = _run_alone(self._executor, call)
-        self.runs.append(ToolRun(code, result.output, result.status))
+            start = time.monotonic()
+            result = _timed(_run_alone(self._executor, call), 0.0, time.monotonic() - start)
+        self.runs.append(ToolRun(code, result.output, result.status, result.queue_wait, result.duration))
         return result.output
 
 

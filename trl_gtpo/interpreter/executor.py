@@ -29,7 +29,8 @@ class ExecutionResult:
 
     output: str
     status: str = "ok"
-    duration: float = 0.0
+    duration: float = 0.0  # seconds the call ran (0: the executor does not say)
+    queue_wait: float = 0.0  # seconds the call waited for a free worker before it ran (0: none, or not reported)
 
     @property
     def ok(self) -> bool:

@@ -109,13 +109,21 @@ class CodeInterpreterLoop:
         self.eos_token_ids = set(eos_token_ids)
         # Distributed runs: returns True while any process still has a live trajectory. Collective backends
         # (ZeRO-3 parameter gathering, vLLM server mode) need every process to generate the same number of times.
+        # When this process's executor failed (see `_step`), it is called as keep_in_step(False, failure=error) at the
+        # next agreement, which every process reaches: an implementation that knows failures (the trainer's, see
+        # `rollout._ProcessesInStep`) raises on every process, naming the process that failed; otherwise the loop
+        # raises the failure here.
         self.keep_in_step = keep_in_step
+        self._failure: Exception | None = None
         # An executor whose run() raises on every try: "raise" (an ExecutorError with the cause) or "contain" (the
         # calls get a "crash" result; counted in `executor_failures`, the last cause in `last_executor_error`).
         self.executor_errors = executor_errors
         self.executor_failures = 0
         self.last_executor_error: BaseException | None = None
         self.seconds = {"generation": 0.0, "tools": 0.0}  # where the time of the last `run` went
+        # (queue wait, run time) in seconds of each code call of the last `run` (`ExecutionResult.queue_wait`,
+        # `.duration`), logged as tools/queue_wait_ms and tools/run_ms
+        self.call_timings: list[tuple[float, float]] = []
         # The prompt index (in `run`'s prompt_ids) of each history in the current `generate_turn` call: what a
         # generator that needs more than the token ids (a VLM prompt's images) looks up.
         self.rows: list[int] = []
@@ -129,10 +137,16 @@ class CodeInterpreterLoop:
     def run(self, prompt_ids: list[list[int]], generate_turn: GenerateTurn) -> list[Trajectory]:
         rollouts = [_Rollout(row, list(ids), uuid.uuid4().hex, Trajectory()) for row, ids in enumerate(prompt_ids)]
         self.seconds = {"generation": 0.0, "tools": 0.0}
+        self.call_timings = []
+        self._failure = None
         try:
             while True:
                 live = [r for r in rollouts if not r.done]
                 if self.keep_in_step is not None:
+                    if self._failure is not None:  # every process learns of it at this agreement, and stops
+                        failure, self._failure = self._failure, None
+                        self.keep_in_step(False, failure=failure)
+                        raise failure
                     if not self.keep_in_step(bool(live)):
                         break
                     if not live:  # other processes still generate: take part in the collective with a dummy call
@@ -171,8 +185,20 @@ class CodeInterpreterLoop:
                 calls.append((rollout, call))
         if calls:
             start = time.perf_counter()
-            results = self._execute([call for _, call in calls])
-            self.seconds["tools"] += time.perf_counter() - start
+            try:
+                results = self._execute([call for _, call in calls])
+            except Exception as error:
+                if self.keep_in_step is None:
+                    raise
+                # Distributed: raising here would leave the other processes waiting for this one in their next
+                # collective; the failure is raised on every process at the next agreement (`run`) instead.
+                self._failure = error
+                return
+            finally:
+                wall = time.perf_counter() - start
+                self.seconds["tools"] += wall
+            for result in results:  # an executor that does not time its calls: the turn's wall time
+                self.call_timings.append((result.queue_wait, result.duration if result.duration > 0 else wall))
             for (rollout, _), result in zip(calls, results, strict=True):
                 self._append_output(rollout, result)
 

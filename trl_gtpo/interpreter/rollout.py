@@ -96,7 +96,7 @@ class CodeInterpreterRollout:
             max_completion_length=trainer.max_completion_length,
             stop_marker=self.args.turn_stop_marker,
             eos_token_ids=trainer.eos_token_ids,
-            keep_in_step=_any_process_live(accelerator) if accelerator.num_processes > 1 else None,
+            keep_in_step=_ProcessesInStep(accelerator) if accelerator.num_processes > 1 else None,
             executor_errors=getattr(self.args, "tool_executor_errors", "raise"),
             user_stop_strings=user_stop_strings(trainer.args),
         )
@@ -116,6 +116,7 @@ class CodeInterpreterRollout:
                 "metric; this warning is not repeated."
             )
         _log_tool_metrics(trainer, trajectories, loop.seconds, self.args.max_turns, loop.executor_failures)
+        log_call_timings(trainer, loop.call_timings)
 
         def decode(ids):
             return tokenizer.decode(ids, skip_special_tokens=True)
@@ -185,12 +186,32 @@ class _StartOnFirstCall:
         self.rollout.close()
 
 
-def _any_process_live(accelerator):
-    def keep_in_step(live: bool) -> bool:
-        flags = accelerator.gather(torch.tensor([int(live)], device=accelerator.device))
-        return bool(flags.sum().item())
+class _ProcessesInStep:
+    """The loop's `keep_in_step` across processes: one gather of a (live, failed) flag pair per turn, so every process
+    generates as many times as the longest one (ZeRO-3 and vLLM server generation are collectives), and a process
+    whose executor failed stops every process at the same turn, each raising an `ExecutorError` that names the
+    process and the cause (otherwise the others would wait for it in their next collective until the backend's
+    timeout, 30 minutes by default)."""
 
-    return keep_in_step
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+
+    def __call__(self, live: bool, failure: Exception | None = None) -> bool:
+        accelerator = self.accelerator
+        flags = torch.tensor([[int(live), int(failure is not None)]], device=accelerator.device)
+        flags = accelerator.gather(flags).reshape(-1, 2)
+        if not flags[:, 1].any():
+            return bool(flags[:, 0].sum().item())
+        from accelerate.utils import gather_object
+
+        causes = gather_object([None if failure is None else f"{type(failure).__name__}: {str(failure).rstrip('.')}"])
+        failed = [(rank, cause) for rank, cause in enumerate(causes) if cause is not None]
+        described = "; ".join(f"process {rank} of {len(causes)}: {cause}" for rank, cause in failed)
+        message = (
+            f"The code executor failed on {described}. Every process stops at this turn, so that none waits for it "
+            "in a collective."
+        )
+        raise ExecutorError(message) from failure
 
 
 def _log_tool_metrics(
@@ -225,6 +246,21 @@ def _log_tool_metrics(
     metrics["timing/tool_seconds"].append(seconds["tools"])
     # One readable line per trajectory in the completions table: each turn's tool call and how it went.
     trl_private.log_completion_column(trainer, "tool_calls", [_describe_turns(t) for t in trajectories])
+
+
+def log_call_timings(trainer, timings: list[tuple[float, float]]) -> None:
+    """Log the step's code calls of every process: tools/queue_wait_ms (waiting for a free sandbox worker) and
+    tools/run_ms (running), each as /mean and /p90. Collective: every process calls it, with its own calls."""
+    from accelerate.utils import gather_object
+
+    everyone = [pair for pairs in gather_object([list(timings)]) for pair in pairs]
+    if not everyone:
+        return
+    metrics = trl_private.metrics(trainer)
+    table = torch.tensor(everyone, dtype=torch.float64) * 1000.0
+    for k, name in enumerate(("tools/queue_wait_ms", "tools/run_ms")):
+        metrics[f"{name}/mean"].append(table[:, k].mean().item())
+        metrics[f"{name}/p90"].append(torch.quantile(table[:, k], 0.9).item())
 
 
 def _describe_turns(trajectory: Trajectory) -> str:

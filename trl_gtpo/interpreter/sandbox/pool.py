@@ -12,7 +12,9 @@ Sessions and workers: a session (one trajectory) is bound to one worker for its 
 forked from that worker, so its Python state survives between its turns, is isolated from every other session, and
 is dropped by `close_session` (the process is killed). A worker hosts any number of sessions (idle ones are frozen and
 cost little memory, their pages are shared with the worker), but runs one call at a time: the calls of one `run` run
-in parallel across workers, and calls bound to the same worker queue. New sessions go to the worker with the fewest,
+in parallel across workers, and calls bound to the same worker queue. Several threads may call `run` at once: each
+call starts as soon as a worker it may use is free (oldest first), whichever thread submitted it, and reports how long
+it waited (`ExecutionResult.queue_wait`); size the pool to the calls expected at once (`size`). New sessions go to the worker with the fewest,
 so a turn of G trajectories spreads evenly; with `persistent_sessions=False` every call takes a fresh session on
 whichever worker is free. A worker that dies, or does not answer by the call's timeout plus `HUNG_WORKER_MARGIN_S`
 (frozen, stuck), is replaced; its call gets a "crash" result and the other sessions it hosted start over, with a note
@@ -100,13 +102,37 @@ class _Worker:
         return self.proc.poll() is None
 
 
+class _Request:
+    """One `run` call: the calls still waiting for a worker (`pending`), the workers granted to it and not yet used
+    (`granted`: (worker, call) pairs), and a pipe that wakes its thread when a worker is granted."""
+
+    def __init__(self, calls: list[CodeCall]):
+        self.pending = collections.deque(range(len(calls)))
+        self.targets: list[int | None] = []
+        self.notes: list[str] = []
+        self.granted: list[tuple[int, int]] = []
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:  # the pipe is full of unread wake-ups: the thread will wake anyway
+            pass
+
+    def close(self) -> None:
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
 class SandboxPool:
     """Runs model-written Python in warm, isolated worker processes (see the module docstring).
 
     Args:
-        size: number of workers, i.e. calls running at once. None: this process's share of the node's cores (the
-            cores it may run on divided by the training processes of the node, `LOCAL_WORLD_SIZE`), at least 1, at
-            most 8; so 8 ranks on a node do not start 8 pools of 8.
+        size: number of workers, i.e. calls running at once, from one `run` or from several threads
+            (`GTPOConfig.tool_pool_size`; set it to the calls you expect at once where the cores or the tool's waits
+            allow: one per trajectory of this process is the most any turn asks). None: this process's share of
+            the node's cores (the cores it may run on divided by the training processes of the node,
+            `LOCAL_WORLD_SIZE`), at least 1, at most 8; so 8 ranks on a node do not start 8 pools of 8.
         timeout: wall-clock seconds one code block may run.
         memory_limit_mb: address-space limit of a session process.
         max_output_chars: characters of output kept for the model.
@@ -183,6 +209,8 @@ class SandboxPool:
         self._uid_base = random.randrange(3_000_000_000, 4_000_000_000 - (size + 1) * 65536, 65536)
         self._workers: list[_Worker | None] = [None] * size
         self._bound: list[collections.OrderedDict[str, None]] = [collections.OrderedDict() for _ in range(size)]
+        self._claimed = [False] * size  # worker w runs a call for some thread
+        self._requests: list[_Request] = []  # `run` calls with calls not yet granted a worker, oldest first
         self._binding: dict[str, int] = {}
         self._lost: set[str] = set()
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._workroot, os.getpid())
@@ -213,45 +241,72 @@ class SandboxPool:
 
     # ---- CodeExecutor ------------------------------------------------------------------------------------------
 
+    # Thread safety: several threads may call `run` at once (TRL runs tools in a thread pool, the asynchronous trainer
+    # one rollout per task); each call is dispatched as soon as a worker it may use is free, not after the calls of
+    # other threads. `_lock` guards the pool's state (workers, bindings, claims) and every write to a worker's pipe;
+    # it is never held while code runs. A worker runs one call at a time: the thread whose call it runs "claims" it
+    # and alone reads its reply. Free workers go to the waiting calls in their order of arrival (`_grant`), so a
+    # session's calls, bound to one worker, run in the order they were submitted.
+    concurrent_runs = True  # `SharedExecutor` may call `run` from several threads at once
+
     def run(self, calls: list[CodeCall]) -> list[ExecutionResult]:
         calls = list(calls)
         if not calls:
             return []
+        arrival = time.monotonic()
+        request = _Request(calls)
         with self._lock:
             if self._closed:
                 raise RuntimeError("SandboxPool.run() after close()")
             for w, worker in enumerate(self._workers):
-                if worker is not None and not worker.alive():
+                if worker is not None and not self._claimed[w] and not worker.alive():
                     self._discard_worker(w)  # died between runs: its sessions get a note on this call
-            results: list[ExecutionResult | None] = [None] * len(calls)
-            notes = [""] * len(calls)
-            targets = self._assign(calls, notes)
-            pending = collections.deque(range(len(calls)))
-            busy: dict[int, tuple[int, float, float]] = {}  # worker -> (call, start, deadline)
-            try:
-                while pending or busy:
-                    for w in range(self.size):
-                        if w in busy:
-                            continue
-                        j = next((k for k in pending if targets[k] in (None, w)), None)
-                        if j is None:
-                            continue
-                        pending.remove(j)
-                        entry = self._dispatch(w, j, calls[j], results)
-                        if entry is not None:
-                            busy[w] = entry
-                    if busy:
-                        self._collect(busy, calls, results)
-            except BaseException:
-                # Interrupted (Ctrl-C) with calls in flight: their replies would come out of turn, so drop those
-                # workers.
+            request.notes = [""] * len(calls)
+            request.targets = self._assign(calls, request.notes)
+            self._requests.append(request)
+            self._grant()
+        results: list[ExecutionResult | None] = [None] * len(calls)
+        waits = [0.0] * len(calls)
+        busy: dict[int, tuple[int, float, float]] = {}  # worker -> (call, start, deadline)
+        granted: list[tuple[int, int]] = []  # claimed by this thread, not yet dispatched
+        try:
+            while True:
+                with self._lock:
+                    granted, request.granted = request.granted, []
+                    if not (granted or busy or request.pending):
+                        break
+                while granted:
+                    w, j = granted[0]
+                    entry = self._dispatch(w, j, calls[j], results)
+                    granted.pop(0)
+                    waits[j] = (entry[1] if entry is not None else time.monotonic()) - arrival
+                    if entry is None:
+                        self._release(w)
+                    else:
+                        busy[w] = entry
+                if busy or request.pending:
+                    for w in self._collect(busy, calls, results, request.wake_r if request.pending else None):
+                        self._release(w)
+        except BaseException:
+            # Interrupted (Ctrl-C) with calls in flight: their replies would come out of turn, so drop those workers.
+            with self._lock:
+                for w, _ in granted + request.granted:
+                    self._claimed[w] = False
+                request.granted = []
                 for w in list(busy):
                     self._discard_worker(w)
-                raise
-            return [
-                ExecutionResult(notes[i] + r.output, r.status, r.duration)
-                for i, r in enumerate(results)  # type: ignore[union-attr]
-            ]
+                    self._claimed[w] = False
+            raise
+        finally:
+            with self._lock:
+                if request in self._requests:
+                    self._requests.remove(request)
+                self._grant()
+            request.close()
+        return [
+            ExecutionResult(request.notes[i] + r.output, r.status, r.duration, queue_wait=waits[i])
+            for i, r in enumerate(results)  # type: ignore[union-attr]
+        ]
 
     def close_session(self, session_id: str) -> None:
         with self._lock:
@@ -316,6 +371,27 @@ class SandboxPool:
             targets.append(w)
         return targets
 
+    def _grant(self) -> None:
+        """Hand each free worker to the oldest waiting call that may run on it (its session's worker, or any worker
+        for a call without a session), and wake the thread that submitted it. Holds `_lock`."""
+        for w in range(self.size):
+            if self._claimed[w]:
+                continue
+            for request in self._requests:
+                j = next((k for k in request.pending if request.targets[k] in (None, w)), None)
+                if j is not None:
+                    request.pending.remove(j)
+                    request.granted.append((w, j))
+                    self._claimed[w] = True
+                    request.wake()
+                    break
+
+    def _release(self, w: int) -> None:
+        """Worker `w` finished its call: hand it to the next waiting call."""
+        with self._lock:
+            self._claimed[w] = False
+            self._grant()
+
     def _evict(self, w: int, keep: set[str]) -> None:
         victim = next((sid for sid in self._bound[w] if sid not in keep), None)
         if victim is not None:
@@ -325,29 +401,49 @@ class SandboxPool:
             self._send_close(w, victim)
 
     def _dispatch(self, w: int, j: int, call: CodeCall, results: list) -> tuple[int, float, float] | None:
-        worker = self._ensure_worker(w)
+        """Send call `j` to worker `w`, which this thread has claimed."""
+        if self._closed:  # closed by another thread meanwhile: start no worker
+            results[j] = ExecutionResult("SandboxCrash: the sandbox pool was closed while this call waited", "crash")
+            return None
+        worker = self._ensure_worker(w)  # a worker that cannot start raises, as before: the executor cannot run
         start = time.monotonic()
         try:
-            _wire.send(
-                worker.in_fd,
-                {"op": "run", "sid": call.session_id, "code": call.code, "fresh": not self.persistent_sessions},
-            )
+            with self._lock:  # one writer at a time on a worker's pipe (close_session writes there too)
+                _wire.send(
+                    worker.in_fd,
+                    {"op": "run", "sid": call.session_id, "code": call.code, "fresh": not self.persistent_sessions},
+                )
         except _wire.WireError:
             results[j] = self._worker_died(w, call.session_id, start)
             return None
         # A healthy worker always answers within timeout + grace + session start; this catches a stuck or frozen one.
         return j, start, start + self.timeout + HUNG_WORKER_MARGIN_S
 
-    def _collect(self, busy: dict[int, tuple[int, float, float]], calls: list[CodeCall], results: list) -> None:
-        """Wait for the next replies (or the first deadline) and store them."""
+    def _collect(
+        self, busy: dict[int, tuple[int, float, float]], calls: list[CodeCall], results: list, wake_fd: int | None
+    ) -> list[int]:
+        """Wait for the next replies (or the first deadline, or `wake_fd`: a worker was granted to this thread), store
+        them, and return the workers that are done."""
+        done = []
         fd_to_worker = {self._workers[w].out_fd: w for w in busy}  # type: ignore[union-attr]
         poller = select.poll()
         for fd in fd_to_worker:
             poller.register(fd, select.POLLIN)
-        first_deadline = min(deadline for _, _, deadline in busy.values())
-        timeout_ms = max(0, int((first_deadline - time.monotonic()) * 1000) + 1)
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
+        timeout_ms = -1
+        if busy:
+            first_deadline = min(deadline for _, _, deadline in busy.values())
+            timeout_ms = max(0, int((first_deadline - time.monotonic()) * 1000) + 1)
         for fd, _ in poller.poll(timeout_ms):
+            if fd == wake_fd:
+                try:
+                    os.read(wake_fd, 4096)
+                except BlockingIOError:
+                    pass
+                continue
             w = fd_to_worker[fd]
+            done.append(w)
             j, start, _ = busy.pop(w)
             try:
                 reply = _wire.recv(fd, 64 * self.max_output_chars + 65536, deadline=time.monotonic() + 30.0)
@@ -362,7 +458,9 @@ class SandboxPool:
         for w, (j, start, deadline) in list(busy.items()):
             if now >= deadline:
                 del busy[w]
+                done.append(w)
                 results[j] = self._worker_died(w, calls[j].session_id, start, hung=True)
+        return done
 
     # ---- workers -----------------------------------------------------------------------------------------------
 
@@ -418,7 +516,8 @@ class SandboxPool:
         worker = self._workers[w]
         if worker is None or not worker.alive():
             if worker is not None:
-                self._discard_worker(w)
+                with self._lock:
+                    self._discard_worker(w)
             worker = self._await_ready(self._start_worker(w))
             self._workers[w] = worker
         return worker
@@ -426,8 +525,9 @@ class SandboxPool:
     def _worker_died(self, w: int, session_id: str, start: float, hung: bool = False) -> ExecutionResult:
         worker = self._workers[w]
         code = worker.proc.poll() if worker is not None else None
-        self._discard_worker(w)
-        self._lost.discard(session_id)  # this result already says so
+        with self._lock:
+            self._discard_worker(w)
+            self._lost.discard(session_id)  # this result already says so
         what = "stopped responding and was restarted" if hung else f"died (exit code {code}) and was restarted"
         return ExecutionResult(
             output=f"SandboxCrash: the sandbox worker running this code {what}; the session's variables are lost.",
