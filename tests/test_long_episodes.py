@@ -59,9 +59,9 @@ def boxed_42(completions, **kwargs):
 class TableRecordingTrainer(RecordingGTPOTrainer):
     """Also keeps the (B, K) turn-advantage table of every step."""
 
-    def _log_turn_step(self, batch, table, *args):
-        self.tables = getattr(self, "tables", []) + [table]
-        return super()._log_turn_step(batch, table, *args)
+    def _log_turn_step(self, scored, *args):
+        self.tables = getattr(self, "tables", []) + [scored.table]
+        return super()._log_turn_step(scored, *args)
 
 
 def test_a_training_step_with_32_to_48_tool_calls_per_trajectory(tiny_model_path, tmp_path):
