@@ -19,14 +19,4 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # accelerate launch would pin torch to 1 thread; one process may use every core.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 exec "$VENV/bin/accelerate" launch --config_file accelerate_configs/single_process.yaml examples/train_gtpo.py \
-  --output_dir runs/gtpo-default \
-  --dataset_name synthetic --synthetic_kinds word word_two_step word_two_step --synthetic_seed 0 \
-  --few_shot_examples word_steps \
-  --train_size 1024 --eval_size 64 --eval_kinds word word_reworded word_two_step \
-  --turn_reward_funcs intermediate_value_turn_reward \
-  --max_steps 20 --per_device_train_batch_size 4 --gradient_accumulation_steps 2 --num_generations 8 \
-  --max_completion_length 128 --max_turns 3 --temperature 0.5 \
-  --learning_rate 1e-5 --beta 0.0 --loss_type dapo --gradient_checkpointing false \
-  --use_cpu true --bf16 false --logging_steps 1 --save_strategy "no" --report_to none \
-  --log_completions true --num_completions_to_print 2 \
-  "$@"
+  --config recipes/cpu_default.yaml "$@"

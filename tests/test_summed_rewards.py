@@ -22,14 +22,14 @@ def answer(index: int) -> TurnRecord:
 def test_two_step_trajectories_by_hand():
     intermediates = [["312", "5304"]] * 4
     turns = [
-        [call(0, "312\n"), call(1, "5304\n"), answer(2)],  # both steps right: 1 + 1
-        [call(0, "312\n"), call(1, "4368\n"), answer(2)],  # second step wrong: 1 + 0
+        [call(0, "312\n"), call(1, "5304\n"), answer(2)],  # both steps right: 1/2 + 1/2
+        [call(0, "312\n"), call(1, "4368\n"), answer(2)],  # second step wrong: 1/2 + 0
         [call(0, "221\n"), answer(1)],  # first step wrong, one call: 0
         [answer(0)],  # no call: nothing to check
     ]
     reward = summed_turn_reward(intermediate_value_turn_reward, weight=0.5)
     assert reward.__name__ == "summed_intermediate_value_turn_reward"
-    assert reward(prompts=["p"] * 4, completions=["c"] * 4, turns=turns, intermediates=intermediates) == [1.0, 0.5, 0.0, 0.0]
+    assert reward(prompts=["p"] * 4, completions=["c"] * 4, turns=turns, intermediates=intermediates) == [0.5, 0.25, 0.0, 0.0]
     penalty = summed_format_penalty(-0.1)
     assert penalty.__name__ == "format_penalty"
     malformed = [[call(0, None, "none", well_formed=False), answer(1)]]

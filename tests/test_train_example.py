@@ -87,12 +87,14 @@ def test_success_curve_reads_the_logged_steps_and_is_saved_as_png(example, tmp_p
 
 
 def _main_job_flags() -> list[str]:
-    """The flags scripts/train_default.sh gives examples/train_gtpo.py (the main job), read from the script."""
+    """The flags scripts/train_default.sh gives examples/train_gtpo.py (the main job): its recipe, read from the
+    script, with the path made absolute."""
     import shlex
 
     script = (_PATH.parents[1] / "scripts" / "train_default.sh").read_text()
     command = script.rsplit("examples/train_gtpo.py", 1)[1].split('"$@"', 1)[0]
-    return shlex.split(command.replace("\\\n", " "))
+    flags = shlex.split(command.replace("\\\n", " "))
+    return [str(_PATH.parents[1] / flag) if flag.endswith(".yaml") else flag for flag in flags]
 
 
 @pytest.mark.slow
@@ -105,8 +107,11 @@ def test_the_main_jobs_log_has_no_repeated_warning_and_a_few_lines_per_sample(ti
     import subprocess
     import sys
 
+    import yaml
+
     flags = _main_job_flags()
-    assert "--log_completions" in flags and flags[flags.index("--num_completions_to_print") + 1] == "2"
+    recipe = yaml.safe_load(open(flags[flags.index("--config") + 1]).read())
+    assert recipe["log_completions"] and recipe["num_completions_to_print"] == 2
     flags += ["--model_name_or_path", tiny_model_path, "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
               "--train_size", "16", "--eval_size", "0"]
     log = tmp_path / "log.txt"

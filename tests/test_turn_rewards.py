@@ -57,19 +57,25 @@ def test_verified_answer_turn_reward_rewards_the_turn_whose_output_states_the_an
     assert verified_answer_turn_reward(completions, turns) == [[1.0, None, None], [None, None, None], [None]]
 
 
-def test_intermediate_value_turn_reward_checks_each_call_against_its_own_expected_value():
+def test_intermediate_value_turn_reward_pays_each_expected_value_once_with_a_share_of_one():
     turns = [
-        # right, wrong (a later step after a wrong one is wrong too), no call, then a call past the expected values
+        # right first step (1/2), a wrong second step, no call, then a call that prints nothing expected
         [record(0, "ok", "1924\n"), record(1, "ok", "2536"), record(2), record(3, "ok", "7")],
-        # "no_code" is no call and uses no expected value; numbers are compared as numbers
+        # "no_code" is no call; numbers are compared as numbers
         [record(0, "ok", "1924\n"), record(1, "no_code"), record(2, "ok", "2,535.0")],
         # the last printed number counts, not any; a call that failed is 0
-        [record(0, "ok", "1924 2535"), record(1, "error", "2535")],
+        [record(0, "ok", "1924 2535 7"), record(1, "error", "2535")],
+        # one call straight to the final value is paid for it; the first step's value later still counts once
+        [record(0, "ok", "2535"), record(1, "ok", "1924"), record(2, "ok", "1924")],
+        # printing the same value again earns nothing more
+        [record(0, "ok", "1924"), record(1, "ok", "1924")],
     ]
-    intermediates = [["1924", "2535"], [1924, 2535], [1924, 2535]]
+    intermediates = [["1924", "2535"], [1924, 2535], [1924, 2535], [1924, 2535], [1924, 2535]]
     assert intermediate_value_turn_reward(turns, intermediates) == [
-        [1.0, 0.0, None, 0.0], [1.0, None, 1.0], [0.0, 0.0]
+        [0.5, 0.0, None, 0.0], [0.5, None, 0.5], [0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0]
     ]
+    # one expected value: the whole share of 1
+    assert intermediate_value_turn_reward([[record(0, "ok", "42")]], [[42]]) == [[1.0]]
 
 
 def test_turn_reward_function_shape_errors_name_the_function_the_trajectory_and_both_counts():

@@ -14,7 +14,8 @@ with `--seed S` and `--trainer gtpo|grpo`; nothing else differs:
            information, one advantage per trajectory; shaping is GTPO's own and has no counterpart here)
 
 Same starting model (the packaged SmolLM2-135M-Instruct), same problems (`synthetic_seed` 0), same prompts in the
-same order for the same seed, same 20 steps of 8 trajectories, same held-out problems (64 per split, greedy).
+same order for the same seed, same 12 steps of 16 trajectories (2 prompts x 8, one one-step and one two-step problem
+in every step), same held-out problems (64 per split, greedy).
 
 Statistics, fixed before the runs (README, "GTPO and GRPO on the main job"):
 - Primary: held-out pass@1 on the two-step split (`word_two_step`, the one whose turns carry separately verified
@@ -35,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,8 +88,10 @@ def train(arm: str, seed: int, out: str, evaluate_before: bool, threads: int, ex
     seconds = time.perf_counter() - began
     if result.returncode != 0:
         raise RuntimeError(f"{arm} seed {seed} failed (exit {result.returncode}): see {directory}/train.log")
+    # The largest resident set of any run finished so far (getrusage counts waited-for children only).
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     with open(os.path.join(directory, "wall_seconds.json"), "w") as file:
-        json.dump({"wall_seconds": seconds}, file)
+        json.dump({"wall_seconds": seconds, "peak_rss_gib_of_runs_so_far": peak_gib}, file)
     print(f"[{time.strftime('%H:%M:%S')}] {arm} seed {seed}: done in {seconds / 60:.1f} min", flush=True)
     return seconds
 

@@ -20,8 +20,9 @@ Built-in turn rewards:
 - [`verified_answer_turn_reward`]: 1.0 for a turn whose tool call ran and whose output contains the value the final
   answer states (the answer was computed, i.e. verified by execution), None for every other turn.
 - [`intermediate_value_turn_reward`]: for tasks whose steps have known intermediate results (a dataset column
-  `intermediates`): 1.0 for the k-th tool call that ran when the last number it printed is the k-th expected value,
-  0.0 when it is not, None for a turn without a call that ran.
+  `intermediates`, the final value last): 1/n for a tool call whose last printed number is one of the n expected
+  values not yet credited in its trajectory, 0.0 for a call that ran and printed none, None for a turn without a call
+  that ran. The values of a problem add up to at most 1, never more than a correct answer's outcome reward.
 """
 
 from __future__ import annotations
@@ -83,27 +84,47 @@ def verified_answer_turn_reward(
 def intermediate_value_turn_reward(
     turns: Sequence[Sequence[TurnRecord]], intermediates: Sequence[Sequence], **kwargs
 ) -> list[list[float | None]]:
-    """r_j = 1 if turn j makes the k-th tool call that ran and the last number of its output equals
-    `intermediates[i][k]`, 0 if it makes that call and the value differs (an error, another number, a call past the
-    last expected value), None for a turn without a call that ran.
+    """r_j = 1/n if turn j's tool call ran and the last number of its output is one of the trajectory's n expected
+    values (`intermediates[i]`, the final value included) that no earlier call of the trajectory printed; 0 if the
+    call ran and printed none of them, or one already credited (an error, another number, a repeat); None for a turn
+    without a call that ran.
+
+    Why this contract: the values of one problem add up to at most 1, so with a turn-reward weight no larger than the
+    outcome's, checking the steps can never pay more than solving the problem, and the best policy is the right one.
+    Totals with outcome weight 1 and this function at weight 1, on a two-step problem (values [a*b, a*b*c]): both
+    steps printed and the right answer 2; one call that prints a*b*c and the right answer 1.5 (a correct solution in
+    fewer calls earns the full outcome); a wrong first step, then a*b*c and the right answer 1.5; the right first
+    product and then an answer (a premature one) 0.5; wrong 0. A value counts once, so printing it again earns
+    nothing; any order counts, so a call is paid for what it computed, not for where it stands.
 
     Why the last number: a program that prints many candidates must not collect the reward. The expected values are
     the true intermediates of the task (a dataset column, numbers or numeric strings), so a step that follows a
-    wrong one is 0 as well: the value a turn leaves behind is checked, not the operation it applied.
+    wrong one earns nothing unless it lands on an expected value.
     """
     rewards = []
     for trajectory, expected in zip(turns, intermediates, strict=True):
-        values, calls = [], 0
+        targets = [_as_number(str(value)) for value in expected]
+        share = 1.0 / len(targets) if targets else 0.0
+        credited: set[int] = set()
+        values = []
         for turn in trajectory:
             if not turn.ran:
                 values.append(None)
                 continue
-            target = _as_number(str(expected[calls])) if calls < len(expected) else None
             printed = _NUMBER.findall(turn.tool_response or "") if turn.status == "ok" else []
             last = _as_number(printed[-1]) if printed else None
-            right = target is not None and last is not None and math.isclose(last, target, rel_tol=1e-9, abs_tol=1e-12)
-            values.append(1.0 if right else 0.0)
-            calls += 1
+            match = next(
+                (
+                    k
+                    for k, target in enumerate(targets)
+                    if k not in credited and target is not None and last is not None
+                    and math.isclose(last, target, rel_tol=1e-9, abs_tol=1e-12)
+                ),
+                None,
+            )
+            if match is not None:
+                credited.add(match)
+            values.append(share if match is not None else 0.0)
         rewards.append(values)
     return rewards
 
