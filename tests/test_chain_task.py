@@ -18,6 +18,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("chain", ROOT / "benchmarks" / "learning" / "chain.py")
 chain = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(chain)
+spec = importlib.util.spec_from_file_location("credit", ROOT / "benchmarks" / "learning" / "credit.py")
+credit = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(credit)
 
 OUTPUT_BLOCK = re.compile(r"```output\n.*?\n```\n", re.DOTALL)
 
@@ -48,8 +51,10 @@ def test_the_taught_transcript_is_the_interpreters_and_each_step_is_checked_agai
         loop.executor.close()
     assert tokenizer.decode(trajectory.completion_ids, skip_special_tokens=True) == text
     turns = turn_records(trajectory, tokenizer.decode)
-    expected = {(False, False): [1.0, 1.0, None], (False, True): [1.0, 0.0, None], (True, False): [0.0, 0.0, None]}
+    expected = {(False, False): [0.5, 0.5, None], (False, True): [0.5, 0.0, None], (True, False): [0.0, 0.0, None]}
     assert intermediate_value_turn_reward([turns], [example["intermediates"]]) == [expected[wrong]]
+    # the benchmark weighs each step like the outcome, as in its recorded runs
+    assert credit.step_turn_reward([turns], [example["intermediates"]]) == [[2 * v if v else v for v in expected[wrong]]]
     assert chain.boxed_answer_reward([text], [example["answer"]]) == [float(wrong == (False, False))]
 
 

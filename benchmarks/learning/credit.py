@@ -109,11 +109,18 @@ def arm_config(arm: str, estimator: str = ESTIMATOR) -> dict:
     raise ValueError(f"{arm!r} is not a GTPO arm")
 
 
-def summed_turn_reward(completions, turns, intermediates, **kwargs) -> list[float]:
-    """The turn rewards of `intermediate_value_turn_reward`, summed over each trajectory: grpo-sum's second reward."""
+def step_turn_reward(turns, intermediates, **kwargs) -> list[list[float | None]]:
+    """Each verified step worth 1, as in the recorded runs (`intermediate_value_turn_reward` pays 1/n per expected
+    value so that a problem's steps never outweigh its outcome; this benchmark weighs each step like the outcome)."""
     from trl_gtpo.rewards.turn import intermediate_value_turn_reward
 
     values = intermediate_value_turn_reward(turns=turns, intermediates=intermediates)
+    return [[None if v is None else v * len(e) for v in row] for row, e in zip(values, intermediates, strict=True)]
+
+
+def summed_turn_reward(completions, turns, intermediates, **kwargs) -> list[float]:
+    """The turn rewards of `step_turn_reward`, summed over each trajectory: grpo-sum's second reward."""
+    values = step_turn_reward(turns=turns, intermediates=intermediates)
     return [sum(v for v in row if v is not None) for row in values]
 
 
@@ -129,7 +136,6 @@ def train(arm: str, model_seed: int, seed: int, steps: int, chain_steps: int, ou
 
     from trl_gtpo import GTPOConfig, GTPOTrainer
     from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
-    from trl_gtpo.rewards.turn import intermediate_value_turn_reward
 
     torch.set_num_threads(1)
     model_path = taught_model(model_seed)
@@ -149,7 +155,7 @@ def train(arm: str, model_seed: int, seed: int, steps: int, chain_steps: int, ou
                               train_dataset=train_set, rollout_func=rollout, callbacks=[rollout.callback()])
     else:
         args = GTPOConfig(**common, **interpreter, **arm_config(arm, estimator))
-        turn_rewards = None if arm == "gtpo-outcome" else intermediate_value_turn_reward
+        turn_rewards = None if arm == "gtpo-outcome" else step_turn_reward
         trainer = (trainer_class or GTPOTrainer)(model=model_path, reward_funcs=chain.boxed_answer_reward, args=args,
                                                  train_dataset=train_set, turn_reward_funcs=turn_rewards)
     trainer.remove_callback(PrinterCallback)
