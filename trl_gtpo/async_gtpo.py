@@ -9,13 +9,14 @@ group's turn records and rewards go through `scoring.score_turns` (the same pure
 gives the (N, K) table, and every model token of turn j gets A_ij.
 """
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ._trl_compat import async_grpo as trl_async
-from .async_turns import row_turns, token_advantages_by_row
+from .async_turns import rewritten_turns, row_turns, token_advantages_by_row
 from .gtpo_config import GTPOFields
 from .interpreter.environment import TOOL_NAME, PythonEnvironment, SharedExecutor, ToolRun
 from .interpreter.loop import CodeInterpreterLoop
@@ -28,6 +29,8 @@ try:
     from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
 except ImportError:  # pragma: no cover - check_async_trl_api() explains
     AsyncGRPOConfig, AsyncGRPOTrainer = object, object
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -134,20 +137,43 @@ class TurnScorer:
 
     def score(
         self, *, prompts, completions, completion_ids, row_ids, row_masks, runs, rewards_per_func, reward_kwargs,
-        decode, run_async=None, records=None,
+        decode, run_async=None, records=None, row_turn_ids=None, turn_spans=None,
     ) -> ScoredGroup:
         """`row_ids[i][r]` / `row_masks[i][r]`: the tokens and completion mask of conversation i's training row r;
         `runs[i]`: its `PythonEnvironment` call log (None: no such environment); `records[i]`: the code
-        interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F)."""
-        num_turns = torch.tensor([row_turns(masks)[1] for masks in row_masks])
-        records = records or [None] * len(row_ids)
-        turns = [
-            trajectory_records(
-                [token for row in ids for token in row], [value for row in masks for value in row], list(messages),
-                decode, own=own, runs=calls,
-            )
-            for ids, masks, messages, calls, own in zip(row_ids, row_masks, completions, runs, records, strict=True)
-        ]
+        interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F).
+
+        Turn identity, when the rollout loop knows it (None per conversation: the turns are the runs of its masks):
+        `row_turn_ids[i][r][t]` is the turn that sampled token t of row r (-1 off the trained tokens) and
+        `turn_spans[i][k]` turn k's [start, end) in `completion_ids[i]`. Then conversation i has `len(turn_spans[i])`
+        turns, record k is built from turn k's own sampled tokens and its k-th assistant message (TRL appends one per
+        request), and each trained token gets its own turn's advantage; a turn TRL rewrote into context keeps its
+        place in the table and trains only the tokens of it that remain (`turns/rewritten` counts the turns left
+        with none)."""
+        n = len(row_ids)
+        row_turn_ids = list(row_turn_ids) if row_turn_ids is not None else [None] * n
+        turn_spans = list(turn_spans) if turn_spans is not None else [None] * n
+        records = records or [None] * n
+        counts, turns = [], []
+        for i in range(n):
+            masks, spans, own = row_masks[i], turn_spans[i], records[i]
+            if spans is not None and own is None:
+                replies = sum(isinstance(m, dict) and m.get("role") == "assistant" for m in completions[i])
+                if replies != len(spans):
+                    raise RuntimeError(
+                        f"conversation {i} has {len(spans)} requests but {replies} assistant messages: TRL's tool "
+                        "loop no longer appends one assistant message per request; update trl_gtpo/_trl_compat."
+                    )
+                counts.append(len(spans))
+                turns.append(trajectory_records(completion_ids[i], None, list(completions[i]), decode, runs=runs[i],
+                                                spans=spans))
+            else:
+                counts.append(row_turns(masks)[1])
+                turns.append(trajectory_records(
+                    [token for row in row_ids[i] for token in row], [value for row in masks for value in row],
+                    list(completions[i]), decode, own=own, runs=runs[i],
+                ))
+        num_turns = torch.tensor(counts)
         names = [getattr(func, "__name__", type(func).__name__) for func in self.turn_reward_funcs]
         values = []
         if self.turn_reward_funcs:
@@ -161,11 +187,18 @@ class TurnScorer:
             turn_values=values, turn_weights=self.turn_reward_weights or [1.0] * len(names),
         )
         advantages = scored.table.advantages
+        rewritten = [len(rewritten_turns(ids, k)) if ids is not None else 0
+                     for ids, k in zip(row_turn_ids, num_turns.tolist())]
+        if any(rewritten):
+            logger.info(
+                f"{sum(rewritten)} turn(s) of this group were rewritten into context by TRL's reconciler and keep no "
+                "trained token; they keep their place in the turn-advantage table"
+            )
         metrics = [
-            {"turns/num_turns": float(k), "advantages/turn_mean": _nanmean(advantages[i])}
-            for i, k in enumerate(num_turns.tolist())
+            {"turns/num_turns": float(k), "turns/rewritten": float(r), "advantages/turn_mean": _nanmean(advantages[i])}
+            for i, (k, r) in enumerate(zip(num_turns.tolist(), rewritten))
         ]
-        return ScoredGroup(token_advantages_by_row(advantages, row_masks), advantages, turns, metrics)
+        return ScoredGroup(token_advantages_by_row(advantages, row_masks, row_turn_ids), advantages, turns, metrics)
 
 
 def _nanmean(values: torch.Tensor) -> float:

@@ -1,0 +1,223 @@
+"""Turn identity on the asynchronous path (issue 30): TRL's rollout loop (`_AsyncRolloutLoop._generate_one`, the real
+one) runs against a scripted vLLM server (`_post`) and a scripted chat template that re-renders an earlier tool call
+differently from what the model sampled, so TRL's reconciler rewrites it; the scored rows must still give every
+token its own turn's advantage. Also: the packed loss terms by identity, token-in/token-out, and the staleness
+stamp. CPU only, no vLLM."""
+
+import asyncio
+import collections
+import queue
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from trl_gtpo._trl_compat import async_grpo as trl_async
+from trl_gtpo.advantages import AdvantageSettings
+from trl_gtpo.async_gtpo import TurnScorer, python_environment_runs
+from trl_gtpo.interpreter.environment import PythonEnvironment, SharedExecutor
+from trl_gtpo.interpreter.executor import ExecutionResult
+from trl_gtpo.scoring import ScoringSettings, score_turns
+from trl_gtpo.turn_records import TurnRecord
+
+pytest.importorskip("trl.experimental.async_grpo")
+from trl.experimental.async_grpo import async_rollout_worker as worker  # noqa: E402
+from trl.experimental.async_grpo.async_grpo_trainer import DataCollatorForRollout  # noqa: E402
+from trl.experimental.async_grpo.packing import TreeRow  # noqa: E402
+
+
+class WordTokenizer:
+    """One token per word. Its chat template renders a tool-calling assistant message canonically,
+    `<call> CODE </call>`, whatever the model wrote: a turn sampled as `py: CODE` is re-rendered from its first token
+    (as real templates re-render a tool call's JSON), which TRL's reconciler realigns as context."""
+
+    eos_token_id = 1
+    pad_token_id = 0
+
+    def __init__(self):
+        self.vocab = {"<pad>": 0, "<eos>": 1}
+
+    def ids(self, text):
+        return [self.vocab.setdefault(word, len(self.vocab)) for word in text.split()]
+
+    def decode(self, ids, skip_special_tokens=False):
+        words = {i: w for w, i in self.vocab.items()}
+        return " ".join(words[i] for i in ids if not (skip_special_tokens and i in (0, 1)))
+
+    def render(self, message):
+        if message["role"] == "assistant" and message.get("tool_calls"):
+            body = " ".join(f"<call> {call['function']['arguments']['code']} </call>" for call in message["tool_calls"])
+        else:
+            body = message["content"]
+        return f"<{message['role']}> {body} <eos>"
+
+    def apply_chat_template(self, messages, return_dict=False, add_generation_prompt=False, tools=None,
+                            chat_template=None, tokenize=True, **kwargs):
+        text = " ".join(self.render(m) for m in messages) + (" <assistant>" if add_generation_prompt else "")
+        return self.ids(text)
+
+
+def parse_response(tokenizer, ids, prefix=None, tools=None):
+    """TRL's `parse_response` for WordTokenizer: `py: CODE` and `<call> CODE </call>` are python calls."""
+    words = tokenizer.decode(ids, skip_special_tokens=True).split()
+    if words and words[0] in ("py:", "<call>"):
+        code = " ".join(w for w in words[1:] if w != "</call>")
+        return {"role": "assistant", "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": "python", "arguments": {"code": code}}}]}
+    return {"role": "assistant", "content": " ".join(words)}
+
+
+class Sandbox:
+    """`boom` raises, anything else prints its length."""
+
+    def run(self, calls):
+        return [ExecutionResult("Error: boom", "error") if call.code == "boom" else ExecutionResult(str(len(call.code)))
+                for call in calls]
+
+    def close_session(self, session_id):
+        pass
+
+    def close(self):
+        pass
+
+
+def scripted_loop(monkeypatch, script, *, turn_scorer=None, token_in_token_out=False, version=None, delay=None):
+    """A `GTPORolloutLoop` with TRL's own `_generate_one` / `_score_group`, a scripted server (`script[question]`:
+    the model's turns, in order) and `WordTokenizer`. `delay(question, turn)`: seconds a turn takes."""
+    from accelerate.state import PartialState
+
+    PartialState()  # TRL's worker logs through accelerate, as its child process does
+    tokenizer = WordTokenizer()
+    monkeypatch.setattr(worker, "parse_response", parse_response)
+    loop = object.__new__(trl_async.GTPORolloutLoop)
+    loop.tokenizer, loop.chat_template, loop.chat_template_kwargs = tokenizer, None, {}
+    loop.model_name, loop.lora_name, loop.max_tokens = "scripted", None, 64
+    loop.temperature, loop.top_p, loop.top_k, loop.min_p, loop.repetition_penalty = 1.0, 1.0, 0, None, 1.0
+    loop.request_timeout, loop.max_tool_calling_iterations, loop._fork_threshold_tokens = 10, None, 1024
+    loop.eos_token_ids, loop.tools = [1], []
+    loop._tool_pool = ThreadPoolExecutor(4)
+    loop._counters, loop._rates = collections.defaultdict(float), collections.defaultdict(lambda: [0.0, 0.0])
+    loop._metrics_queue = queue.Queue()
+    loop.reward_funcs, loop.reward_func_names = [answer_reward], ["answer_reward"]
+    loop._env_reward_types, loop._provides_rollout_reward = [], False
+    loop.turn_scorer, loop.environment_runs, loop.code_interpreter = turn_scorer, python_environment_runs, None
+    loop.token_in_token_out = token_in_token_out
+    loop._model_version_value = version or type("Version", (), {"value": 0})()
+
+    async def post(path, payload, timeout, max_retries=3):
+        text = tokenizer.decode(payload["prompt"])
+        question = text.split("<user> ")[1].split(" <eos>")[0]
+        turn = text.count("<assistant>") - 1
+        if delay is not None:
+            await asyncio.sleep(delay(question, turn))
+        ids = tokenizer.ids(script[question][turn] + " <eos>")
+        return {"choices": [{"token_ids": ids, "logprobs": {"token_logprobs": [-0.5] * len(ids)}}]}
+
+    loop._post = post
+    return loop
+
+
+def answer_reward(completions, **kwargs):
+    return [1.0 if completion[-1].get("content", "").endswith("42") else 0.0 for completion in completions]
+
+
+def tool_ok(turns, **kwargs):
+    return [[1.0 if turn.status == "ok" else None for turn in trajectory] for trajectory in turns]
+
+
+SCRIPT = {
+    # turn 0 sampled as `py: boom` (re-rendered `<call> boom </call>`: rewritten from its first token, and its call
+    # failed); turn 1 sampled canonically (kept; its call ran); turn 2 answers
+    "long": ["py: boom", "<call> print(42) </call>", "it is 42"],
+    "short": ["it is 7"],
+}
+
+
+def run_group(loop, questions):
+    """Each question's rollout through TRL's `_generate_one`, gathered into a group as `_generate_loop` does, and
+    scored by the loop's `_score_group`."""
+
+    async def main():
+        results = []
+        for question in questions:
+            environment = PythonEnvironment(SharedExecutor(executor=Sandbox()))
+            environment.reset()
+            tool_dict = {"python": environment.python}
+            results.append(await loop._generate_one([{"role": "user", "content": question}], tool_dict, []))
+        group = worker.RolloutGroup(
+            prompts=[[{"role": "user", "content": q}] for q in questions], reward_kwargs={},
+            completions=[r[0] for r in results], completions_ids=[r[1] for r in results],
+            completions_sequences=[r[2] for r in results], tool_call_counts=[r[3] for r in results],
+            tool_failure_counts=[r[4] for r in results], model_version=0, group_id=0, env_rewards=[None] * 2,
+            rollout_rewards=[None] * 2,
+        )
+        return results, await loop._score_group(group)
+
+    return asyncio.run(main())
+
+
+def tally(loop):
+    """The realign and fork counts TRL pushed (`_push_rollout_metrics`: (count, transitions) per rollout)."""
+    counts = collections.Counter()
+    while not loop._metrics_queue.empty():
+        payload = loop._metrics_queue.get()
+        for key in ("realign", "fork"):
+            counts[key] += payload.get(f"rollout/{key}_frac", (0.0, 0.0))[0]
+    return {key: counts[key] for key in ("realign", "fork")}
+
+
+def scorer():
+    settings = ScoringSettings(AdvantageSettings(0.9, "aligned", "group", "group"), shaping_alpha=0.0,
+                               format_penalty=-0.1)
+    return TurnScorer(settings, 2, turn_reward_funcs=[tool_ok], turn_reward_weights=[1.0])
+
+
+def expected_table():
+    """The table of the true turns, by hand: long = [failed call, call that ran, answer] (outcome 1), short = [an
+    answer without a call] (outcome 0, the format rule's -0.1 on its last turn: no call ran)."""
+    records = [
+        [TurnRecord(0, "", "boom", "Error: boom", "error", 0, 1), TurnRecord(1, "", "print(42)", "9", "ok", 1, 2),
+         TurnRecord(2, "", None, None, "none", 2, 3)],
+        [TurnRecord(0, "", None, None, "none", 0, 1)],
+    ]
+    settings = scorer().settings
+    return score_turns(records, torch.tensor([3, 1]), torch.tensor([[1.0], [0.0]]), torch.ones(1), 2, settings,
+                       interpreter=True, turn_values=[[[None, 1.0, None], [None]]], turn_weights=[1.0]).table.advantages
+
+
+def test_a_turn_trl_rewrote_keeps_its_place_and_later_turns_their_own_advantage(monkeypatch):
+    loop = scripted_loop(monkeypatch, SCRIPT, turn_scorer=scorer())
+    results, samples = run_group(loop, ["long", "short"])
+    assert tally(loop) == {"realign": 1.0, "fork": 0.0}  # TRL rewrote turn 0 of "long" from its first token
+    tokenizer = loop.tokenizer
+    (row,) = results[0][2]
+    trained = [tokenizer.decode([t]) for t, m in zip(row.input_ids, row.completion_mask) if m]
+    assert "py:" not in trained  # turn 0 keeps no trained token
+    table = expected_table()
+    long, short = samples
+    for position, (token, mask) in enumerate(zip(long.input_ids, long.completion_mask)):
+        if not mask:
+            assert long.advantage[position] == 0.0
+    words = [tokenizer.decode([t]) for t in long.input_ids]
+    turn1 = words.index("print(42)")  # the sampled call of turn 1
+    assert long.advantage[turn1] == pytest.approx(table[0, 1].item(), abs=1e-6)
+    assert long.advantage[len(words) - 2] == pytest.approx(table[0, 2].item(), abs=1e-6)  # "42" of the answer
+    assert short.advantage[-1] == pytest.approx(table[1, 0].item(), abs=1e-6)
+    assert long.metrics["turns/num_turns"] == 3.0 and long.metrics["turns/rewritten"] == 1.0
+
+
+def test_rollout_turns_follow_trls_realign_and_fork():
+    # turn 0 sampled [10, 11]; turn 1's prompt keeps 10 but re-renders 11 as 12 (a partial realign: 10 stays turn 0's);
+    # turn 2's prompt re-renders the prompt itself (a fork: a new row, only turn 2 trained there)
+    log = [([1, 2], [10, 11], [-0.1, -0.1], 3), ([1, 2, 10, 12, 5], [20], [-0.2], 4),
+           ([1, 3, 10, 12, 5, 20, 6], [30, 31], [-0.3, -0.3], 6)]
+    turns = [worker.TurnRecord(p, o, lp) for p, o, lp, _ in log]
+    sequences, _ = worker._chain_to_sequences(turns, "r", 1024)
+    identity = trl_async.rollout_turns(log, sequences, 1024)
+    assert identity.rows == [[-1, -1, 0, -1, -1, 1], [-1] * 7 + [2, 2]]
+    assert identity.spans == [(0, 2), (2, 3), (3, 5)] and identity.versions == [3, 4, 6]
+    assert (identity.transitions, identity.realigned, identity.forked) == (2, 1, 1)
+    sequences[0].completion_mask[2] = 0  # rows that are not what TRL's reconciler gives: TRL changed
+    with pytest.raises(RuntimeError, match="_chain_to_sequences"):
+        trl_async.rollout_turns(log, sequences, 1024)
