@@ -221,3 +221,52 @@ def test_rollout_turns_follow_trls_realign_and_fork():
     sequences[0].completion_mask[2] = 0  # rows that are not what TRL's reconciler gives: TRL changed
     with pytest.raises(RuntimeError, match="_chain_to_sequences"):
         trl_async.rollout_turns(log, sequences, 1024)
+
+
+def packed_sample(ids, mask, advantage, group_id=0):
+    return {"input_ids": torch.tensor(ids), "completion_mask": torch.tensor(mask), "old_log_probs": torch.zeros(len(ids)),
+            "advantage": advantage, "group_id": group_id, "metrics": {}}
+
+
+def two_rollouts():
+    row = TreeRow()
+    row.add(packed_sample([5, 6, 7, 8, 9, 10], [0, 0, 1, 1, 0, 1], np.array([0, 0, 1.5, 1.5, 0, -2.0], np.float32)))
+    row.add(packed_sample([5, 6, 7, 11], [0, 0, 1, 1], np.array([0, 0, 0.25, 0.75], np.float32)))
+    return row
+
+
+def pack_then(change):
+    """TRL's TreeRow.pack, its loss terms then permuted by `change(number of terms)`."""
+    pack = TreeRow.pack
+
+    def changed(self):
+        packed = pack(self)
+        order = torch.tensor(change(len(packed["token_index"])))
+        for key in ("token_index", "old_log_probs", "advantages", "segment_id"):
+            packed[key] = packed[key][order]
+        return packed
+
+    return changed
+
+
+def collate_row(row):
+    collate = trl_async.TurnAdvantageCollate(DataCollatorForRollout(pad_token_id=0, num_processes=1))
+    batch = collate([[row]])
+    terms = batch["token_index"][0] >= 0
+    labels = batch["shift_labels"][0][batch["token_index"][0][terms]].tolist()
+    return list(zip(batch["segment_id"][0][terms].tolist(), labels, batch["advantages"][0][terms].tolist()))
+
+
+def test_each_loss_term_gets_its_own_tokens_advantage_whatever_the_packing_order(monkeypatch):
+    # (sample, target token, advantage): what each token must carry
+    truth = {(0, 7, 1.5), (0, 8, 1.5), (0, 10, -2.0), (1, 7, 0.25), (1, 11, 0.75)}
+    assert set(collate_row(two_rollouts())) == truth
+    monkeypatch.setattr(TreeRow, "pack", pack_then(lambda n: list(reversed(range(n)))))  # a TRL that orders otherwise
+    assert set(collate_row(two_rollouts())) == truth
+
+
+def test_a_packing_that_loses_a_token_is_refused_not_trained(monkeypatch):
+    # the same number of terms, but the last trained token of sample 0 is dropped and another one counted twice
+    monkeypatch.setattr(TreeRow, "pack", pack_then(lambda n: [0, 1, 1] + list(range(3, n))))
+    with pytest.raises(RuntimeError, match="TreeRow.pack changed"):
+        collate_row(two_rollouts())

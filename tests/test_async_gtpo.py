@@ -114,8 +114,8 @@ def test_packed_loss_terms_carry_each_tokens_turn_advantage():
     row0 = batch["advantages"][0][batch["token_index"][0] >= 0].tolist()
     assert row0 == [1.5, 1.5, -2.0, 0.25, 0.25]
     assert batch["advantages"][1][batch["token_index"][1] >= 0].tolist() == [3.0, 3.0]
-    # TRL's own packing (scalar advantages) gives the same terms in the same order: the wrapper only rewrites values
-    assert first["advantage"] == pytest.approx((1.5 + 1.5 - 2.0) / 3)
+    # each sample keeps its per-token advantages (never replaced by their mean)
+    assert first["advantage"].tolist() == [0, 0, 1.5, 1.5, 0, -2.0]
 
 
 def test_cpu_tree_attention_matches_each_sample_alone(tiny_model_path):

@@ -424,10 +424,15 @@ def use_turn_scoring(rollout_worker, turn_scorer, environment_runs=None, code_in
 
 class TurnAdvantageCollate:
     """Wraps TRL's `DataCollatorForRollout`: a sample whose `advantage` is a per-token array (GTPO's) gets, on each of
-    its loss terms, the advantage of that term's token, where TRL's `TreeRow.pack` stamps one number per sample.
+    its loss terms, the advantage of that term's own token, where TRL's `TreeRow.pack` stamps one number per sample.
 
-    `pack` lays a row's loss terms out sample by sample, and within a sample by position p >= 1 with
-    `completion_mask[p] == 1` (the token at p, predicted from p - 1); the same order is followed here. A scalar
+    Each packed loss term is matched by identity, not by its place in the list: `pack` gives its sample
+    (`segment_id`) and the packed position that predicts it (`token_index`), whose depth in the trie
+    (`position_ids`) is the target's position p - 1 in that sample; the term gets `advantage[p]`. The match is
+    checked: the sample trains p (`completion_mask[p] == 1`), the packed label is the sample's token at p
+    (`shift_labels`), and every trained token of every sample is hit exactly once. TRL packs while the sample's
+    `advantage` holds a NaN placeholder (so any term left unwritten would poison the loss, not pass silently), and
+    the per-token array is put back afterwards: no sample's advantage is ever replaced by its mean. A scalar
     advantage (TRL's own samples) passes through unchanged.
     """
 
@@ -436,32 +441,69 @@ class TurnAdvantageCollate:
 
     def __call__(self, examples):
         (rows,) = examples
-        terms = []
+        arrays = []  # per row, per sample: the per-token advantage array, or None for a scalar one
         for row in rows:
-            row_terms = []
+            arrays.append([])
             for sample in row.samples:
                 advantage = sample["advantage"]
-                mask = np.asarray(sample["completion_mask"])
                 if np.ndim(advantage) == 1:
-                    trained = np.flatnonzero(mask[1:]) + 1
-                    row_terms.append(np.asarray(advantage, dtype=np.float32)[trained])
-                    # TRL's traces and the collator's logs read one number: the trained tokens' mean
-                    sample["advantage"] = float(row_terms[-1].mean()) if trained.size else 0.0
+                    arrays[-1].append(np.asarray(advantage, dtype=np.float32))
+                    sample["advantage"] = float("nan")
                 else:
-                    row_terms.append(np.full(int(mask[1:].sum()), float(advantage), dtype=np.float32))
-            terms.append(np.concatenate(row_terms) if row_terms else np.zeros(0, dtype=np.float32))
-        batch = self.collate(examples)
-        advantages = torch.zeros_like(batch["advantages"])
-        for r, row_terms in enumerate(terms):
-            count = int((batch["token_index"][r] >= 0).sum())
-            if count != len(row_terms):
-                raise RuntimeError(
-                    f"TRL packed {count} loss terms in row {r} where GTPO counts {len(row_terms)}: TRL's "
-                    "TreeRow.pack changed; update trl_gtpo/_trl_compat/async_grpo.py."
-                )
-            advantages[r, :count] = torch.from_numpy(row_terms)
+                    arrays[-1].append(None)
+        try:
+            batch = self.collate(examples)
+        finally:
+            for row, row_arrays in zip(rows, arrays):
+                for sample, array in zip(row.samples, row_arrays):
+                    if array is not None:
+                        sample["advantage"] = array
+        advantages = batch["advantages"].clone()
+        for r, (row, row_arrays) in enumerate(zip(rows, arrays)):
+            if any(array is not None for array in row_arrays):
+                advantages[r] = _advantages_by_identity(r, row.samples, row_arrays, batch, advantages[r])
         batch["advantages"] = advantages
         return batch
+
+
+def _packing_changed(r) -> RuntimeError:
+    return RuntimeError(
+        f"TRL's packed loss terms of row {r} do not map one to one onto the trained tokens of its samples "
+        "(segment_id, token_index, position_ids, shift_labels): TRL's TreeRow.pack changed; update "
+        "trl_gtpo/_trl_compat/async_grpo.py."
+    )
+
+
+def _advantages_by_identity(r, samples, arrays, batch, packed):
+    """Row r's loss-term advantages, each term's from its own (sample, position); see `TurnAdvantageCollate`."""
+    count = int((batch["token_index"][r] >= 0).sum())
+    segment = batch["segment_id"][r][:count].numpy()
+    source = batch["token_index"][r][:count].numpy()
+    position = batch["position_ids"][r].numpy()[source] + 1
+    lengths = np.array([len(sample["input_ids"]) for sample in samples])
+    if not ((segment >= 0) & (segment < len(samples))).all() or not (
+        position < lengths[np.clip(segment, 0, len(samples) - 1)]
+    ).all():
+        raise _packing_changed(r)
+    flat = np.concatenate([[0], np.cumsum(lengths)])[segment] + position
+    ids = np.concatenate([np.asarray(sample["input_ids"]) for sample in samples])
+    mask = np.concatenate([np.asarray(sample["completion_mask"]) for sample in samples])
+    trained = sum(int(np.asarray(sample["completion_mask"])[1:].sum()) for sample in samples)
+    if not (
+        (mask[flat] == 1).all()
+        and (batch["shift_labels"][r].numpy()[source] == ids[flat]).all()
+        and np.unique(flat).size == count == trained
+    ):
+        raise _packing_changed(r)
+    values = packed.clone()
+    per_token = np.concatenate([
+        array if array is not None else np.full(length, float(sample["advantage"]), dtype=np.float32)
+        for sample, array, length in zip(samples, arrays, lengths)
+    ])
+    values[:count] = torch.from_numpy(per_token[flat])
+    if torch.isnan(values[:count]).any():
+        raise RuntimeError(f"row {r}: a loss term got no advantage (a NaN in a sample's per-token advantages?)")
+    return values
 
 
 def use_turn_advantage_collate(dataloader) -> None:
