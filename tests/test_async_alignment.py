@@ -47,7 +47,7 @@ class WordTokenizer:
 
     def render(self, message):
         if message["role"] == "assistant" and message.get("tool_calls"):
-            body = " ".join(f"<call> {call['function']['arguments']['code']} </call>" for call in message["tool_calls"])
+            body = " ".join(f"<call> {call['function']['arguments'].get('code', '')} </call>" for call in message["tool_calls"])
         else:
             body = message["content"]
         return f"<{message['role']}> {body} <eos>"
@@ -102,7 +102,7 @@ def scripted_loop(monkeypatch, script, *, turn_scorer=None, token_in_token_out=F
     loop.reward_funcs, loop.reward_func_names = [answer_reward], ["answer_reward"]
     loop._env_reward_types, loop._provides_rollout_reward = [], False
     loop.turn_scorer, loop.environment_runs, loop.code_interpreter = turn_scorer, python_environment_runs, None
-    loop.token_in_token_out = token_in_token_out
+    loop.token_in_token_out, loop.staleness_version = token_in_token_out, "last_request"
     loop._model_version_value = version or type("Version", (), {"value": 0})()
 
     async def post(path, payload, timeout, max_retries=3):
@@ -167,10 +167,18 @@ def tally(loop):
     return {key: counts[key] for key in ("realign", "fork")}
 
 
+class KeepingScorer(TurnScorer):
+    """A TurnScorer that keeps what it scored last (`last`)."""
+
+    def score(self, **kwargs):
+        self.last = super().score(**kwargs)
+        return self.last
+
+
 def scorer():
     settings = ScoringSettings(AdvantageSettings(0.9, "aligned", "group", "group"), shaping_alpha=0.0,
                                format_penalty=-0.1)
-    return TurnScorer(settings, 2, turn_reward_funcs=[tool_ok], turn_reward_weights=[1.0])
+    return KeepingScorer(settings, 2, turn_reward_funcs=[tool_ok], turn_reward_weights=[1.0])
 
 
 def expected_table():
@@ -205,6 +213,11 @@ def test_a_turn_trl_rewrote_keeps_its_place_and_later_turns_their_own_advantage(
     assert long.advantage[len(words) - 2] == pytest.approx(table[0, 2].item(), abs=1e-6)  # "42" of the answer
     assert short.advantage[-1] == pytest.approx(table[1, 0].item(), abs=1e-6)
     assert long.metrics["turns/num_turns"] == 3.0 and long.metrics["turns/rewritten"] == 1.0
+    # the records are the turns': turn 0's own sampled text and failed call, turn 1's call that ran
+    records = loop.turn_scorer.last.turns[0]
+    assert [(r.index, r.status, r.tool_call) for r in records] == [(0, "error", "boom"), (1, "ok", "print(42)"),
+                                                                     (2, "none", None)]
+    assert records[0].text == "py: boom" and records[2].text == "it is 42"
 
 
 def test_rollout_turns_follow_trls_realign_and_fork():
@@ -270,3 +283,27 @@ def test_a_packing_that_loses_a_token_is_refused_not_trained(monkeypatch):
     monkeypatch.setattr(TreeRow, "pack", pack_then(lambda n: [0, 1, 1] + list(range(3, n))))
     with pytest.raises(RuntimeError, match="TreeRow.pack changed"):
         collate_row(two_rollouts())
+
+
+def test_token_in_token_out_never_rewrites_a_turn(monkeypatch):
+    """The same scripted template as above (turn 0 sampled `py: boom`, re-rendered `<call> boom </call>`): with
+    token_in_token_out the conversation is held as the sampled ids plus the template's tokens for the tool messages,
+    so TRL's reconciler appends every turn cleanly and every turn keeps all its sampled tokens."""
+    loop = scripted_loop(monkeypatch, SCRIPT, turn_scorer=scorer(), token_in_token_out=True)
+    results, samples = run_group(loop, ["long", "short"])
+    assert tally(loop) == {"realign": 0.0, "fork": 0.0}
+    tokenizer = loop.tokenizer
+    (row,) = results[0][2]
+    words = [tokenizer.decode([t]) for t in row.input_ids]
+    assert " ".join(words) == (
+        "<user> long <eos> <assistant> py: boom <eos> <tool> Error: boom <eos> <assistant> <call> print(42) </call> "
+        "<eos> <tool> 9 <eos> <assistant> it is 42 <eos>"
+    )
+    trained = [w for w, m in zip(words, row.completion_mask) if m]
+    assert trained == ["py:", "boom", "<eos>", "<call>", "print(42)", "</call>", "<eos>", "it", "is", "42", "<eos>"]
+    long = samples[0]
+    assert long.metrics["turns/rewritten"] == 0.0 and results[0][0].turns.realigned == 0
+    table = expected_table()
+    for word, turn in (("py:", 0), ("print(42)", 1), ("42", 2)):
+        assert long.advantage[words.index(word)] == pytest.approx(table[0, turn].item(), abs=1e-6)
+    assert [r.status for r in loop.turn_scorer.last.turns[0]] == ["error", "ok", "none"]

@@ -50,6 +50,25 @@ class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
     `tools` nor `environment_factory` is given).
 
     Parameters:
+        token_in_token_out (`bool`, *optional*, defaults to `False`):
+            On TRL's tool path (`tools` / `environment_factory`, e.g. `PythonEnvironment`): hold each conversation
+            as token ids instead of re-rendering its messages through the chat template every turn. The sampled ids
+            of a turn are kept as they are, its tool messages are appended as the template's tokens for them, and
+            the next request continues from exactly those ids, so no turn is ever re-rendered differently from what
+            was sampled (TRL's `rollout/realign_frac` and `rollout/fork_frac` are 0 and every turn trains all its
+            tokens). Off (TRL's way), a turn the template re-renders differently (a tool call re-rendered as the
+            template's JSON, dropped reasoning) is rewritten into context by TRL's reconciler: GTPO then keeps the
+            turn in the table but it trains only its tokens that remain (`turns/rewritten` counts the turns left with
+            none). On, the model sees its own tokens rather than the template's rendering of them, as in the
+            synchronous trainers' tool loop; the template must render an assistant turn as a prefix of that turn
+            followed by its tool messages (checked each turn).
+        staleness_version (`str`, *optional*, defaults to `"last_request"`):
+            The policy version a scored group is stamped with, against which TRL's `max_staleness` drops it:
+            `"last_request"` (the version under which the group's last turn was requested, so a group is judged by
+            how long it waited after generation, whatever its number of turns) or `"first_request"` (TRL's stamp:
+            the version when the group's first rollout was dispatched, which drops groups of long multi-turn
+            rollouts more often). The versions a group's turns were sampled under are logged as
+            `rollout/version_span`; TRL's per-token ratio against the sampling policy covers each token either way.
         tree_attention (`str`, *optional*, defaults to `"auto"`):
             How the trainer's packed forward attends: `"kernel"` (TRL's FlashAttention-3 kernel, which the `kernels`
             package fetches from the Hub: CUDA and a Hub connection or cache), `"sdpa"` (the same attention on
@@ -59,6 +78,20 @@ class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
 
     _VALID_DICT_FIELDS = getattr(AsyncGRPOConfig, "_VALID_DICT_FIELDS", []) + ["tool_executor_kwargs"]
 
+    token_in_token_out: bool = field(
+        default=False,
+        metadata={
+            "help": "Hold each tool-path conversation as token ids (the sampled ids, then the template's tokens for "
+            "the tool messages): no turn is re-rendered, so TRL never rewrites one (realign/fork fractions 0)."
+        },
+    )
+    staleness_version: str = field(
+        default="last_request",
+        metadata={
+            "help": "Policy version a group is stamped with for max_staleness: 'last_request' (its last turn's, "
+            "judges how long it waited, not how many turns it had) or 'first_request' (TRL's: its first dispatch)."
+        },
+    )
     tree_attention: str = field(
         default="auto",
         metadata={
@@ -75,6 +108,8 @@ class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
                 "group is scored alone, when its last rollout finishes, so there is no batch to pool over."
             )
         self._check(self.tree_attention in ("auto", "kernel", "sdpa"), "tree_attention", "'auto', 'kernel' or 'sdpa'")
+        self._check(self.staleness_version in ("last_request", "first_request"), "staleness_version",
+                    "'last_request' or 'first_request'")
 
 
 @dataclass(frozen=True)
@@ -270,7 +305,10 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
                 SharedExecutor(sandbox_settings if sandbox_settings is not None else args), args.max_turns, args.turn_stop_marker
             )
         if self.rollout_worker is not None:
-            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, python_environment_runs, code_interpreter)
+            trl_async.use_turn_scoring(
+                self.rollout_worker, self.turn_scorer, python_environment_runs, code_interpreter,
+                token_in_token_out=args.token_in_token_out, staleness_version=args.staleness_version,
+            )
 
     def get_train_dataloader(self):
         # Overrides AsyncGRPOTrainer.get_train_dataloader only to wrap its collator: TRL's packer stamps one

@@ -140,14 +140,16 @@ class TurnCompletion(list):
     concatenated). All pickle, should TRL ever move them."""
 
     def __init__(self, messages, runs: list | None = None, records: list | None = None,
-                 turns: RolloutTurns | None = None):
+                 turns: RolloutTurns | None = None, versions: list | None = None):
         super().__init__(messages)
         self.runs = runs
         self.records = records
         self.turns = turns
+        # the policy version each request of the rollout was made under
+        self.versions = list(versions) if versions is not None else (list(turns.versions) if turns else [])
 
     def __reduce__(self):
-        return (TurnCompletion, (list(self), self.runs, self.records, self.turns))
+        return (TurnCompletion, (list(self), self.runs, self.records, self.turns, self.versions))
 
 
 # The requests of the rollout task that is running (`GTPORolloutLoop._generate_one_turn` appends to it): each asyncio
@@ -320,7 +322,10 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
             prompt, return_dict=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
 
+        versions = []
+
         def complete(history, max_new_tokens, stop):
+            versions.append(self.model_version)
             return asyncio.run_coroutine_threadsafe(self._complete(history, max_new_tokens, stop), loop).result()
 
         def decode(tokens):
@@ -338,7 +343,7 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
         )
         messages = [{"role": "assistant", "content": decode(ids)}]
         rows = [sequence] if any(trajectory.tool_mask) else []
-        return (TurnCompletion(messages, records=records), ids, rows, trajectory.num_tool_calls,
+        return (TurnCompletion(messages, records=records, versions=versions), ids, rows, trajectory.num_tool_calls,
                 trajectory.num_tool_errors, None)
 
     async def _complete(self, prompt_ids, max_tokens, stop):
@@ -387,14 +392,34 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
             decode=lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True),
             run_async=run_async,
         )
+        version, span = group_version(group, self.staleness_version)
         position = 0
         for i, sequences in enumerate(group.completions_sequences):
             for r in range(len(sequences)):
                 sample = samples[position]
                 sample.advantage = np.asarray(scored.token_advantages[i][r], dtype=np.float32)
                 sample.metrics.update(scored.metrics[i])
+                sample.metrics["rollout/version_span"] = float(span)
+                sample.model_version = version
                 position += 1
         return samples
+
+
+def group_version(group, staleness_version: str = "last_request") -> tuple[int, int]:
+    """The policy version a scored group's samples are stamped with, against which the trainer's
+    `RolloutQueueDataset` drops them (staleness = trainer version - stamp > `max_staleness`), and how many versions
+    its requests spanned.
+
+    TRL stamps a group (`RolloutGroup.model_version`) when its first rollout is dispatched but queues it when its
+    slowest rollout ends, so a group's staleness counts every version that passed while it generated: the more turns,
+    the longer, the likelier dropped. `"last_request"` stamps it with the version of its latest request instead (the
+    policy that sampled its last turn): the drop then judges how long the group waited once generated, the same for
+    one turn as for many. `"first_request"` keeps TRL's stamp."""
+    versions = [v for completion in group.completions for v in getattr(completion, "versions", None) or []]
+    span = max(versions) - min(versions) if versions else 0
+    if staleness_version == "first_request" or not versions:
+        return group.model_version, span
+    return max(group.model_version, max(versions)), span
 
 
 def _rewards_per_func(samples, sequences_by_conversation, names: Sequence[str]) -> torch.Tensor:
@@ -411,7 +436,8 @@ def _rewards_per_func(samples, sequences_by_conversation, names: Sequence[str]) 
     return torch.tensor(table, dtype=torch.float32).reshape(len(table), len(names))
 
 
-def use_turn_scoring(rollout_worker, turn_scorer, environment_runs=None, code_interpreter=None) -> None:
+def use_turn_scoring(rollout_worker, turn_scorer, environment_runs=None, code_interpreter=None, *,
+                     token_in_token_out=False, staleness_version="last_request") -> None:
     """Make TRL's `AsyncRolloutWorker` spawn `GTPORolloutLoop` with GTPO's parts (see `GTPORolloutLoop`), before
     `start()`; they must pickle. A custom worker (`rollout_worker=` of the trainer) is left alone:
     its samples must carry per-token advantages itself."""
@@ -420,6 +446,8 @@ def use_turn_scoring(rollout_worker, turn_scorer, environment_runs=None, code_in
         rollout_worker._loop_kwargs["turn_scorer"] = turn_scorer
         rollout_worker._loop_kwargs["environment_runs"] = environment_runs
         rollout_worker._loop_kwargs["code_interpreter"] = code_interpreter
+        rollout_worker._loop_kwargs["token_in_token_out"] = token_in_token_out
+        rollout_worker._loop_kwargs["staleness_version"] = staleness_version
 
 
 class TurnAdvantageCollate:
