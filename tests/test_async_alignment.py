@@ -307,3 +307,81 @@ def test_token_in_token_out_never_rewrites_a_turn(monkeypatch):
     for word, turn in (("py:", 0), ("print(42)", 1), ("42", 2)):
         assert long.advantage[words.index(word)] == pytest.approx(table[0, turn].item(), abs=1e-6)
     assert [r.status for r in loop.turn_scorer.last.turns[0]] == ["error", "ok", "none"]
+
+
+def python(code: str) -> str:
+    """A tool that answers at once."""
+    return "1"
+
+
+def simulate_staleness(monkeypatch, staleness_version, *, turn_counts=(1, 2, 4, 8), groups=48, turn_s=0.004,
+                       step_samples=8, step_s=0.012, max_staleness=1):
+    """TRL's own `_generate_loop` and `_score_loop` (GTPORolloutLoop) against a scripted server whose every turn
+    takes `turn_s` (a rollout of k turns takes k * turn_s), prompts cycling through `turn_counts`, 4 rollouts a
+    group; a trainer that takes `step_samples` samples per step, trains `step_s`, then bumps the policy version, and
+    drops a sample as TRL's `RolloutQueueDataset.__iter__` does (version - sample.model_version > max_staleness).
+    Returns {turn count: (dropped, consumed)} over the first `groups` groups."""
+    script = {f"k{k}": ["<call> print(1) </call>"] * (k - 1) + ["it is 42"] for k in turn_counts}
+    version = type("Version", (), {"value": 0})()
+    loop = scripted_loop(monkeypatch, script, turn_scorer=scorer_for(4), version=version,
+                         delay=lambda question, turn: turn_s)
+    loop.staleness_version = staleness_version
+    # TRL sizes max_inflight_tasks to max(max_staleness, 1) * samples per step (AsyncGRPOTrainer.__init__)
+    loop.num_generations, loop.max_inflight_tasks, loop.queue_maxsize = 4, max(max_staleness, 1) * step_samples, 0
+    loop.dataset = [{"prompt": [{"role": "user", "content": f"k{k}"}]} for k in turn_counts]
+    loop._dataset_iter = iter(loop.dataset)
+    loop.environment_factories, loop._multi_environment = None, False
+    loop.tools = loop._standalone_tools = [python]
+    loop._heartbeat_value = type("Beat", (), {"value": 0.0})()
+    loop._total_completion_tokens = loop._pushed_completion_tokens = loop._total_groups_scored = 0
+    loop._pushed_at, loop.log_completions, loop._inflight = 0.0, False, 0
+    loop.rollout_buffer = queue.Queue()
+    counts = collections.defaultdict(lambda: [0, 0])
+
+    async def trainer(stop):
+        taken = 0
+        while taken < groups * 4:
+            try:
+                sample = loop.rollout_buffer.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.001)
+                continue
+            taken += 1
+            kept = version.value - sample.model_version <= max_staleness  # TRL's RolloutQueueDataset rule
+            counts[int(sample.metrics["turns/num_turns"])][0] += not kept
+            counts[int(sample.metrics["turns/num_turns"])][1] += 1
+            if kept:
+                loop._step_fill = getattr(loop, "_step_fill", 0) + 1
+                if loop._step_fill == step_samples:
+                    loop._step_fill = 0
+                    await asyncio.sleep(step_s)
+                    version.value += 1
+        stop.set()
+
+    async def main():
+        loop._groups_to_score = asyncio.Queue(maxsize=16)
+        stop = asyncio.Event()
+        await asyncio.gather(loop._generate_loop(stop_event=stop), loop._score_loop(stop_event=stop), trainer(stop))
+
+    asyncio.run(main())
+    return {k: tuple(v) for k, v in sorted(counts.items())}
+
+
+def scorer_for(group_size):
+    settings = ScoringSettings(AdvantageSettings(0.9, "aligned", "group", "group"), shaping_alpha=0.0)
+    return TurnScorer(settings, group_size)
+
+
+def drop_rates(counts):
+    return {k: dropped / consumed for k, (dropped, consumed) in counts.items()}
+
+
+@pytest.mark.slow
+def test_staleness_no_longer_drops_long_rollouts_more(monkeypatch):
+    # Measured (200 groups, max_staleness 1): TRL's stamp drops 0 / 0 / 26 / 82 % of the 1 / 2 / 4 / 8-turn samples,
+    # "last_request" 4 / 8 / 6 / 4 % (benchmarks/results/async_staleness.md)
+    trl = drop_rates(simulate_staleness(monkeypatch, "first_request", groups=96))
+    gtpo = drop_rates(simulate_staleness(monkeypatch, "last_request", groups=96))
+    print(f"\ndrop rate by turn count: TRL's stamp {trl}; last_request {gtpo}")
+    assert trl[8] >= trl[1] + 0.3  # TRL's stamp: 8-turn groups are dropped far more often than 1-turn ones
+    assert gtpo[8] <= gtpo[1] + 0.15 and gtpo[8] <= trl[8] - 0.3
