@@ -385,3 +385,14 @@ def test_staleness_no_longer_drops_long_rollouts_more(monkeypatch):
     print(f"\ndrop rate by turn count: TRL's stamp {trl}; last_request {gtpo}")
     assert trl[8] >= trl[1] + 0.3  # TRL's stamp: 8-turn groups are dropped far more often than 1-turn ones
     assert gtpo[8] <= gtpo[1] + 0.15 and gtpo[8] <= trl[8] - 0.3
+
+
+def test_group_version_stamps_the_last_request_or_trls_first_dispatch(tmp_path):
+    from trl_gtpo.async_gtpo import AsyncGTPOConfig
+
+    completions = [trl_async.TurnCompletion([], versions=[3, 4, 6]), trl_async.TurnCompletion([], versions=[3])]
+    group = type("Group", (), {"completions": completions, "model_version": 3})()
+    assert trl_async.group_version(group, "last_request") == (6, 3)
+    assert trl_async.group_version(group, "first_request") == (3, 3)
+    with pytest.raises(ValueError, match="staleness_version"):
+        AsyncGTPOConfig(output_dir=str(tmp_path), use_cpu=True, staleness_version="oldest")

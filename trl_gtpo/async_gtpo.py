@@ -252,13 +252,18 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
     `python(code)` tool), or, when neither is given, GTPO's markdown-fence code interpreter (the model writes
     ```python blocks; `max_turns`, `turn_stop_marker`), each turn one request, each block run in the sandbox.
 
-    What changes: when a group's last rollout finishes, `TurnScorer` turns its rows' completion masks into turns
-    (maximal runs of model tokens), gathers its records, turn rewards and TRL's rewards, lets `scoring.score_turns`
-    make the turn-advantage table, and gives every model token its turn's advantage; the packed loss terms carry those per-token advantages into TRL's loss
-    unchanged.
+    What changes: when a group's last rollout finishes, `TurnScorer` takes its turns by identity (the turn that
+    sampled each trained token, as TRL's reconciler left the rows: a turn TRL rewrote into context keeps its place
+    in the table and trains the tokens of it that remain; `turns/rewritten` counts those left with none), gathers its
+    records, turn rewards and TRL's rewards, lets `scoring.score_turns` make the turn-advantage table, and gives
+    every trained token its own turn's advantage; the packed loss terms carry those per-token advantages into TRL's
+    loss, each matched to its token (sample, position). `AsyncGTPOConfig.token_in_token_out` holds tool-path
+    conversations as token ids, so TRL never rewrites a turn.
 
-    Off-policy staleness is TRL's: samples up to `max_staleness` policy versions old are trained with TRL's per-token
-    importance ratio (there is no `importance_sampling_level` here; see `AsyncGTPOConfig`).
+    Off-policy staleness: samples up to `max_staleness` policy versions old are trained with TRL's per-token
+    importance ratio (there is no `importance_sampling_level` here; see `AsyncGTPOConfig`); a group is stamped with
+    the version of its last request (`AsyncGTPOConfig.staleness_version`), so long multi-turn groups are not dropped
+    more often than short ones.
 
     Args:
         turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):

@@ -5,11 +5,16 @@ each of them, so a TRL upgrade fails with a clear message at construction instea
 
 - `GTPORolloutLoop`: a subclass of the rollout worker's `_AsyncRolloutLoop` (the asyncio loop of the spawned child
   process). `_generate_one` keeps TRL's per-rollout task (each conversation its own task, no barrier between
-  trajectories) and hands the `PythonEnvironment`'s call log on with the completion; `_score_group` lets TRL score the
-  group, then replaces its one advantage per conversation by GTPO's per-token turn advantages (`TurnScorer`).
+  trajectories) and hands on, with the completion, the `PythonEnvironment`'s call log and the identity of its turns
+  (`rollout_turns`: which turn sampled each trained token, from the requests `_generate_one_turn` notes and TRL's own
+  reconciler `_chain_to_sequences` replayed with each turn's tokens marked), or runs the token-in/token-out tool loop
+  (`token_in_token_out`: no turn re-rendered, `tool_suffix_ids`); `_score_group` lets TRL score the group, then
+  replaces its one advantage per conversation by GTPO's per-token turn advantages (`TurnScorer`) and stamps the
+  group's policy version (`group_version`).
 - `use_turn_scoring`: makes TRL's `AsyncRolloutWorker` spawn that loop (its `_loop_cls` and `_loop_kwargs`).
 - `TurnAdvantageCollate`: TRL's packer (`DataCollatorForRollout`, `packing.TreeRow.pack`) stamps one advantage on
-  every loss term of a sample; this wrapper writes each term's own turn advantage into the packed batch.
+  every loss term of a sample; this wrapper writes each term's own token's advantage into the packed batch, matching
+  terms to tokens by identity (sample, position), checked.
 - `cpu_safe_init`: TRL 1.16's `AsyncGRPOTrainer.__init__` asks `torch.cuda.get_device_name` for its MFU metric
   (`get_peak_flops_per_device`), which raises without CUDA; on such a machine the metric is left off (None, as TRL
   does for an unknown device) while the trainer is built.
