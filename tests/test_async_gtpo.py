@@ -114,8 +114,8 @@ def test_packed_loss_terms_carry_each_tokens_turn_advantage():
     row0 = batch["advantages"][0][batch["token_index"][0] >= 0].tolist()
     assert row0 == [1.5, 1.5, -2.0, 0.25, 0.25]
     assert batch["advantages"][1][batch["token_index"][1] >= 0].tolist() == [3.0, 3.0]
-    # TRL's own packing (scalar advantages) gives the same terms in the same order: the wrapper only rewrites values
-    assert first["advantage"] == pytest.approx((1.5 + 1.5 - 2.0) / 3)
+    # each sample keeps its per-token advantages (never replaced by their mean)
+    assert first["advantage"].tolist() == [0, 0, 1.5, 1.5, 0, -2.0]
 
 
 def test_cpu_tree_attention_matches_each_sample_alone(tiny_model_path):
@@ -332,10 +332,11 @@ def test_the_fence_interpreter_runs_in_trls_rollout_loop_turn_by_turn(tiny_model
     loop.tokenizer, loop.chat_template_kwargs, loop.max_tokens = tokenizer, {}, 64
     loop.eos_token_ids, loop._tool_pool, loop._complete = [tokenizer.eos_token_id], ThreadPoolExecutor(1), complete
     loop.code_interpreter = CodeInterpreterSettings(SharedExecutor(executor=Executor()), 3, "```output")
+    loop._model_version_value = type("Version", (), {"value": 5})()  # TRL's shared policy version
     completion, ids, rows, calls, errors, _ = asyncio.run(
         loop._generate_one([{"role": "user", "content": "6 * 7?"}], {}, [])
     )
-    assert len(requests) == 2 and calls == 1 and errors == 0
+    assert len(requests) == 2 and calls == 1 and errors == 0 and completion.versions == [5, 5]
     (row,) = rows
     assert [(r.tool_call, r.status) for r in completion.records] == [("print(6 * 7)", "ok"), (None, "none")]
     masked = [t for t, m in zip(row.input_ids, row.completion_mask) if m == 0]

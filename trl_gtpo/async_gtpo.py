@@ -9,13 +9,14 @@ group's turn records and rewards go through `scoring.score_turns` (the same pure
 gives the (N, K) table, and every model token of turn j gets A_ij.
 """
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ._trl_compat import async_grpo as trl_async
-from .async_turns import row_turns, token_advantages_by_row
+from .async_turns import rewritten_turns, row_turns, token_advantages_by_row
 from .gtpo_config import GTPOFields
 from .interpreter.environment import TOOL_NAME, PythonEnvironment, SharedExecutor, ToolRun
 from .interpreter.loop import CodeInterpreterLoop
@@ -28,6 +29,8 @@ try:
     from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
 except ImportError:  # pragma: no cover - check_async_trl_api() explains
     AsyncGRPOConfig, AsyncGRPOTrainer = object, object
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +50,25 @@ class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
     `tools` nor `environment_factory` is given).
 
     Parameters:
+        token_in_token_out (`bool`, *optional*, defaults to `False`):
+            On TRL's tool path (`tools` / `environment_factory`, e.g. `PythonEnvironment`): hold each conversation
+            as token ids instead of re-rendering its messages through the chat template every turn. The sampled ids
+            of a turn are kept as they are, its tool messages are appended as the template's tokens for them, and
+            the next request continues from exactly those ids, so no turn is ever re-rendered differently from what
+            was sampled (TRL's `rollout/realign_frac` and `rollout/fork_frac` are 0 and every turn trains all its
+            tokens). Off (TRL's way), a turn the template re-renders differently (a tool call re-rendered as the
+            template's JSON, dropped reasoning) is rewritten into context by TRL's reconciler: GTPO then keeps the
+            turn in the table but it trains only its tokens that remain (`turns/rewritten` counts the turns left with
+            none). On, the model sees its own tokens rather than the template's rendering of them, as in the
+            synchronous trainers' tool loop; the template must render an assistant turn as a prefix of that turn
+            followed by its tool messages (checked each turn).
+        staleness_version (`str`, *optional*, defaults to `"last_request"`):
+            The policy version a scored group is stamped with, against which TRL's `max_staleness` drops it:
+            `"last_request"` (the version under which the group's last turn was requested, so a group is judged by
+            how long it waited after generation, whatever its number of turns) or `"first_request"` (TRL's stamp:
+            the version when the group's first rollout was dispatched, which drops groups of long multi-turn
+            rollouts more often). The versions a group's turns were sampled under are logged as
+            `rollout/version_span`; TRL's per-token ratio against the sampling policy covers each token either way.
         tree_attention (`str`, *optional*, defaults to `"auto"`):
             How the trainer's packed forward attends: `"kernel"` (TRL's FlashAttention-3 kernel, which the `kernels`
             package fetches from the Hub: CUDA and a Hub connection or cache), `"sdpa"` (the same attention on
@@ -56,6 +78,20 @@ class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
 
     _VALID_DICT_FIELDS = getattr(AsyncGRPOConfig, "_VALID_DICT_FIELDS", []) + ["tool_executor_kwargs"]
 
+    token_in_token_out: bool = field(
+        default=False,
+        metadata={
+            "help": "Hold each tool-path conversation as token ids (the sampled ids, then the template's tokens for "
+            "the tool messages): no turn is re-rendered, so TRL never rewrites one (realign/fork fractions 0)."
+        },
+    )
+    staleness_version: str = field(
+        default="last_request",
+        metadata={
+            "help": "Policy version a group is stamped with for max_staleness: 'last_request' (its last turn's, "
+            "judges how long it waited, not how many turns it had) or 'first_request' (TRL's: its first dispatch)."
+        },
+    )
     tree_attention: str = field(
         default="auto",
         metadata={
@@ -72,6 +108,8 @@ class AsyncGTPOConfig(GTPOFields, AsyncGRPOConfig):
                 "group is scored alone, when its last rollout finishes, so there is no batch to pool over."
             )
         self._check(self.tree_attention in ("auto", "kernel", "sdpa"), "tree_attention", "'auto', 'kernel' or 'sdpa'")
+        self._check(self.staleness_version in ("last_request", "first_request"), "staleness_version",
+                    "'last_request' or 'first_request'")
 
 
 @dataclass(frozen=True)
@@ -134,20 +172,43 @@ class TurnScorer:
 
     def score(
         self, *, prompts, completions, completion_ids, row_ids, row_masks, runs, rewards_per_func, reward_kwargs,
-        decode, run_async=None, records=None,
+        decode, run_async=None, records=None, row_turn_ids=None, turn_spans=None,
     ) -> ScoredGroup:
         """`row_ids[i][r]` / `row_masks[i][r]`: the tokens and completion mask of conversation i's training row r;
         `runs[i]`: its `PythonEnvironment` call log (None: no such environment); `records[i]`: the code
-        interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F)."""
-        num_turns = torch.tensor([row_turns(masks)[1] for masks in row_masks])
-        records = records or [None] * len(row_ids)
-        turns = [
-            trajectory_records(
-                [token for row in ids for token in row], [value for row in masks for value in row], list(messages),
-                decode, own=own, runs=calls,
-            )
-            for ids, masks, messages, calls, own in zip(row_ids, row_masks, completions, runs, records, strict=True)
-        ]
+        interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F).
+
+        Turn identity, when the rollout loop knows it (None per conversation: the turns are the runs of its masks):
+        `row_turn_ids[i][r][t]` is the turn that sampled token t of row r (-1 off the trained tokens) and
+        `turn_spans[i][k]` turn k's [start, end) in `completion_ids[i]`. Then conversation i has `len(turn_spans[i])`
+        turns, record k is built from turn k's own sampled tokens and its k-th assistant message (TRL appends one per
+        request), and each trained token gets its own turn's advantage; a turn TRL rewrote into context keeps its
+        place in the table and trains only the tokens of it that remain (`turns/rewritten` counts the turns left
+        with none)."""
+        n = len(row_ids)
+        row_turn_ids = list(row_turn_ids) if row_turn_ids is not None else [None] * n
+        turn_spans = list(turn_spans) if turn_spans is not None else [None] * n
+        records = records or [None] * n
+        counts, turns = [], []
+        for i in range(n):
+            masks, spans, own = row_masks[i], turn_spans[i], records[i]
+            if spans is not None and own is None:
+                replies = sum(isinstance(m, dict) and m.get("role") == "assistant" for m in completions[i])
+                if replies != len(spans):
+                    raise RuntimeError(
+                        f"conversation {i} has {len(spans)} requests but {replies} assistant messages: TRL's tool "
+                        "loop no longer appends one assistant message per request; update trl_gtpo/_trl_compat."
+                    )
+                counts.append(len(spans))
+                turns.append(trajectory_records(completion_ids[i], None, list(completions[i]), decode, runs=runs[i],
+                                                spans=spans))
+            else:
+                counts.append(row_turns(masks)[1])
+                turns.append(trajectory_records(
+                    [token for row in row_ids[i] for token in row], [value for row in masks for value in row],
+                    list(completions[i]), decode, own=own, runs=runs[i],
+                ))
+        num_turns = torch.tensor(counts)
         names = [getattr(func, "__name__", type(func).__name__) for func in self.turn_reward_funcs]
         values = []
         if self.turn_reward_funcs:
@@ -161,11 +222,18 @@ class TurnScorer:
             turn_values=values, turn_weights=self.turn_reward_weights or [1.0] * len(names),
         )
         advantages = scored.table.advantages
+        rewritten = [len(rewritten_turns(ids, k)) if ids is not None else 0
+                     for ids, k in zip(row_turn_ids, num_turns.tolist())]
+        if any(rewritten):
+            logger.info(
+                f"{sum(rewritten)} turn(s) of this group were rewritten into context by TRL's reconciler and keep no "
+                "trained token; they keep their place in the turn-advantage table"
+            )
         metrics = [
-            {"turns/num_turns": float(k), "advantages/turn_mean": _nanmean(advantages[i])}
-            for i, k in enumerate(num_turns.tolist())
+            {"turns/num_turns": float(k), "turns/rewritten": float(r), "advantages/turn_mean": _nanmean(advantages[i])}
+            for i, (k, r) in enumerate(zip(num_turns.tolist(), rewritten))
         ]
-        return ScoredGroup(token_advantages_by_row(advantages, row_masks), advantages, turns, metrics)
+        return ScoredGroup(token_advantages_by_row(advantages, row_masks, row_turn_ids), advantages, turns, metrics)
 
 
 def _nanmean(values: torch.Tensor) -> float:
@@ -184,13 +252,18 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
     `python(code)` tool), or, when neither is given, GTPO's markdown-fence code interpreter (the model writes
     ```python blocks; `max_turns`, `turn_stop_marker`), each turn one request, each block run in the sandbox.
 
-    What changes: when a group's last rollout finishes, `TurnScorer` turns its rows' completion masks into turns
-    (maximal runs of model tokens), gathers its records, turn rewards and TRL's rewards, lets `scoring.score_turns`
-    make the turn-advantage table, and gives every model token its turn's advantage; the packed loss terms carry those per-token advantages into TRL's loss
-    unchanged.
+    What changes: when a group's last rollout finishes, `TurnScorer` takes its turns by identity (the turn that
+    sampled each trained token, as TRL's reconciler left the rows: a turn TRL rewrote into context keeps its place
+    in the table and trains the tokens of it that remain; `turns/rewritten` counts those left with none), gathers its
+    records, turn rewards and TRL's rewards, lets `scoring.score_turns` make the turn-advantage table, and gives
+    every trained token its own turn's advantage; the packed loss terms carry those per-token advantages into TRL's
+    loss, each matched to its token (sample, position). `AsyncGTPOConfig.token_in_token_out` holds tool-path
+    conversations as token ids, so TRL never rewrites a turn.
 
-    Off-policy staleness is TRL's: samples up to `max_staleness` policy versions old are trained with TRL's per-token
-    importance ratio (there is no `importance_sampling_level` here; see `AsyncGTPOConfig`).
+    Off-policy staleness: samples up to `max_staleness` policy versions old are trained with TRL's per-token
+    importance ratio (there is no `importance_sampling_level` here; see `AsyncGTPOConfig`); a group is stamped with
+    the version of its last request (`AsyncGTPOConfig.staleness_version`), so long multi-turn groups are not dropped
+    more often than short ones.
 
     Args:
         turn_reward_funcs (`Callable` or `list[Callable]`, *optional*):
@@ -237,7 +310,10 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
                 SharedExecutor(sandbox_settings if sandbox_settings is not None else args), args.max_turns, args.turn_stop_marker
             )
         if self.rollout_worker is not None:
-            trl_async.use_turn_scoring(self.rollout_worker, self.turn_scorer, python_environment_runs, code_interpreter)
+            trl_async.use_turn_scoring(
+                self.rollout_worker, self.turn_scorer, python_environment_runs, code_interpreter,
+                token_in_token_out=args.token_in_token_out, staleness_version=args.staleness_version,
+            )
 
     def get_train_dataloader(self):
         # Overrides AsyncGRPOTrainer.get_train_dataloader only to wrap its collator: TRL's packer stamps one

@@ -74,14 +74,16 @@ def trajectory_records(
     *,
     own: Sequence[TurnRecord] | None = None,
     runs: Sequence[ToolRun] | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
 ) -> list[TurnRecord]:
     """One trajectory's turn records, from the best source it has: the code interpreter's own records (`own`), a
-    `PythonEnvironment`'s call log (`runs`), or TRL's tool messages (the mask alone when there are none)."""
+    `PythonEnvironment`'s call log (`runs`), or TRL's tool messages (the mask alone when there are none). `spans`:
+    the turns' token spans in `completion_ids` when the caller knows them (then `mask` is not read)."""
     if own is not None:
         return list(own)
     if runs is not None:
-        return records_from_environment(completion_ids, mask, list(messages), runs, decode)
-    return records_from_messages(completion_ids, mask, messages, decode)
+        return records_from_environment(completion_ids, mask, list(messages), runs, decode, spans)
+    return records_from_messages(completion_ids, mask, messages, decode, spans)
 
 
 def score_turns(

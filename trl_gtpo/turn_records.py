@@ -82,30 +82,39 @@ def turn_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def records_from_mask(
-    completion_ids: Sequence[int], mask: Sequence[int] | None, decode: Callable[[list[int]], str]
+    completion_ids: Sequence[int],
+    mask: Sequence[int] | None,
+    decode: Callable[[list[int]], str],
+    spans: Sequence[tuple[int, int]] | None = None,
 ) -> list[TurnRecord]:
     """Records of a completion known only by its tool mask (a `rollout_func` with `env_mask`): the spans and texts;
-    the tokens between two turns are the tool response, and no call is known. A missing mask is one turn."""
-    mask = list(mask) if mask is not None else [1] * len(completion_ids)
-    spans = turn_spans(mask)
+    the tokens between two turns are the tool response, and no call is known. A missing mask is one turn.
+
+    `spans`: the turns' [start, end) in `completion_ids` when the caller knows them (the asynchronous trainer, where a
+    turn's sampled tokens may no longer be trained): record k is then the turn of `spans[k]`, trained or not."""
+    if spans is None:
+        mask = list(mask) if mask is not None else [1] * len(completion_ids)
+        spans, limit = turn_spans(mask), len(mask)
+    else:
+        spans, limit = [(int(start), int(end)) for start, end in spans], len(completion_ids)
     records = []
     for k, (start, end) in enumerate(spans):
-        after = spans[k + 1][0] if k + 1 < len(spans) else len(mask)
+        after = spans[k + 1][0] if k + 1 < len(spans) else limit
         response = decode(list(completion_ids[end:after])) if after > end else None
         records.append(TurnRecord(k, decode(list(completion_ids[start:end])), None, response, "none", start, end))
     return records
 
 
 def records_from_messages(
-    completion_ids: Sequence[int], mask: Sequence[int] | None, messages: Sequence[dict], decode
+    completion_ids: Sequence[int], mask: Sequence[int] | None, messages: Sequence[dict], decode, spans=None
 ) -> list[TurnRecord]:
     """Records of a completion of TRL's `tools=` / `environment_factory=` path.
 
     TRL 1.16's tool loop appends, per model turn, one assistant message (with `tool_calls` when it made any) and one
     `tool` message per call, whose content is the tool's result or `{'error': ...}` when the call raised. The k-th
-    assistant message is the k-th turn of the mask.
+    assistant message is the k-th turn of the mask (or of `spans`, see `records_from_mask`).
     """
-    records = records_from_mask(completion_ids, mask, decode)
+    records = records_from_mask(completion_ids, mask, decode, spans)
     turns: list[tuple[dict, list[dict]]] = []
     for message in messages if isinstance(messages, (list, tuple)) else []:
         if not isinstance(message, dict):

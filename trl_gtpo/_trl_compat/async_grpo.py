@@ -5,11 +5,16 @@ each of them, so a TRL upgrade fails with a clear message at construction instea
 
 - `GTPORolloutLoop`: a subclass of the rollout worker's `_AsyncRolloutLoop` (the asyncio loop of the spawned child
   process). `_generate_one` keeps TRL's per-rollout task (each conversation its own task, no barrier between
-  trajectories) and hands the `PythonEnvironment`'s call log on with the completion; `_score_group` lets TRL score the
-  group, then replaces its one advantage per conversation by GTPO's per-token turn advantages (`TurnScorer`).
+  trajectories) and hands on, with the completion, the `PythonEnvironment`'s call log and the identity of its turns
+  (`rollout_turns`: which turn sampled each trained token, from the requests `_generate_one_turn` notes and TRL's own
+  reconciler `_chain_to_sequences` replayed with each turn's tokens marked), or runs the token-in/token-out tool loop
+  (`token_in_token_out`: no turn re-rendered, `tool_suffix_ids`); `_score_group` lets TRL score the group, then
+  replaces its one advantage per conversation by GTPO's per-token turn advantages (`TurnScorer`) and stamps the
+  group's policy version (`group_version`).
 - `use_turn_scoring`: makes TRL's `AsyncRolloutWorker` spawn that loop (its `_loop_cls` and `_loop_kwargs`).
 - `TurnAdvantageCollate`: TRL's packer (`DataCollatorForRollout`, `packing.TreeRow.pack`) stamps one advantage on
-  every loss term of a sample; this wrapper writes each term's own turn advantage into the packed batch.
+  every loss term of a sample; this wrapper writes each term's own token's advantage into the packed batch, matching
+  terms to tokens by identity (sample, position), checked.
 - `cpu_safe_init`: TRL 1.16's `AsyncGRPOTrainer.__init__` asks `torch.cuda.get_device_name` for its MFU metric
   (`get_peak_flops_per_device`), which raises without CUDA; on such a machine the metric is left off (None, as TRL
   does for an unknown device) while the trainer is built.
@@ -19,12 +24,16 @@ each of them, so a TRL upgrade fails with a clear message at construction instea
 """
 
 import asyncio
+import contextvars
 import functools
 import inspect
+import logging
 import random
+import time
 import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,6 +50,8 @@ except ImportError as _error:  # pragma: no cover - a TRL without the async trai
 else:
     _IMPORT_ERROR = None
 
+logger = logging.getLogger(__name__)
+
 
 def check_async_trl_api() -> None:
     """Raise a clear error if TRL's experimental async GRPO lacks what `AsyncGTPOTrainer` uses (TRL 1.16)."""
@@ -56,11 +67,16 @@ def check_async_trl_api() -> None:
         (loop, "_score_group"): ["self", "group"],
         (loop, "_post"): ["self", "path", "payload", "timeout", "max_retries"],
         (_packing.TreeRow, "pack"): ["self"],
+        (loop, "_generate_one_turn"): ["self", "prompt_ids"],
+        (loop, "_execute_tool_calls"): ["self", "tool_calls", "tool_dict"],
+        (loop, "_push_rollout_metrics"): ["self", "turns", "sequences", "completion_ids", "tally", "loop_exhausted",
+                                          "duration_s"],
+        (_worker_module, "_chain_to_sequences"): ["turns", "rollout_id", "fork_threshold"],
     }
     for (owner, name), parameters in expected.items():
         member = getattr(owner, name, None)
         if member is None or list(inspect.signature(member).parameters) != parameters:
-            problems.append(f"{owner.__name__}.{name}{parameters}")
+            problems.append(f"{getattr(owner, '__name__', owner)}.{name}{parameters}")
     # what the fence interpreter's turns read off the loop (set in its __init__ from these arguments)
     init = inspect.signature(loop.__init__).parameters
     for name in ("processing_class", "eos_token_ids", "max_tokens", "temperature", "top_p", "top_k", "min_p",
@@ -80,6 +96,8 @@ def check_async_trl_api() -> None:
                                        "reward_kwargs")),
         (_worker_module.RolloutSample, ("advantage", "metrics", "input_ids", "completion_mask")),
         (_worker_module.TrainingSequence, ("input_ids", "completion_mask")),
+        (_worker_module.TurnRecord, ("prompt_ids", "output_ids", "output_log_probs", "output_mask")),
+        (_worker_module.RolloutSample, ("model_version",)),
     ):
         missing = [name for name in fields if name not in owner.__dataclass_fields__]
         if missing:
@@ -101,19 +119,102 @@ def check_async_trl_api() -> None:
         )
 
 
+@dataclass(frozen=True)
+class RolloutTurns:
+    """Which turn each trained token of a rollout came from, as TRL's reconciler left them.
+
+    `rows[r][t]`: the turn (0-based, the order of TRL's requests, which is the order of the assistant messages) that
+    sampled token t of training row r, -1 for a token that is not trained (prompt, tool output, and any sampled token
+    the reconciler rewrote into context). `spans[k]`: turn k's [start, end) in the completion ids (TRL's
+    `completion_ids` are the turns' sampled tokens, one after another). `versions[k]`: the policy version turn k was
+    requested under. `transitions` / `realigned` / `forked`: TRL's drift tally of this rollout."""
+
+    rows: list[list[int]]
+    spans: list[tuple[int, int]]
+    versions: list[int]
+    transitions: int = 0
+    realigned: int = 0
+    forked: int = 0
+
+
 class TurnCompletion(list):
     """A completion's messages (what reward functions get, a plain list to them) that also carries, from the rollout
     task to the group's scoring in the same process, the `PythonEnvironment` call log of its rollout (`runs`; None
-    when no such environment ran) or the code interpreter's own turn records (`records`; None on the other paths).
-    Both pickle, should TRL ever move them."""
+    when no such environment ran), the code interpreter's own turn records (`records`; None on the other paths) and
+    the identity of its turns (`turns`, a `RolloutTurns`; None on the fence path, whose one row is its tokens
+    concatenated). All pickle, should TRL ever move them."""
 
-    def __init__(self, messages, runs: list | None = None, records: list | None = None):
+    def __init__(self, messages, runs: list | None = None, records: list | None = None,
+                 turns: RolloutTurns | None = None, versions: list | None = None):
         super().__init__(messages)
         self.runs = runs
         self.records = records
+        self.turns = turns
+        # the policy version each request of the rollout was made under
+        self.versions = list(versions) if versions is not None else (list(turns.versions) if turns else [])
 
     def __reduce__(self):
-        return (TurnCompletion, (list(self), self.runs, self.records))
+        return (TurnCompletion, (list(self), self.runs, self.records, self.turns, self.versions))
+
+
+# The requests of the rollout task that is running (`GTPORolloutLoop._generate_one_turn` appends to it): each asyncio
+# task has its own copy of the context, so concurrent rollouts never mix their turns.
+_TURN_LOG: contextvars.ContextVar[list | None] = contextvars.ContextVar("gtpo_turn_log", default=None)
+
+
+def rollout_turns(log, sequences, fork_threshold: int) -> RolloutTurns:
+    """The identity of a rollout's trained tokens: TRL's reconciler (`_chain_to_sequences`) run again on the same
+    turns, each turn's sampled tokens marked with its number in `TurnRecord.output_mask` (TRL copies that mask into
+    the row's `completion_mask` and zeroes whatever it rewrites), so the rows it gives say which turn every surviving
+    token came from. `log`: (prompt_ids, output_ids, logprobs, version) per request, in order; `sequences`: the rows
+    TRL built. Raises if the marked rows are not TRL's rows (TRL changed how it reconciles)."""
+    tagged = [
+        _worker_module.TurnRecord(list(prompt), list(output), list(logprobs), output_mask=[k + 1] * len(output))
+        for k, (prompt, output, logprobs, _) in enumerate(log)
+    ]
+    rows, tally = _worker_module._chain_to_sequences(tagged, "", fork_threshold)
+    same = len(rows) == len(sequences) and all(
+        list(map(int, row.input_ids)) == list(map(int, sequence.input_ids))
+        and [int(tag > 0) for tag in row.completion_mask] == [int(m != 0) for m in sequence.completion_mask]
+        for row, sequence in zip(rows, sequences)
+    )
+    if not same:
+        raise RuntimeError(
+            "GTPO could not tell which turn each trained token came from: TRL's reconciler, run again on the "
+            "rollout's turns, did not give TRL's rows (trl.experimental.async_grpo _chain_to_sequences / "
+            "_generate_one changed); update trl_gtpo/_trl_compat/async_grpo.py."
+        )
+    spans, start = [], 0
+    for _, output, _, _ in log:
+        spans.append((start, start + len(output)))
+        start += len(output)
+    return RolloutTurns(
+        [[tag - 1 for tag in row.completion_mask] for row in rows], spans, [entry[3] for entry in log],
+        int(tally["transitions"]), int(tally["realign"]), int(tally["fork"]),
+    )
+
+
+def tool_suffix_ids(tokenizer, tool_messages, eos_token_ids, chat_template=None, chat_template_kwargs=None):
+    """The tokens that follow a sampled tool-calling turn: its tool messages and the next generation prompt, as the
+    chat template renders them after an assistant turn (TRL's `GRPOTrainer._get_tool_suffix_ids`, the synchronous
+    trainer's token-in/token-out tool loop: a dummy conversation with and without the tool messages, the shorter
+    cut after its last end-of-turn token, which the sampled turn ends with)."""
+    kwargs = dict(chat_template_kwargs or {})
+    calls = [{"type": "function", "function": {"name": tool_messages[0]["name"], "arguments": {}}}]
+    dummy = [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "", "tool_calls": calls}]
+    prefix = tokenizer.apply_chat_template(dummy, add_generation_prompt=False, tokenize=True, return_dict=False,
+                                           chat_template=chat_template, **kwargs)
+    full = tokenizer.apply_chat_template(dummy + list(tool_messages), add_generation_prompt=True, tokenize=True,
+                                         return_dict=False, chat_template=chat_template, **kwargs)
+    ends = [i for i, token in enumerate(prefix) if token in set(eos_token_ids)]
+    if ends:
+        prefix = prefix[: ends[-1] + 1]
+    if list(full[: len(prefix)]) != list(prefix):
+        raise ValueError(
+            "token_in_token_out: the chat template does not render an assistant turn as a prefix of the same turn "
+            "followed by its tool messages; turn token_in_token_out off for this template."
+        )
+    return list(full[len(prefix):])
 
 
 _FENCES_PARSED_BY_GTPO = "GTPO's code interpreter reads the ```python blocks of its turns itself"
@@ -125,7 +226,8 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
     rollout's environment call log, or None) and `code_interpreter` (`.run(...)`, the fence interpreter, or None);
     every other argument is TRL's."""
 
-    def __init__(self, *, turn_scorer, environment_runs=None, code_interpreter=None, **kwargs):
+    def __init__(self, *, turn_scorer, environment_runs=None, code_interpreter=None, token_in_token_out=False,
+                 staleness_version="last_request", **kwargs):
         tokenizer = kwargs.get("processing_class")
         if code_interpreter is not None and getattr(tokenizer, "response_template", None) is None and getattr(
             tokenizer, "response_schema", None
@@ -137,16 +239,84 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
         self.turn_scorer = turn_scorer
         self.environment_runs = environment_runs
         self.code_interpreter = code_interpreter  # GTPO's fence interpreter, not TRL's tools
+        self.token_in_token_out = token_in_token_out
+        self.staleness_version = staleness_version
+
+    async def _generate_one_turn(self, prompt_ids):
+        # Overrides `_AsyncRolloutLoop._generate_one_turn` (one request to the server) only to note, for the rollout
+        # task that asked, what it sent, what came back and under which policy version: TRL's `_generate_one` keeps
+        # its turns in a local list, and GTPO needs them to tell which turn each trained token came from.
+        version = self.model_version
+        ids, logprobs = await super()._generate_one_turn(prompt_ids)
+        log = _TURN_LOG.get()
+        if log is not None:
+            log.append((list(prompt_ids), list(ids), list(logprobs), version))
+        return ids, logprobs
 
     async def _generate_one(self, prompt, tool_dict, tools, group_id=0):
         # Overrides `_AsyncRolloutLoop._generate_one` (one conversation, its own asyncio task) to run GTPO's
-        # markdown-fence code interpreter when it is on, and otherwise only to pass the environment's call log on:
+        # markdown-fence code interpreter when it is on, or the token-in/token-out tool loop when asked; and, on
+        # TRL's own loop, to hand on the turn identity of its rows (`rollout_turns`) and the environment's call log:
         # the environment returns to TRL's pool, and is reset by another rollout, before the group is scored.
         if self.code_interpreter is not None:
             return await self._generate_with_code_interpreter(prompt)
-        completion, *rest = await super()._generate_one(prompt, tool_dict=tool_dict, tools=tools, group_id=group_id)
+        log = []
+        context = _TURN_LOG.set(log)
+        try:
+            if self.token_in_token_out:
+                result = await self._generate_token_in_token_out(prompt, tool_dict, tools)
+            else:
+                result = await super()._generate_one(prompt, tool_dict=tool_dict, tools=tools, group_id=group_id)
+        finally:
+            _TURN_LOG.reset(context)
+        completion, completion_ids, sequences, *rest = result
+        turns = rollout_turns(log, sequences, self._fork_threshold_tokens)
         runs = self.environment_runs(tool_dict) if self.environment_runs is not None else None
-        return (TurnCompletion(completion, runs), *rest)
+        return (TurnCompletion(completion, runs, turns=turns), completion_ids, sequences, *rest)
+
+    async def _generate_token_in_token_out(self, prompt, tool_dict, tools):
+        """TRL's tool loop (`_AsyncRolloutLoop._generate_one`: request, `parse_response`, `_execute_tool_calls`,
+        `_chain_to_sequences`, `_push_rollout_metrics`) with the conversation held as token ids: the prompt is
+        rendered once, each turn's sampled ids are kept as they are, its tool messages are appended as the chat
+        template's tokens for them (`tool_suffix_ids`), and the next request continues from exactly those ids. No
+        turn is ever re-rendered, so TRL's reconciler always appends cleanly (realign and fork fractions 0).
+        Returns what TRL's `_generate_one` returns."""
+        started = time.monotonic()
+        messages = list(prompt)
+        held = list(self.tokenizer.apply_chat_template(
+            messages, return_dict=False, add_generation_prompt=True, tools=tools or None,
+            chat_template=self.chat_template, **self.chat_template_kwargs,
+        ))
+        turns, completion, completion_ids = [], [], []
+        calls = failures = iteration = 0
+        exhausted = False
+        while True:
+            ids, logprobs = await self._generate_one_turn(held)
+            message = _worker_module.parse_response(self.tokenizer, ids, prefix=held, tools=tools)
+            completion.append(message)
+            completion_ids.extend(ids)
+            messages.append(message)
+            turns.append(_worker_module.TurnRecord(list(held), list(ids), list(logprobs)))
+            tool_calls = message.get("tool_calls")
+            if tool_calls is None:
+                break
+            if self.max_tool_calling_iterations is not None and iteration >= self.max_tool_calling_iterations:
+                exhausted = True
+                break
+            tool_messages, n_calls, n_failures = await self._execute_tool_calls(tool_calls, tool_dict)
+            calls, failures = calls + n_calls, failures + n_failures
+            completion.extend(tool_messages)
+            messages.extend(tool_messages)
+            held = held + list(ids) + tool_suffix_ids(
+                self.tokenizer, tool_messages, self.eos_token_ids, self.chat_template, self.chat_template_kwargs
+            )
+            iteration += 1
+        sequences, tally = _worker_module._chain_to_sequences(turns, uuid.uuid4().hex, self._fork_threshold_tokens)
+        self._push_rollout_metrics(
+            turns=len(turns), sequences=len(sequences), completion_ids=completion_ids, tally=tally,
+            loop_exhausted=exhausted, duration_s=time.monotonic() - started,
+        )
+        return completion, completion_ids, sequences, calls, failures, None
 
     async def _generate_with_code_interpreter(self, prompt):
         """One rollout of GTPO's code interpreter (`code_interpreter.run`, in a thread of TRL's tool pool), each turn
@@ -157,7 +327,10 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
             prompt, return_dict=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
 
+        versions = []
+
         def complete(history, max_new_tokens, stop):
+            versions.append(self.model_version)
             return asyncio.run_coroutine_threadsafe(self._complete(history, max_new_tokens, stop), loop).result()
 
         def decode(tokens):
@@ -175,7 +348,7 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
         )
         messages = [{"role": "assistant", "content": decode(ids)}]
         rows = [sequence] if any(trajectory.tool_mask) else []
-        return (TurnCompletion(messages, records=records), ids, rows, trajectory.num_tool_calls,
+        return (TurnCompletion(messages, records=records, versions=versions), ids, rows, trajectory.num_tool_calls,
                 trajectory.num_tool_errors, None)
 
     async def _complete(self, prompt_ids, max_tokens, stop):
@@ -202,6 +375,7 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
         ids = [[list(map(int, sequence.input_ids)) for sequence in sequences]
                for sequences in group.completions_sequences]
         rewards = _rewards_per_func(samples, group.completions_sequences, self.reward_func_names)
+        identities = [getattr(completion, "turns", None) for completion in group.completions]
         loop = asyncio.get_running_loop()
 
         def run_async(coroutine):
@@ -216,19 +390,41 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
             row_masks=rows,
             runs=[getattr(completion, "runs", None) for completion in group.completions],
             records=[getattr(completion, "records", None) for completion in group.completions],
+            row_turn_ids=[turns.rows if turns is not None else None for turns in identities],
+            turn_spans=[turns.spans if turns is not None else None for turns in identities],
             rewards_per_func=rewards,
             reward_kwargs=group.reward_kwargs,
             decode=lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True),
             run_async=run_async,
         )
+        version, span = group_version(group, self.staleness_version)
         position = 0
         for i, sequences in enumerate(group.completions_sequences):
             for r in range(len(sequences)):
                 sample = samples[position]
                 sample.advantage = np.asarray(scored.token_advantages[i][r], dtype=np.float32)
                 sample.metrics.update(scored.metrics[i])
+                sample.metrics["rollout/version_span"] = float(span)
+                sample.model_version = version
                 position += 1
         return samples
+
+
+def group_version(group, staleness_version: str = "last_request") -> tuple[int, int]:
+    """The policy version a scored group's samples are stamped with, against which the trainer's
+    `RolloutQueueDataset` drops them (staleness = trainer version - stamp > `max_staleness`), and how many versions
+    its requests spanned.
+
+    TRL stamps a group (`RolloutGroup.model_version`) when its first rollout is dispatched but queues it when its
+    slowest rollout ends, so a group's staleness counts every version that passed while it generated: the more turns,
+    the longer, the likelier dropped. `"last_request"` stamps it with the version of its latest request instead (the
+    policy that sampled its last turn): the drop then judges how long the group waited once generated, the same for
+    one turn as for many. `"first_request"` keeps TRL's stamp."""
+    versions = [v for completion in group.completions for v in getattr(completion, "versions", None) or []]
+    span = max(versions) - min(versions) if versions else 0
+    if staleness_version == "first_request" or not versions:
+        return group.model_version, span
+    return max(group.model_version, max(versions)), span
 
 
 def _rewards_per_func(samples, sequences_by_conversation, names: Sequence[str]) -> torch.Tensor:
@@ -245,7 +441,8 @@ def _rewards_per_func(samples, sequences_by_conversation, names: Sequence[str]) 
     return torch.tensor(table, dtype=torch.float32).reshape(len(table), len(names))
 
 
-def use_turn_scoring(rollout_worker, turn_scorer, environment_runs=None, code_interpreter=None) -> None:
+def use_turn_scoring(rollout_worker, turn_scorer, environment_runs=None, code_interpreter=None, *,
+                     token_in_token_out=False, staleness_version="last_request") -> None:
     """Make TRL's `AsyncRolloutWorker` spawn `GTPORolloutLoop` with GTPO's parts (see `GTPORolloutLoop`), before
     `start()`; they must pickle. A custom worker (`rollout_worker=` of the trainer) is left alone:
     its samples must carry per-token advantages itself."""
@@ -254,14 +451,21 @@ def use_turn_scoring(rollout_worker, turn_scorer, environment_runs=None, code_in
         rollout_worker._loop_kwargs["turn_scorer"] = turn_scorer
         rollout_worker._loop_kwargs["environment_runs"] = environment_runs
         rollout_worker._loop_kwargs["code_interpreter"] = code_interpreter
+        rollout_worker._loop_kwargs["token_in_token_out"] = token_in_token_out
+        rollout_worker._loop_kwargs["staleness_version"] = staleness_version
 
 
 class TurnAdvantageCollate:
     """Wraps TRL's `DataCollatorForRollout`: a sample whose `advantage` is a per-token array (GTPO's) gets, on each of
-    its loss terms, the advantage of that term's token, where TRL's `TreeRow.pack` stamps one number per sample.
+    its loss terms, the advantage of that term's own token, where TRL's `TreeRow.pack` stamps one number per sample.
 
-    `pack` lays a row's loss terms out sample by sample, and within a sample by position p >= 1 with
-    `completion_mask[p] == 1` (the token at p, predicted from p - 1); the same order is followed here. A scalar
+    Each packed loss term is matched by identity, not by its place in the list: `pack` gives its sample
+    (`segment_id`) and the packed position that predicts it (`token_index`), whose depth in the trie
+    (`position_ids`) is the target's position p - 1 in that sample; the term gets `advantage[p]`. The match is
+    checked: the sample trains p (`completion_mask[p] == 1`), the packed label is the sample's token at p
+    (`shift_labels`), and every trained token of every sample is hit exactly once. TRL packs while the sample's
+    `advantage` holds a NaN placeholder (so any term left unwritten would poison the loss, not pass silently), and
+    the per-token array is put back afterwards: no sample's advantage is ever replaced by its mean. A scalar
     advantage (TRL's own samples) passes through unchanged.
     """
 
@@ -270,32 +474,69 @@ class TurnAdvantageCollate:
 
     def __call__(self, examples):
         (rows,) = examples
-        terms = []
+        arrays = []  # per row, per sample: the per-token advantage array, or None for a scalar one
         for row in rows:
-            row_terms = []
+            arrays.append([])
             for sample in row.samples:
                 advantage = sample["advantage"]
-                mask = np.asarray(sample["completion_mask"])
                 if np.ndim(advantage) == 1:
-                    trained = np.flatnonzero(mask[1:]) + 1
-                    row_terms.append(np.asarray(advantage, dtype=np.float32)[trained])
-                    # TRL's traces and the collator's logs read one number: the trained tokens' mean
-                    sample["advantage"] = float(row_terms[-1].mean()) if trained.size else 0.0
+                    arrays[-1].append(np.asarray(advantage, dtype=np.float32))
+                    sample["advantage"] = float("nan")
                 else:
-                    row_terms.append(np.full(int(mask[1:].sum()), float(advantage), dtype=np.float32))
-            terms.append(np.concatenate(row_terms) if row_terms else np.zeros(0, dtype=np.float32))
-        batch = self.collate(examples)
-        advantages = torch.zeros_like(batch["advantages"])
-        for r, row_terms in enumerate(terms):
-            count = int((batch["token_index"][r] >= 0).sum())
-            if count != len(row_terms):
-                raise RuntimeError(
-                    f"TRL packed {count} loss terms in row {r} where GTPO counts {len(row_terms)}: TRL's "
-                    "TreeRow.pack changed; update trl_gtpo/_trl_compat/async_grpo.py."
-                )
-            advantages[r, :count] = torch.from_numpy(row_terms)
+                    arrays[-1].append(None)
+        try:
+            batch = self.collate(examples)
+        finally:
+            for row, row_arrays in zip(rows, arrays):
+                for sample, array in zip(row.samples, row_arrays):
+                    if array is not None:
+                        sample["advantage"] = array
+        advantages = batch["advantages"].clone()
+        for r, (row, row_arrays) in enumerate(zip(rows, arrays)):
+            if any(array is not None for array in row_arrays):
+                advantages[r] = _advantages_by_identity(r, row.samples, row_arrays, batch, advantages[r])
         batch["advantages"] = advantages
         return batch
+
+
+def _packing_changed(r) -> RuntimeError:
+    return RuntimeError(
+        f"TRL's packed loss terms of row {r} do not map one to one onto the trained tokens of its samples "
+        "(segment_id, token_index, position_ids, shift_labels): TRL's TreeRow.pack changed; update "
+        "trl_gtpo/_trl_compat/async_grpo.py."
+    )
+
+
+def _advantages_by_identity(r, samples, arrays, batch, packed):
+    """Row r's loss-term advantages, each term's from its own (sample, position); see `TurnAdvantageCollate`."""
+    count = int((batch["token_index"][r] >= 0).sum())
+    segment = batch["segment_id"][r][:count].numpy()
+    source = batch["token_index"][r][:count].numpy()
+    position = batch["position_ids"][r].numpy()[source] + 1
+    lengths = np.array([len(sample["input_ids"]) for sample in samples])
+    if not ((segment >= 0) & (segment < len(samples))).all() or not (
+        position < lengths[np.clip(segment, 0, len(samples) - 1)]
+    ).all():
+        raise _packing_changed(r)
+    flat = np.concatenate([[0], np.cumsum(lengths)])[segment] + position
+    ids = np.concatenate([np.asarray(sample["input_ids"]) for sample in samples])
+    mask = np.concatenate([np.asarray(sample["completion_mask"]) for sample in samples])
+    trained = sum(int(np.asarray(sample["completion_mask"])[1:].sum()) for sample in samples)
+    if not (
+        (mask[flat] == 1).all()
+        and (batch["shift_labels"][r].numpy()[source] == ids[flat]).all()
+        and np.unique(flat).size == count == trained
+    ):
+        raise _packing_changed(r)
+    values = packed.clone()
+    per_token = np.concatenate([
+        array if array is not None else np.full(length, float(sample["advantage"]), dtype=np.float32)
+        for sample, array, length in zip(samples, arrays, lengths)
+    ])
+    values[:count] = torch.from_numpy(per_token[flat])
+    if torch.isnan(values[:count]).any():
+        raise RuntimeError(f"row {r}: a loss term got no advantage (a NaN in a sample's per-token advantages?)")
+    return values
 
 
 def use_turn_advantage_collate(dataloader) -> None:

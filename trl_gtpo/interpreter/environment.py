@@ -258,6 +258,7 @@ def records_from_environment(
     messages: Sequence[dict],
     runs: Sequence[ToolRun],
     decode: Callable[[list[int]], str],
+    spans: Sequence[tuple[int, int]] | None = None,
 ) -> list[TurnRecord]:
     """The `TurnRecord`s of a trajectory of a `PythonEnvironment`, as the fence interpreter gives them.
 
@@ -266,8 +267,9 @@ def records_from_environment(
     when its tool message is that run's output: the record then has the run's code (`tool_call`), output and sandbox
     status. A `python` call whose arguments did not fit (TRL answered `{'error': ...}` without running it) is a
     malformed call (`well_formed=False`, status "error"); a call of another tool keeps TRL's view ("ok"/"error").
+    `spans`: the turns' token spans when the caller knows them (see `records_from_mask`).
     """
-    records = records_from_mask(completion_ids, mask, decode)
+    records = records_from_mask(completion_ids, mask, decode, spans)
     turns: list[tuple[dict, list[dict]]] = []
     for message in messages if isinstance(messages, (list, tuple)) else []:
         if isinstance(message, dict) and message.get("role") == "assistant":
