@@ -1,6 +1,5 @@
 """examples/evaluate.py --benchmarks: the table, the JSON summary and the traces, on a tiny model; and the numbers."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -47,9 +46,8 @@ def test_tool_error_rate_is_over_calls_and_calls_are_per_attempt():
 def test_benchmarks_command_prints_one_table_and_writes_summary_and_traces(
     tool_using_model_path, tmp_path, capsys
 ):
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "examples" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from trl_gtpo.cli import evaluate as script
+
     local = tmp_path / "times_table.jsonl"  # a local data set by path, in the question the tiny model was taught
     local.write_text("".join(
         json.dumps({"prompt": [{"role": "user", "content": "What is 6 * 7?"}], "answer": "42"}) + "\n" for _ in range(3)
@@ -78,18 +76,11 @@ def test_benchmarks_command_prints_one_table_and_writes_summary_and_traces(
     assert len(Path(summary["gsm8k"]["traces"]).read_text().splitlines()) == 2
 
 
-def _script(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_reads_the_main_jobs_synthetic_task_as_train_gtpo_does():
     """`--synthetic_kinds word --few_shot_examples word` give the problems and prompts the training script holds out."""
     from types import SimpleNamespace
 
-    evaluate, train = _script("evaluate_script", "evaluate.py"), _script("train_script", "train_gtpo.py")
+    from trl_gtpo.cli import evaluate, train
     argv = ["--benchmarks", "synthetic", "--synthetic_kinds", "word", "--few_shot_examples", "word", "--limit", "4",
             "--seed", "7"]
     evaluated = evaluate.load_benchmark("synthetic", evaluate.parse_args(argv))
@@ -109,7 +100,7 @@ def test_evaluate_reads_each_held_out_split_of_the_main_job_as_train_gtpo_does()
 
     import yaml
 
-    evaluate, train = _script("evaluate_script", "evaluate.py"), _script("train_script", "train_gtpo.py")
+    from trl_gtpo.cli import evaluate, train
     recipe = yaml.safe_load((ROOT / "recipes" / "cpu_default.yaml").read_text())
     script_args = train.GTPOScriptArguments(**{key: recipe[key] for key in (
         "dataset_name", "synthetic_kinds", "synthetic_seed", "few_shot_examples", "eval_kinds")}, eval_size=4)

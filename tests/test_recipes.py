@@ -1,6 +1,5 @@
 """recipes/*.yaml parse with examples/train_gtpo.py's own parser (TRL's `--config`), without training."""
 
-import importlib.util
 import shlex
 from pathlib import Path
 
@@ -15,10 +14,9 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
 def train_script():
-    spec = importlib.util.spec_from_file_location("train_gtpo", ROOT / "examples" / "train_gtpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from trl_gtpo.cli import train
+
+    return train
 
 
 def parse(args: list[str]):

@@ -1,6 +1,5 @@
-"""examples/train_gtpo.py: its default command runs on a machine without GPU."""
+"""examples/train_gtpo.py and its parts (trl_gtpo.cli.train): its default command runs on a machine without GPU."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,10 +9,10 @@ _PATH = Path(__file__).resolve().parents[1] / "examples" / "train_gtpo.py"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("train_gtpo_example", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The script's parts, from the package module it imports them from."""
+    from trl_gtpo.cli import train
+
+    return train
 
 
 CPU_FP32 = ["--use_cpu", "true", "--bf16", "false"]
@@ -54,36 +53,6 @@ def test_turn_reward_funcs_are_loaded_by_name_and_unknown_names_name_the_option(
     assert training_args.turn_reward_weights == [0.5]
     with pytest.raises(ValueError, match="--turn_reward_funcs 'nope' is unknown: use 'tool_success_turn_reward'"):
         example.load_reward_funcs(["nope"], "--turn_reward_funcs")
-
-
-def _report(correct: list[bool]) -> dict:
-    from trl_gtpo.evaluation import benchmark_fields
-
-    problems = [{"correct": [ok], "samples": [{"tool_calls": 1, "tool_errors": 0}]} for ok in correct]
-    report = {"num_problems": len(correct), "pass@1": sum(correct) / len(correct), "problems": problems}
-    return {**report, **benchmark_fields(report)}
-
-
-def test_before_after_table_pairs_the_problems_and_judges_the_change_against_the_before_interval(example):
-    before = _report([True] * 10 + [False] * 30)  # 0.25, 95% interval about [0.14, 0.40]
-    after = _report([False] * 2 + [True] * 8 + [True] * 14 + [False] * 16)  # 0.55: 14 fixed, 2 broken
-    table = example.before_after_table(before, after)
-    assert "0.250 [0.142, 0.402]" in table and "10/40" in table and "22/40" in table
-    assert "change +0.300 (14 problems fixed, 2 broken): after is outside the before 95% interval" in table
-    close = _report([True] * 12 + [False] * 28)
-    assert "after is inside the before 95% interval" in example.before_after_table(before, close)
-
-
-def test_success_curve_reads_the_logged_steps_and_is_saved_as_png(example, tmp_path):
-    key = "rewards/math_answer_reward/mean"
-    history = [{key: 0.25, "step": 1}, {"loss": 0.1, "step": 1}, {key: 0.5, "step": 2}, {"train_runtime": 9.0}]
-    assert example.success_curve(history, key) == ([1, 2], [0.25, 0.5])
-    path = tmp_path / "curve.png"
-    reports = {"before": _report([True, False]), "after": _report([True, True])}
-    assert example.save_success_curve(history, "math_answer_reward", str(path), reports) == str(path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert example.save_success_curve([{"loss": 0.1, "step": 1}], "math_answer_reward", str(tmp_path / "no.png")) is None
-    assert not (tmp_path / "no.png").exists()
 
 
 def _main_job_flags() -> list[str]:
@@ -132,35 +101,6 @@ def test_the_main_jobs_log_has_no_repeated_warning_and_a_few_lines_per_sample(ti
         assert "math_answer_reward" in sample[0] and "tool_calls T1:" in sample[0] and "How many" in sample[1]
     assert not any(char in text for char in "│┃━"), "a rich table was printed"
     assert len(text.split("\n")) < 40  # the whole log of two steps, the progress bar on the lines it shares
-
-
-def test_split_table_gives_each_split_and_all_of_them_with_intervals_and_paired_changes(example):
-    before = {"word": _report([True] * 5 + [False] * 15), "word_two_step": _report([True] * 10 + [False] * 10)}
-    after = {"word": _report([True] * 18 + [False] * 2), "word_two_step": _report([False] * 4 + [True] * 6 + [False] * 10)}
-    lines = example.split_table(before, after).splitlines()
-    assert lines[0].split()[:2] == ["split", "n"] and len(lines) == 2 + 3
-    word, two_step, everything = lines[2:]
-    # 5/20 -> 18/20: 13 fixed, 0 broken; Wilson intervals of 5/20 and 18/20
-    assert word.split()[:2] == ["word", "20"] and "0.250 [0.112, 0.469]" in word and "0.900 [0.699, 0.972]" in word
-    assert "+0.650" in word and "13/0" in word and "1.00 -> 1.00" in word
-    assert "0.500" in two_step and "0.300" in two_step and "-0.200" in two_step and "0/4" in two_step
-    assert everything.split()[:2] == ["all", "40"] and "0.375" in everything and "0.600" in everything
-    assert "13/4" in everything
-    unevaluated = example.split_table(None, after).splitlines()[2]
-    assert unevaluated.split()[2] == "-" and "0.900 [0.699, 0.972]" in unevaluated
-    assert len(example.split_table(None, {"held-out": after["word"]}).splitlines()) == 3  # one split: no "all" row
-
-
-def test_the_plot_has_a_split_panel(example, tmp_path):
-    key = "rewards/math_answer_reward/mean"
-    history = [{key: 0.25, "step": 1}, {key: 0.5, "step": 2}]
-    splits = {"before": {"word": _report([True, False]), "two": _report([False, False])},
-              "after": {"word": _report([True, True]), "two": _report([True, False])}}
-    overall = {label: example.pooled_report(by_split) for label, by_split in splits.items()}
-    assert overall["after"]["pass@1"] == 0.75 and overall["after"]["num_problems"] == 4
-    path = tmp_path / "curve.png"
-    assert example.save_success_curve(history, "math_answer_reward", str(path), overall, splits=splits) == str(path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bad_trainer_and_eval_kinds_name_the_flag(example):

@@ -231,28 +231,6 @@ def benchmark_fields(report: dict) -> dict:
     }
 
 
-def benchmark_table(reports: dict[str, dict]) -> str:
-    """One row per benchmark: n, pass@1 [95% interval], avg@k, tool calls per problem, tool error rate."""
-    header = ["benchmark", "n", "pass@1", "95% interval", "avg@k", "tool calls/problem", "tool error rate"]
-    rows = [header]
-    for name, report in reports.items():
-        k = report["k"]
-        rows.append([
-            name,
-            str(report["num_problems"]),
-            f"{report['pass@1']:.3f}",
-            f"[{report['pass@1_low']:.3f}, {report['pass@1_high']:.3f}]",
-            f"{report[f'avg@{k}']:.3f} (k={k})",
-            f"{report['tool_calls_per_problem']:.2f}",
-            f"{report['tool_error_rate']:.3f}",
-        ])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
 def _run(loop, generate_turn, tokenizer, dataset, reward_func, k, batch_size, progress) -> list["SampleResult"]:
     from tqdm.auto import tqdm
 
@@ -341,20 +319,6 @@ def _report(results: list[SampleResult], k: int) -> dict:
         / max(1, len(samples)),
         "problems": [asdict(r) for r in results],
     }
-
-
-def summary_table(reports: dict[str, dict]) -> str:
-    """A plain-text table of several reports side by side (e.g. before / after training)."""
-    keys = [key for key in next(iter(reports.values())) if key not in ("problems",)]
-    width = max(len(name) for name in reports) + 2
-    lines = ["metric".ljust(18) + "".join(name.rjust(width) for name in reports)]
-    for key in keys:
-        cells = []
-        for report in reports.values():
-            value = report.get(key, math.nan)
-            cells.append((f"{value:.3f}" if isinstance(value, float) else str(value)).rjust(width))
-        lines.append(key.ljust(18) + "".join(cells))
-    return "\n".join(lines)
 
 
 def save_report(report: dict, path: str) -> None:
