@@ -162,9 +162,9 @@ def table(summary: dict) -> str:
             t = "n/a" if math.isnan(s["t_half_width"]) else f"{s['mean'] - s['t_half_width']:.3f}, {s['mean'] + s['t_half_width']:.3f}"
             row.append(f"{s['mean']:.3f} [{t}] | {s['pooled']:.3f} [{low:.3f}, {high:.3f}]")
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
+    from trl_gtpo.reporting import text_table
+
+    lines += text_table(rows, left_columns=len(header)).splitlines()
     for arm, data in summary["arms"].items():
         per_seed = ", ".join(f"{split} {' '.join(f'{v:.3f}' for v in data['splits'][split]['per_seed'])}" for split in SPLITS)
         lines.append(f"{arm} (seeds {', '.join(map(str, data['seeds']))}): per seed {per_seed}; mean training success "
