@@ -52,7 +52,7 @@ LEXICAL_NGRAM_ORDERS = (1, 2, 3)
 # The token grammar of Python's `tokenize` module (its Name, Number, String and operator patterns), compiled into one
 # regular expression. `tokenize.generate_tokens` itself is pure Python on 3.11 and costs ~1 ms per 2 kB of code (so
 # ~15 ms for a group of 16), three times the 5 ms budget of a group; this regex gives the same significant tokens on
-# valid code (tests/test_shaping.py checks it against `tokenize`) in ~0.1 ms per 2 kB, and never fails:
+# valid code (tests/unit/test_shaping.py checks it against `tokenize`) in ~0.1 ms per 2 kB, and never fails:
 # - comments are dropped; whitespace, NEWLINE/NL/INDENT/DEDENT carry no token (layout does not change similarity);
 # - a string literal (with any prefix, f-strings included) is one token; an unterminated string runs to the end of
 #   its line (single quotes) or of the code (triple quotes) instead of raising like `tokenize` does;

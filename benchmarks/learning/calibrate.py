@@ -1,4 +1,4 @@
-"""Calibrate the learning tests (tests/test_learning.py): the figure each test asserts on, over many seeds, for a
+"""Calibrate the learning tests (tests/benchmarks/test_learning.py): the figure each test asserts on, over many seeds, for a
 working advantage step and for its negated control (issue 19: thresholds at least 3 seed-sd from both).
 
     python benchmarks/learning/calibrate.py --seeds 15          # about 15 minutes on one core

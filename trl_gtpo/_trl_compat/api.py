@@ -1,5 +1,5 @@
 """The TRL 1.16 private API trl_gtpo relies on, listed, and `check_trl_api`, which fails loudly when any of it
-moves: run when a `GTPOTrainer` is built (before TRL's own construction) and by tests/test_trl_compat.py. Each error
+moves: run when a `GTPOTrainer` is built (before TRL's own construction) and by tests/trainer/test_trl_compat.py. Each error
 names the module of `trl_gtpo/_trl_compat/` that relies on what moved."""
 
 import inspect

@@ -8,7 +8,7 @@ import pytest
 
 from trl_gtpo.evaluation import benchmark_fields, wilson_interval
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "tests", "distributed", "gtpo_scripted_run.py")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "tests", "integration", "gtpo_scripted_run.py")
 
 
 def read_ranks(out_dir):
@@ -43,7 +43,7 @@ def test_two_process_advantages_equal_one_process_ones(tiny_model_path, tmp_path
     assert len(set(round(v, 4) for values in merged.values() for v in values)) > 3  # a real, varied signal
 
 
-FAILURE_SCRIPT = os.path.join(REPO, "tests", "distributed", "executor_failure_run.py")
+FAILURE_SCRIPT = os.path.join(REPO, "tests", "integration", "executor_failure_run.py")
 
 
 def test_an_executor_failing_on_one_rank_stops_every_rank_with_the_cause(tiny_model_path, tmp_path):

@@ -230,7 +230,7 @@ def test_the_async_trainer_and_config_are_public_names_imported_on_first_use():
         "from trl_gtpo import AsyncGTPOTrainer\n"
         "assert 'trl.experimental.async_grpo' in sys.modules\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 
 
 @pytest.mark.parametrize(

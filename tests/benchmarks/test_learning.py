@@ -19,23 +19,15 @@ or at least does not collapse", and the pair tells a working advantage step from
 estimator, whose 15 seeds had mean 0.527, sd 0.127.)
 
 What these do not catch, and what does: GTPO silently falling back to GRPO, two turns' advantages swapped, or gamma
-applied backwards all still learn this task (its only reward is the outcome); tests/test_credit_curves.py checks
-credit placement exactly and tests/test_trainer.py that the outcome-only case is GRPO's advantage, token by token.
+applied backwards all still learn this task (its only reward is the outcome); tests/benchmarks/test_credit_curves.py checks
+credit placement exactly and tests/trainer/test_trainer.py that the outcome-only case is GRPO's advantage, token by token.
 """
-
-import importlib.util
-import pathlib
-import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from benchmarks.learning import calibrate
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
-spec = importlib.util.spec_from_file_location("calibrate", ROOT / "benchmarks" / "learning" / "calibrate.py")
-calibrate = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(calibrate)
+pytestmark = pytest.mark.slow
 
 SEED = 0
 THRESHOLD = 0.08

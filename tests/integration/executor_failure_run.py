@@ -3,7 +3,7 @@ stopped it (the exception, or "finished") to <out>/rank<RANK>.txt, then re-raise
 rank stopped with the cause rather than waiting for the failed one in a collective.
 
     accelerate launch --config_file accelerate_configs/multi_process.yaml --num_processes 2 \
-        tests/distributed/executor_failure_run.py MODEL_DIR OUT_DIR
+        tests/integration/executor_failure_run.py MODEL_DIR OUT_DIR
 """
 
 import os

@@ -149,7 +149,7 @@ def test_a_grpo_config_is_refused_with_the_fix(tiny_model_path, tmp_path):
 
 
 def test_a_grpo_user_script_runs_after_swapping_the_class_names(tool_using_model_path, tmp_path):
-    source = open(os.path.join(os.path.dirname(__file__), "scripts", "grpo_user_script.py")).read()
+    source = open(os.path.join(os.path.dirname(__file__), "..", "integration", "grpo_user_script.py")).read()
     swapped = source.replace("from trl import GRPOConfig, GRPOTrainer", "from trl_gtpo import GTPOConfig, GTPOTrainer")
     swapped = swapped.replace("GRPOConfig", "GTPOConfig").replace("GRPOTrainer", "GTPOTrainer")
     assert swapped.count("GTPO") == 5  # import (2), config, trainer, and nothing else changed

@@ -1,9 +1,9 @@
-"""One GTPO step on scripted rollouts (tests/test_reward_path.py's scripts A-D, one group of 4), single- or
+"""One GTPO step on scripted rollouts (tests/trainer/test_reward_path.py's scripts A-D, one group of 4), single- or
 multi-process. Each rank writes, for each of its trajectories, the advantage of each turn (read at the turn's first
 token) to <out>/rank<RANK>.json, so runs with the group split across ranks can be compared with a 1-process run.
 
-    python tests/distributed/gtpo_scripted_run.py MODEL_DIR OUT_DIR 4
-    accelerate launch --config_file accelerate_configs/multi_process.yaml tests/distributed/gtpo_scripted_run.py MODEL_DIR OUT_DIR 2
+    python tests/integration/gtpo_scripted_run.py MODEL_DIR OUT_DIR 4
+    accelerate launch --config_file accelerate_configs/multi_process.yaml tests/integration/gtpo_scripted_run.py MODEL_DIR OUT_DIR 2
 """
 
 import json

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "examples" / "train_gtpo.py"
+_PATH = Path(__file__).resolve().parents[2] / "examples" / "train_gtpo.py"
 
 
 @pytest.fixture(scope="module")

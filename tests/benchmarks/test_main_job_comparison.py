@@ -1,23 +1,19 @@
 """benchmarks/learning/main_job.py: the GTPO-vs-GRPO table of the main job, on hand-made runs (no training)."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def main_job():
-    sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
-    spec = importlib.util.spec_from_file_location("main_job", ROOT / "benchmarks" / "learning" / "main_job.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks.learning import main_job
+
+    return main_job
 
 
 def write_run(directory: Path, correct: dict[str, list[bool]], success: list[float]) -> None:

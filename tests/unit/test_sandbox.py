@@ -29,7 +29,7 @@ from trl_gtpo.interpreter.sandbox.pool import DEFAULT_PRELOAD, HUNG_WORKER_MARGI
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
 TIMEOUT = 2.0
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SECRET = "gtpo-fake-secret-" + uuid.uuid4().hex
 
 

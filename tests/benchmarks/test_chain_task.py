@@ -1,26 +1,18 @@
 """benchmarks/learning/chain.py, the credit benchmark's task (issue 19): its taught transcripts are exactly what the
 code interpreter produces when the model writes their model turns, and the turn rewards check each step."""
 
-import importlib.util
-import pathlib
 import random
 import re
 
 import pytest
 
+from benchmarks.learning import chain, credit
 from trl_gtpo.interpreter.loop import CodeInterpreterLoop
 from trl_gtpo.interpreter.rollout import turn_records
 from trl_gtpo.interpreter.sandbox import SandboxPool
 from trl_gtpo.rewards.turn import intermediate_value_turn_reward
 from trl_gtpo.testing import make_tiny_tokenizer
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("chain", ROOT / "benchmarks" / "learning" / "chain.py")
-chain = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(chain)
-spec = importlib.util.spec_from_file_location("credit", ROOT / "benchmarks" / "learning" / "credit.py")
-credit = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(credit)
 
 OUTPUT_BLOCK = re.compile(r"```output\n.*?\n```\n", re.DOTALL)
 

@@ -9,7 +9,7 @@ from trl import ModelConfig
 
 from trl_gtpo import GTPOConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 

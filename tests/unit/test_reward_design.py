@@ -2,7 +2,7 @@
 the order those totals must have so that the best policy is the right one (README, "The main job's reward").
 
 Totals are what GRPO's summed reward gives (outcome + each turn reward summed with its weight + the format rule) and
-what GTPO's turn terms add up to (tests/test_summed_rewards.py checks that the two are the same sums). The weights are
+what GTPO's turn terms add up to (tests/unit/test_summed_rewards.py checks that the two are the same sums). The weights are
 read from the main job's recipe, so a change there is checked here.
 """
 
@@ -17,7 +17,7 @@ from trl_gtpo.rewards.summed import summed_format_penalty, summed_turn_reward
 from trl_gtpo.rewards.turn import intermediate_value_turn_reward
 from trl_gtpo.turn_records import TurnRecord
 
-RECIPE = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "cpu_default.yaml").read_text())
+RECIPE = yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / "cpu_default.yaml").read_text())
 TURN_WEIGHT = (RECIPE.get("turn_reward_weights") or [1.0])[0]
 OUTCOME_WEIGHT = (RECIPE.get("reward_weights") or [1.0])[0]
 FORMAT_PENALTY = RECIPE.get("format_penalty", -0.1)

@@ -3,21 +3,16 @@ makes possible (issue 19): a turn reward must move its own step, the outcome mus
 step with two turns swapped or the discount applied backwards must fail those checks."""
 
 import dataclasses
-import importlib.util
 import itertools
 import math
-import pathlib
 
 import pytest
 import torch
 
+from benchmarks import credit_curves
 from trl_gtpo import GTPOConfig
 from trl_gtpo.advantages import AdvantageSettings, TurnAdvantages, TurnBatch, turn_advantages
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("credit_curves", ROOT / "benchmarks" / "credit_curves.py")
-credit_curves = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(credit_curves)
 
 DEFAULT = next(f.default for f in dataclasses.fields(GTPOConfig) if f.name == "turn_advantage_estimator")
 THETA = torch.tensor([0.8, 1.3], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""A plain TRL GRPO script, as a user writes it. tests/test_trainer.py runs it with GRPO renamed to GTPO."""
+"""A plain TRL GRPO script, as a user writes it. tests/trainer/test_trainer.py runs it with GRPO renamed to GTPO."""
 
 import sys
 

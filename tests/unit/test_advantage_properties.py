@@ -201,7 +201,7 @@ def test_p3_a_penalty_lowers_its_own_turn_and_reaches_earlier_turns_discounted(g
 
 
 # P4: one turn per trajectory and no turn terms: exactly GRPO's advantages, in every scale mode.
-# (tests/test_advantages.py::test_aligned_estimator_is_exactly_grpo_with_one_turn, on random outcomes.)
+# (tests/unit/test_advantages.py::test_aligned_estimator_is_exactly_grpo_with_one_turn, on random outcomes.)
 
 
 @pytest.mark.parametrize("scale", SCALES)

@@ -1,15 +1,10 @@
 """The exact toy check of benchmarks/estimator_bias.py: what each turn-advantage estimator's expected update is
 unbiased for, by enumeration (no sampling noise), and that none of them blows up."""
 
-import importlib.util
-import pathlib
 
 import pytest
 
-PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "estimator_bias.py"
-spec = importlib.util.spec_from_file_location("estimator_bias", PATH)
-estimator_bias = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(estimator_bias)
+from benchmarks import estimator_bias
 
 
 @pytest.fixture(scope="module")

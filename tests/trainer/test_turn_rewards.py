@@ -381,7 +381,7 @@ def _readme_block(marker: str) -> str:
     """The ```python block of README.md that contains `marker`, exactly as printed."""
     import re
 
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
     (block,) = [b for b in re.findall(r"```python\n(.*?)```\n", readme, re.DOTALL) if marker in b]
     return block
 

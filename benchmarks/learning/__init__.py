@@ -1,0 +1,1 @@
+"""Learning benchmarks: tasks, training runs and their statistics (each script also runs by path)."""
