@@ -34,10 +34,10 @@ def _status_mb(field: str) -> float:
 
 
 def child(kind: str, model_dir: str, args) -> dict:
+    from bench_step_overhead import StepTimer, make_rollout, reward
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from bench_step_overhead import StepTimer, make_rollout, reward
     from trl_gtpo import GTPOConfig, GTPOTrainer
     from trl_gtpo.testing import make_tiny_tokenizer
 

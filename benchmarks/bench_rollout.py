@@ -174,15 +174,14 @@ def main():
     if args.base_url:
         work, walls, tool, request = run(args.base_url, args.model)
     else:
-        from _launch_utils import vllm_server
-
         from trl_gtpo.testing import save_tiny_model
+
+        from _launch_utils import vllm_server
 
         with tempfile.TemporaryDirectory() as tmp:
             model = save_tiny_model(f"{tmp}/model", hidden_size=64)
             with vllm_server(model, Path(tmp) / "server.log", max_model_len=512) as server:
                 work, walls, tool, request = run(server["base_url"], model)
-    turns = [len(t["turns"]) for t in work]
     tokens = sum(sum(t["turns"]) for t in work)
     chain = max(len(t["turns"]) - 1 for t in work)
     print(f"{len(work)} trajectories, turn lengths {[t['turns'] for t in work]}, {tokens} generated tokens; "

@@ -129,7 +129,9 @@ def main():
         args.model, args.steps, args.batch, args.max_completion_length = "tiny", 2, 4, 32
     on_gpu = torch.cuda.is_available() and not args.dry_run
     if not on_gpu and not args.dry_run:
-        raise SystemExit("No CUDA device visible to torch: run on a GPU machine, or pass --dry-run to check the script.")
+        raise SystemExit(
+            "No CUDA device visible to torch: run on a GPU machine, or pass --dry-run to check the script."
+        )
 
     device = torch.cuda.get_device_name(0) if on_gpu else "cpu (dry run)"
     print(f"device: {device} | torch {torch.__version__} | cuda {torch.version.cuda}")
@@ -140,7 +142,8 @@ def main():
 
     print(f"\n{args.steps} steps each ({args.batch} trajectories, up to {args.max_turns} turns and "
           f"{args.max_completion_length} tokens), {'bf16' if on_gpu else 'float32'}, transformers generation")
-    print(f"{'':<6}{'warm-up s':>11}{'median step s':>15}{'peak GPU GiB':>14}{'turns':>8}{'tool calls':>12}{'reward':>8}")
+    print(f"{'':<6}{'warm-up s':>11}{'median step s':>15}{'peak GPU GiB':>14}"
+          f"{'turns':>8}{'tool calls':>12}{'reward':>8}")
     for kind, r in results.items():
         memory = f"{r['peak_gpu_memory_gib']:.2f}" if r["peak_gpu_memory_gib"] is not None else "-"
         print(f"{kind:<6}{r['warmup_step_s']:>11.2f}{r['median_step_s']:>15.2f}{memory:>14}"

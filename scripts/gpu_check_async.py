@@ -34,12 +34,13 @@ def main():
     args = parser.parse_args()
 
     import torch
-    from _launch_utils import free_port, kill_group, vllm_serve_cmd
 
     from trl_gtpo import PythonEnvironment
     from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer
     from trl_gtpo.demo.data import synthetic_dataset
     from trl_gtpo.rewards import math_answer_reward
+
+    from _launch_utils import free_port, kill_group, vllm_serve_cmd
 
     if not torch.cuda.is_available():
         raise SystemExit("No CUDA device: the async check needs the GPU (weight transfer is NCCL).")

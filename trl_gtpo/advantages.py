@@ -206,7 +206,9 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return returns
 
 
-def normalize_returns(returns: torch.Tensor, group_size: int, scope: str = "group", scale: str = "group") -> torch.Tensor:
+def normalize_returns(
+    returns: torch.Tensor, group_size: int, scope: str = "group", scale: str = "group"
+) -> torch.Tensor:
     """The "pooled" estimator: A_ij = (R_ij - mean(S)) / (std(S) + 1e-4), NaN where R_ij is NaN.
 
     `scope` picks S for the mean ("group": every turn return of the trajectory's group; "batch": every turn of the

@@ -41,7 +41,9 @@ def transformers_generate_turn(
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = set(eos_token_ids(model, tokenizer))
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    sampling = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
     prefixes = _PrefixCache(model)
 
     @torch.no_grad()
@@ -53,7 +55,9 @@ def transformers_generate_turn(
             past = prefixes.expanded(chunk[0][:shared], len(chunk)) if shared >= _MIN_CACHED_PREFIX else None
             shared = shared if past is not None else 0
             width = max(len(ids) for ids in chunk) - shared
-            input_ids = torch.tensor([ids[:shared] + [pad] * (width - len(ids) + shared) + ids[shared:] for ids in chunk])
+            input_ids = torch.tensor(
+                [ids[:shared] + [pad] * (width - len(ids) + shared) + ids[shared:] for ids in chunk]
+            )
             attention_mask = torch.tensor(
                 [[1] * shared + [0] * (width - len(ids) + shared) + [1] * (len(ids) - shared) for ids in chunk]
             )
@@ -198,7 +202,8 @@ def vllm_generate_turn(llm, stop_strings: list[str], *, temperature: float = 0.0
             include_stop_str_in_output=True,  # the loop reads the stop string to end the turn
             seed=seed,
         )
-        outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params, use_tqdm=False)
+        prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        outputs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
         return [list(output.outputs[0].token_ids) for output in outputs], None
 
     return generate_turn

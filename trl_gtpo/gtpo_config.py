@@ -139,8 +139,8 @@ class GTPOFields:
     shaping_similarity: str = field(
         default="lexical",
         metadata={
-            "help": "Code similarity used for shaping: 'lexical' (cosine of Python-token n-gram counts; fast, no model) "
-            "or 'embedding' (cosine of sentence embeddings from `shaping_embedding_model`)."
+            "help": "Code similarity used for shaping: 'lexical' (cosine of Python-token n-gram counts; fast, no "
+            "model) or 'embedding' (cosine of sentence embeddings from `shaping_embedding_model`)."
         },
     )
     shaping_embedding_model: str | None = field(

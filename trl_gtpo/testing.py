@@ -72,7 +72,9 @@ def make_large_vocab_tokenizer(vocab_size: int = 151_665):
     return large
 
 
-def make_tiny_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, tie_word_embeddings: bool = True):
+def make_tiny_model(
+    tokenizer, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, tie_word_embeddings: bool = True
+):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

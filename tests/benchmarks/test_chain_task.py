@@ -13,7 +13,6 @@ from trl_gtpo.interpreter.sandbox import SandboxPool
 from trl_gtpo.rewards.turn import intermediate_value_turn_reward
 from trl_gtpo.testing import make_tiny_tokenizer
 
-
 OUTPUT_BLOCK = re.compile(r"```output\n.*?\n```\n", re.DOTALL)
 
 

@@ -13,7 +13,6 @@ from benchmarks import credit_curves
 from trl_gtpo import GTPOConfig
 from trl_gtpo.advantages import AdvantageSettings, TurnAdvantages, TurnBatch, turn_advantages
 
-
 DEFAULT = next(f.default for f in dataclasses.fields(GTPOConfig) if f.name == "turn_advantage_estimator")
 THETA = torch.tensor([0.8, 1.3], dtype=torch.float64)
 

@@ -15,9 +15,10 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from datasets import Dataset  # noqa: E402
 
-from helpers import QUESTION, SCRIPTS, ExecExecutor, TaggedScripts, boxed_42  # noqa: E402
 from trl_gtpo import GTPOConfig, GTPOTrainer  # noqa: E402
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout  # noqa: E402
+
+from helpers import QUESTION, SCRIPTS, ExecExecutor, TaggedScripts, boxed_42  # noqa: E402
 
 
 class DownOnThisRank(ExecExecutor):

@@ -16,9 +16,10 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from datasets import Dataset  # noqa: E402
 
-from trl_gtpo.interpreter.rollout import CodeInterpreterRollout  # noqa: E402
-from helpers import QUESTION, SCRIPTS, RecordingGTPOTrainer, TaggedScripts, boxed_42, rows_by_tag  # noqa: E402
 from trl_gtpo import GTPOConfig  # noqa: E402
+from trl_gtpo.interpreter.rollout import CodeInterpreterRollout  # noqa: E402
+
+from helpers import QUESTION, SCRIPTS, RecordingGTPOTrainer, TaggedScripts, boxed_42, rows_by_tag  # noqa: E402
 
 
 def main(model_dir: str, out_dir: str, per_device_batch: int):

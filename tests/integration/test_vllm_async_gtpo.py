@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _launch_utils import vllm_test_marks  # noqa: E402
-
 from trl_gtpo.testing import NoWeightTransfer  # noqa: E402
+
+from _launch_utils import vllm_test_marks  # noqa: E402
 
 pytestmark = vllm_test_marks()
 
@@ -57,9 +57,10 @@ def turn_runs(mask):
 def test_async_gtpo_two_steps_with_hand_computed_turn_advantages(served_model, tmp_path, monkeypatch):
     from datasets import Dataset
 
-    from async_gtpo_run import COUNT, SANDBOX, SAY_HI, RecordingRolloutLoop, first_of_each_pair
     from trl_gtpo import PythonEnvironment
     from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer
+
+    from async_gtpo_run import COUNT, SANDBOX, SAY_HI, RecordingRolloutLoop, first_of_each_pair
 
     record = tmp_path / "record.jsonl"
     monkeypatch.setenv("GTPO_ASYNC_RECORD", str(record))
@@ -117,7 +118,7 @@ def test_async_gtpo_two_steps_with_hand_computed_turn_advantages(served_model, t
     short = [k for k, e in ends.items() if e["turns"] == 1]
     assert long and short, f"turn counts: {sorted(e['turns'] for e in ends.values())}"
     assert any(
-        starts[l] < starts[s] and ends[s]["order"] < ends[l]["order"] for l in long for s in short
+        starts[lk] < starts[sk] and ends[sk]["order"] < ends[lk]["order"] for lk in long for sk in short
     ), "every 1-turn rollout waited for the 4-turn ones"
     assert all(ends[k]["runs"] == ["print(1)", "print(2)", "print(3)"] for k in long)  # the tool ran in the sandbox
 
@@ -129,9 +130,10 @@ def test_python_environment_trains_under_trls_own_async_grpo_trainer(served_mode
     from datasets import Dataset
     from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
 
-    from async_gtpo_run import COUNT, SANDBOX, counted_with_the_sandbox
     from trl_gtpo import PythonEnvironment
     from trl_gtpo._trl_compat import async_grpo as trl_async
+
+    from async_gtpo_run import COUNT, SANDBOX, counted_with_the_sandbox
 
     args = AsyncGRPOConfig(
         output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2, num_generations=2,
@@ -159,8 +161,9 @@ def test_async_gtpo_with_the_markdown_fence_code_interpreter(vllm_server, tmp_pa
     turn records are the interpreter's, and the advantages are hand-computed as above."""
     from datasets import Dataset
 
-    from async_gtpo_run import SANDBOX, RecordingRolloutLoop, first_of_each_pair
     from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer
+
+    from async_gtpo_run import SANDBOX, RecordingRolloutLoop, first_of_each_pair
 
     record = tmp_path / "record.jsonl"
     monkeypatch.setenv("GTPO_ASYNC_RECORD", str(record))

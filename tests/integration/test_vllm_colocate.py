@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _launch_utils import TRAINER, TRAIN_SCRIPT, accelerate_cmd, rank_reports, run, tail, vllm_test_marks  # noqa: E402
+from _launch_utils import TRAIN_SCRIPT, TRAINER, accelerate_cmd, rank_reports, run, tail, vllm_test_marks  # noqa: E402
 
 pytestmark = vllm_test_marks()
 

@@ -19,6 +19,7 @@ from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.interpreter.sandbox import SandboxPool
 from trl_gtpo.rewards.turn import call_turn_reward_funcs
 from trl_gtpo.turn_records import TurnRecord
+
 from helpers import QUESTION, boxed_42, trl_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

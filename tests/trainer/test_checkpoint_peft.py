@@ -3,8 +3,9 @@
 import pytest
 from datasets import Dataset
 
-from helpers import make_args
 from trl_gtpo import GTPOTrainer
+
+from helpers import make_args
 
 pytestmark = pytest.mark.slow
 

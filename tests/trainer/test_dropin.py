@@ -8,10 +8,11 @@ from unittest.mock import patch
 import pytest
 import torch
 from datasets import Dataset
+from test_turn_rewards import tool_calling_tokenizer
+
+from trl_gtpo import GTPOTrainer
 
 from helpers import QUESTION, make_args
-from test_turn_rewards import tool_calling_tokenizer
-from trl_gtpo import GTPOTrainer
 
 # ------------------------------------------------- environments that own the data (the prompt comes from reset())
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from helpers import QUESTION, ExecExecutor, RecordingGTPOTrainer, make_args
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.rewards.turn import tool_success_turn_reward
+
+from helpers import QUESTION, ExecExecutor, RecordingGTPOTrainer, make_args
 
 pytestmark = pytest.mark.slow
 

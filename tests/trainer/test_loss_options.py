@@ -12,6 +12,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_gtpo import GTPOTrainer
+
 from helpers import boxed_42, loss_and_grad, make_args, prepared_batch, trl_args
 
 pytestmark = pytest.mark.slow

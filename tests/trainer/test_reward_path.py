@@ -7,6 +7,7 @@ from datasets import Dataset
 
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.similarity import lexical_similarity_matrix
+
 from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, make_args, rows_by_tag
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from trl_gtpo import GTPOConfig, GTPOTrainer
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
+
 from helpers import QUESTION, RecordingGTPOTrainer, boxed_42, make_args, trl_args
 
 pytestmark = pytest.mark.slow
@@ -269,8 +270,9 @@ def test_an_executor_that_keeps_raising_fails_the_step_unless_contained(tiny_mod
     warned about once."""
     import logging
 
-    from helpers import TaggedScripts
     from trl_gtpo.interpreter.loop import ExecutorError
+
+    from helpers import TaggedScripts
 
     dataset = Dataset.from_dict({"prompt": [QUESTION] * 4})
 

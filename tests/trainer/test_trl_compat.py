@@ -34,8 +34,9 @@ def test_a_missing_trl_private_fails_gtpo_trainer_construction_naming_the_module
 ):
     from datasets import Dataset
 
-    from helpers import QUESTION, boxed_42, make_args
     from trl_gtpo import GTPOTrainer
+
+    from helpers import QUESTION, boxed_42, make_args
 
     monkeypatch.delattr(GRPOTrainer, "_generate_single_turn")
     with pytest.raises(RuntimeError, match=r"GRPOTrainer\._generate_single_turn.*trl_gtpo/_trl_compat/generation\.py"):

@@ -5,8 +5,9 @@ from datasets import Dataset
 from transformers.generation import stopping_criteria as transformers_stopping
 from trl import GRPOConfig, GRPOTrainer
 
-from helpers import QUESTION, RecordingGTPOTrainer, make_args
 from trl_gtpo._trl_compat import TurnGenerator
+
+from helpers import QUESTION, RecordingGTPOTrainer, make_args
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,6 @@ import torch
 import trl
 from datasets import Dataset
 
-from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, make_args, rows_by_tag
 from trl_gtpo import GTPOConfig
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.rewards.turn import (
@@ -25,6 +24,8 @@ from trl_gtpo.turn_records import (
     records_from_messages,
     turn_spans,
 )
+
+from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, make_args, rows_by_tag
 
 
 def record(index, status="none", response=None, call=None):
@@ -428,6 +429,7 @@ def test_the_readme_environment_example_trains_as_printed(max_completion_length,
     (`my_outcome_reward`, `dataset`), the Hub model swapped for the tiny one, and the config's machine settings for
     this CPU (its own fields, turn_reward_weights, kept)."""
     import trl_gtpo
+
     from helpers import trl_args
 
     def cpu_config(output_dir, **fields):

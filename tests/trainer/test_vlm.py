@@ -8,6 +8,7 @@ from datasets import Dataset
 from PIL import Image
 
 from trl_gtpo import GTPOTrainer
+
 from helpers import boxed_42, make_args
 
 pytestmark = pytest.mark.slow

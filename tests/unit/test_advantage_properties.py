@@ -154,12 +154,12 @@ def test_p3_a_turn_reward_moves_its_own_turn_when_totals_tie(gamma):
         k = rng.randint(2, MAX_TURNS)
         group.num_turns[a] = group.num_turns[b] = k
         group.outcome[b], group.shaping[b], group.terms[b] = group.outcome[a], group.shaping[a], list(group.terms[a])
-        j, l = sorted(rng.sample(range(k), 2))
+        j, later = sorted(rng.sample(range(k), 2))
         delta = rng.choice([-0.1, 0.3, 1.0])
         group.terms[a][j] += delta
-        group.terms[b][l] += delta
+        group.terms[b][later] += delta
         table = group.advantages(gamma=gamma)
-        earned_later, missed_later = (table[b, l], table[a, l]) if delta > 0 else (table[a, l], table[b, l])
+        earned_later, missed_later = (table[b, later], table[a, later]) if delta > 0 else (table[a, later], table[b, later])
         assert earned_later > missed_later
         if gamma < 1:
             earned, missed = (table[a, j], table[b, j]) if delta > 0 else (table[b, j], table[a, j])

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from trl_gtpo.turn_records import turn_index
 from trl_gtpo.advantages import (
     AdvantageSettings,
     TurnBatch,
@@ -15,6 +14,7 @@ from trl_gtpo.advantages import (
     turn_advantages,
     turn_rewards,
 )
+from trl_gtpo.turn_records import turn_index
 
 nan = math.nan
 

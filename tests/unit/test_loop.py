@@ -3,8 +3,8 @@
 import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, ExecutionResult
-from trl_gtpo.testing import make_tiny_tokenizer
 from trl_gtpo.interpreter.loop import EXECUTOR_RETRIES, NO_CODE_MESSAGE, CodeInterpreterLoop, ExecutorError
+from trl_gtpo.testing import make_tiny_tokenizer
 
 MARKER = "```output"
 

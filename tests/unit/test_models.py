@@ -103,11 +103,10 @@ def test_converted_model_and_tokenizer_load_with_plain_from_pretrained(use_cache
 @needs_gguf
 def test_converted_weights_are_the_dequantized_gguf_tensors(use_cache):
     """The saved weights equal the GGUF tensors de-quantized by `gguf` itself (not random, not re-quantized)."""
+    import numpy as np
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from safetensors.numpy import load_file
-
-    import numpy as np
 
     saved = load_file(str(use_cache / "model.safetensors"))
     reader = GGUFReader(str(models.find_gguf_file()))

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from trl_gtpo.interpreter.transcript import code_blocks, last_boxed, tool_output_text
 from trl_gtpo.demo.prompts import (
     DEFAULT_SYSTEM_PROMPT,
     EXAMPLE_SETS,
@@ -14,6 +13,7 @@ from trl_gtpo.demo.prompts import (
     build_prompt,
     few_shot_messages,
 )
+from trl_gtpo.interpreter.transcript import code_blocks, last_boxed, tool_output_text
 
 
 def test_default_prompt_is_system_examples_then_question():

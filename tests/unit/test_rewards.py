@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from trl_gtpo.rewards import math_reward as rewards
 from trl_gtpo.interpreter.transcript import tool_output_text
 from trl_gtpo.rewards import final_answer, math_answer_reward, reference_answer
+from trl_gtpo.rewards import math_reward as rewards
 
 TIR = "Let me compute.\n```python\nx = 70 + 2\nprint(x)\n```\n```output\n72\n```\n"
 

@@ -7,8 +7,8 @@ the pool unharmed, and the next call must work. No timing assertions: behaviour 
 import ctypes
 import errno
 import glob
-import os
 import json
+import os
 import platform
 import shutil
 import signal

@@ -7,8 +7,8 @@ import pytest
 
 from trl_gtpo.shaping import batch_shaping_rewards, group_shaping_rewards
 from trl_gtpo.similarity import lexical_similarity_matrix
-from helpers import OTHER_CODE, SAME_SOLUTION_OTHER_LAYOUT, SOLUTION
 
+from helpers import OTHER_CODE, SAME_SOLUTION_OTHER_LAYOUT, SOLUTION
 
 
 class StubSimilarity:

@@ -20,9 +20,8 @@ from trl_gtpo.similarity import (
     lexical_similarity_matrix,
     make_similarity,
 )
+
 from helpers import OTHER_CODE, SAME_SOLUTION_OTHER_LAYOUT, SOLUTION
-
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # lexical_similarity_matrix

@@ -1,9 +1,8 @@
 """The TRL 1.16 private API trl_gtpo relies on, listed, and `check_trl_api`, which fails loudly when any of it
-moves: run when a `GTPOTrainer` is built (before TRL's own construction) and by tests/trainer/test_trl_compat.py. Each error
-names the module of `trl_gtpo/_trl_compat/` that relies on what moved."""
+moves: run when a `GTPOTrainer` is built (before TRL's own construction) and by tests/trainer/test_trl_compat.py.
+Each error names the module of `trl_gtpo/_trl_compat/` that relies on what moved."""
 
 import inspect
-
 
 # The private GRPOTrainer methods used here, with the parameters relied on (TRL 1.16.0, trl/trainer/grpo_trainer.py)
 # and the modules of trl_gtpo/_trl_compat/ that rely on them.
@@ -20,7 +19,9 @@ _PRIVATE_METHODS = {
 
 # Public GRPOTrainer methods GTPOTrainer overrides, with the keyword parameters TRL passes them (TRL 1.16.0).
 _OVERRIDDEN_METHODS = {
-    "get_off_policy_mask": ["advantages", "per_token_logps", "sampling_per_token_logps", "mask", "off_policy_threshold"],
+    "get_off_policy_mask": [
+        "advantages", "per_token_logps", "sampling_per_token_logps", "mask", "off_policy_threshold",
+    ],
     "log": ["self", "logs", "start_time"],
 }
 

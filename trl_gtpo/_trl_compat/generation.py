@@ -58,7 +58,8 @@ def prompt_media(trainer, prompts: list) -> tuple[list[list[int]], PromptMedia |
         key
         for key in dict.fromkeys(k for f in fields for k in f)
         if all(
-            isinstance(f.get(key), list) and len(f[key]) == 1 and isinstance(f[key][0], list) and len(f[key][0]) == len(ids)
+            isinstance(f.get(key), list) and len(f[key]) == 1
+            and isinstance(f[key][0], list) and len(f[key][0]) == len(ids)
             for f, ids in zip(fields, prompt_ids)
             if key in f
         )

@@ -30,7 +30,9 @@ def turn_level_ratio(trainer, inputs: dict, turn_level_old_logps):
         per_token_logps, entropies, aux_loss = forward(*args, **kwargs)
         old = inputs.get("old_per_token_logps")
         old = per_token_logps.detach() if old is None else old
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
         kept = None
         if trainer.top_entropy_quantile < 1.0:
             kept = trainer.get_high_entropy_mask(entropies, mask, 1 - trainer.top_entropy_quantile)

@@ -164,7 +164,8 @@ def main(argv=None):
             backend = "vllm" if model.vllm else "transformers"
             settings = vars(args) | {"temperature": temperature, "backend": backend}
             with open(os.path.join(directory, "summary.json"), "w") as file:
-                json.dump({"model": model_name, "settings": settings, "benchmarks": summary}, file, indent=1, default=str)
+                summary_file = {"model": model_name, "settings": settings, "benchmarks": summary}
+                json.dump(summary_file, file, indent=1, default=str)
             print(f"{model_name}: summary and traces written to {directory}/")
             del model
     print(benchmark_table(rows))

