@@ -6,9 +6,8 @@
 # evaluates the model greedily before and after training on three held-out splits of 64 problems (the trained forms,
 # four unseen forms, two-step), prints pass@1 per split with 95% intervals, and saves the training curve and the
 # per-split bars as runs/gtpo-default/training_success.png.
-# Sized for 2 shared CPU cores: 20 steps of 8 trajectories (1 prompt x 8, trained as 2 x 4), up to 3 turns and 128
-# tokens; measured: 32 min with one core to itself (the other busy), peak memory 6.8 GiB; seed 42 went from
-# 0.094 / 0.125 / 0.328 to 0.953 / 0.875 / 0.000 (README, "What the main job does on this CPU").
+# Its settings are recipes/cpu_default.yaml (sized for 2 shared CPU cores); its measured time, memory and results are
+# in docs/MAIN_JOB.md.
 # Extra arguments are passed to examples/train_gtpo.py (TRL-style flags, e.g. --max_steps 10 --gamma 1.0).
 # Usage: bash scripts/train_default.sh [--flag value ...]
 set -euo pipefail

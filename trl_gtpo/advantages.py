@@ -215,9 +215,10 @@ def normalize_returns(
     batch). `scale` follows TRL's `scale_rewards`: "group" divides by the std of the same set as the mean, "batch" by
     the std of the whole batch, "none" not at all. With one turn per trajectory this is exactly GRPO's advantage.
 
-    Known bias (measured, see the README): S holds each trajectory's own turns, as many as it took, so the baseline
-    depends on the trajectory's own length; and in a group where every trajectory succeeds the discount alone makes
-    the returns differ, which the std division blows up to unit size. A group of one trajectory gets 0, as in GRPO.
+    Known bias (measured in docs/ADVANTAGES.md): S holds each trajectory's own turns, as many as it took, so the
+    baseline depends on the trajectory's own length; and in a group where every trajectory succeeds the discount alone
+    makes the returns differ, which the std division blows up to unit size. A group of one trajectory gets 0, as in
+    GRPO.
     """
     n, width = returns.shape
     if n % group_size:

@@ -17,7 +17,7 @@ Same starting model (the packaged SmolLM2-135M-Instruct), same problems (`synthe
 same order for the same seed, same 12 steps of 16 trajectories (2 prompts x 8, one one-step and one two-step problem
 in every step), same held-out problems (64 per split, greedy).
 
-Statistics, fixed before the runs (README, "GTPO and GRPO on the main job"):
+Statistics, fixed before the runs (docs/MAIN_JOB.md, "GTPO and GRPO on the main job"):
 - Primary: held-out pass@1 on the two-step split (`word_two_step`, the one whose turns carry separately verified
   values) after training, gtpo - grpo, paired by seed: mean with its 95% Student-t interval and a paired t-test.
 - Secondary, Holm-corrected together: the same difference on the trained wordings (`word`) and on the unseen

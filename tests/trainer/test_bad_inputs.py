@@ -1,7 +1,7 @@
 """What a user can get wrong, in one table: each bad input -> the exception and a phrase of its message.
 
 Every row must fail loudly, naming the field, function, column or executor and the fix, and as early as it can be
-known (config construction, trainer construction, or the first call that shows it). The README's reliability table
+known (config construction, trainer construction, or the first call that shows it). docs/RELIABILITY.md's reliability report
 counts these rows (`test_the_readme_counts_this_table`).
 """
 
@@ -207,7 +207,8 @@ def test_bad_input_fails_loudly_naming_the_fix(build, error, phrase, tmp_path, r
 
 
 def test_the_readme_counts_this_table():
-    with open(os.path.join(REPO, "README.md")) as f:
+    """docs/RELIABILITY.md (the reliability report moved there from the README) counts this table."""
+    with open(os.path.join(REPO, "docs", "RELIABILITY.md")) as f:
         readme = f.read()
     assert f"{len(BAD_INPUTS)} / {len(BAD_INPUTS)} bad inputs" in readme
 

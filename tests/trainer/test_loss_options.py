@@ -170,7 +170,7 @@ def test_sequence_level_ratio_averages_the_turn_advantages_away(tiny_model_path,
 
 
 def test_on_policy_token_and_turn_levels_give_the_same_gradient_and_sequence_level_none(tiny_model_path, tmp_path):
-    """What README and docs/SETTINGS.md say of ratio 1 (num_iterations=1): "token" and "turn" give each turn's tokens
+    """What docs/SETTINGS.md says of ratio 1 (num_iterations=1): "token" and "turn" give each turn's tokens
     their own advantage, -A_ij / n per token (grpo: mean over the row's n = 4 model tokens); "sequence" gives every
     token the trajectory's mean turn advantage, 0 for two equal turns with +1 and -1."""
     mask, tool = torch.ones(1, 6, dtype=torch.long), torch.tensor([[1, 1, 0, 0, 1, 1]])

@@ -94,7 +94,7 @@ def test_evaluate_reads_the_main_jobs_synthetic_task_as_train_gtpo_does():
 
 
 def test_evaluate_reads_each_held_out_split_of_the_main_job_as_train_gtpo_does():
-    """The README's evaluate.py flags for a split (`--synthetic_kinds KIND --few_shot_examples word_steps --seed 0`)
+    """docs/MAIN_JOB.md's evaluate.py flags for a split (`--synthetic_kinds KIND --few_shot_examples word_steps --seed 0`)
     give the problems and prompts that the main job's --eval_kinds evaluates, whatever the training --seed."""
     from types import SimpleNamespace
 

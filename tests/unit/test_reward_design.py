@@ -1,5 +1,5 @@
 """The main job's reward, designed before it is trained on: the total each behaviour earns on the word problems, and
-the order those totals must have so that the best policy is the right one (README, "The main job's reward").
+the order those totals must have so that the best policy is the right one (README, "Turn rewards").
 
 Totals are what GRPO's summed reward gives (outcome + each turn reward summed with its weight + the format rule) and
 what GTPO's turn terms add up to (tests/unit/test_summed_rewards.py checks that the two are the same sums). The weights are
