@@ -15,7 +15,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import pytest  # noqa: E402
-
 from test_async_alignment import simulate_staleness  # noqa: E402
 
 
