@@ -1,7 +1,7 @@
 """Drop rate by turn count of AsyncGTPOTrainer's staleness stamps (issue 30): TRL's own rollout loop
 (`_generate_loop`, `_score_loop` of `GTPORolloutLoop`) against a scripted server whose turns take a fixed time, and a
 trainer that drops samples by TRL's `RolloutQueueDataset` rule (see `simulate_staleness` in
-tests/test_async_alignment.py). CPU only, no vLLM.
+tests/unit/test_async_alignment.py). CPU only, no vLLM.
 
     python benchmarks/bench_async_staleness.py [--groups 200]
 """
