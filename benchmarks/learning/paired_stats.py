@@ -1,4 +1,5 @@
-"""Statistics of the learning benchmarks: Student-t intervals of paired differences and Holm's correction."""
+"""Statistics of the learning benchmarks: Student-t intervals of paired differences, the analyses of a crossed
+(starting model x seed) design, and Holm's correction."""
 
 import math
 import statistics
@@ -27,3 +28,60 @@ def holm(p_values: dict, alpha: float = 0.05) -> dict:
         going = going and p_values[name] <= threshold
         out[name] = (p_values[name], threshold, going)
     return out
+
+
+def model_means_t(differences: dict[tuple, float]) -> tuple[float, float, float, int]:
+    """The t-test over the starting models: each model's mean difference over its seeds is one observation.
+
+    Why: the runs of one starting model share it, so they are not independent pairs; with n = the number of models
+    this test is valid whatever the within-model correlation, but it ignores the seeds' shared prompts (see
+    `crossed_t`). Returns (mean, 95% half-width, p, n)."""
+    models = sorted({model for model, _ in differences})
+    means = [statistics.fmean(d for (m, _), d in differences.items() if m == model) for model in models]
+    return (*t_interval(means), len(means))
+
+
+def crossed_t(differences: dict[tuple, float]) -> dict:
+    """The mean difference of a crossed (model x seed) design with both factors random, from a two-way ANOVA.
+
+    Why: seed s trains every starting model on the same prompts in the same order, so the differences follow
+    d_ms = mu + a_m + b_s + e_ms with a model effect a, a seed effect b shared across models, and a residual e. The
+    grand mean's variance is s2_a / I + s2_b / J + s2_e / (I J) (I models, J seeds), estimated from the mean squares
+    as (MS_model + MS_seed - MS_residual) / (I J), each variance component truncated at 0 (a negative estimate puts
+    its mean square's coefficient to 0); the t statistic's degrees of freedom are Satterthwaite's for that
+    combination. A 15-pair t-test treats a and b as noise that averages out over 15 runs; the model-means t-test
+    (`model_means_t`) sees a but not b (b's mean is common to every model mean).
+
+    Not a permutation test: sign flips must respect the crossing (flip whole models), and 3 models give 2^3 = 8
+    patterns, so no p below 0.25. `differences` must fill the table: every model with every seed.
+    Returns mean, half (95%), p, df, t, and the mean squares and variance components."""
+    from scipy import stats
+
+    models = sorted({m for m, _ in differences})
+    seeds = sorted({s for _, s in differences})
+    missing = [(m, s) for m in models for s in seeds if (m, s) not in differences]
+    if missing or len(models) < 2 or len(seeds) < 2:
+        raise ValueError(f"a crossed analysis needs every (model, seed) cell of at least 2 x 2; missing {missing}")
+    I, J = len(models), len(seeds)
+    table = [[differences[m, s] for s in seeds] for m in models]
+    grand = statistics.fmean(d for row in table for d in row)
+    rows = [statistics.fmean(row) for row in table]
+    columns = [statistics.fmean(table[i][j] for i in range(I)) for j in range(J)]
+    df_a, df_b, df_e = I - 1, J - 1, (I - 1) * (J - 1)
+    ms_a = J * sum((r - grand) ** 2 for r in rows) / df_a
+    ms_b = I * sum((c - grand) ** 2 for c in columns) / df_b
+    ms_e = sum((table[i][j] - rows[i] - columns[j] + grand) ** 2 for i in range(I) for j in range(J)) / df_e
+    # Var(grand mean) * I J as a combination of mean squares: MS_e for the residual, plus (MS_x - MS_e) for each
+    # factor whose component is estimated positive.
+    weights = {"a": float(ms_a > ms_e), "b": float(ms_b > ms_e)}
+    coefficients = [(weights["a"], ms_a, df_a), (weights["b"], ms_b, df_b), (1 - weights["a"] - weights["b"], ms_e, df_e)]
+    combined = sum(c * ms for c, ms, _ in coefficients)
+    denominator = sum((c * ms) ** 2 / df for c, ms, df in coefficients if c)
+    df = combined**2 / denominator if denominator > 0 else math.inf
+    se = math.sqrt(combined / (I * J))
+    t = grand / se if se > 0 else (0.0 if grand == 0 else math.copysign(math.inf, grand))
+    p = float(2 * stats.t.sf(abs(t), df)) if se > 0 else float(grand == 0)
+    half = float(stats.t.ppf(0.975, df) * se) if se > 0 else 0.0
+    return {"mean": grand, "half": half, "p": p, "df": df, "t": t, "models": I, "seeds": J,
+            "ms_model": ms_a, "ms_seed": ms_b, "ms_residual": ms_e,
+            "var_model": max(0.0, (ms_a - ms_e) / J), "var_seed": max(0.0, (ms_b - ms_e) / I), "var_residual": ms_e}
