@@ -43,7 +43,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)  # the repository, before any installed trl_gtpo
 
 import chain  # noqa: E402
-from paired_stats import holm, t_interval  # noqa: E402
+from paired_stats import crossed_t, holm, model_means_t, t_interval  # noqa: E402
 
 ARMS = ("grpo", "grpo-sum", "gtpo", "gtpo-outcome", "gtpo-shaping")
 PRIMARY = ("gtpo", "grpo-sum")
@@ -71,6 +71,13 @@ Design, fixed before the numbers were run (issue 19):
   already the right one, and RL mostly sharpens the sampling distribution).
 - Secondary figures: area under the training curve (mean training success over all steps), paired the same way;
   tool calls per step (calls per trajectory / steps of the chain) in training and on the held-out chains.
+
+Added after the first runs (issue 29), for every run since: the pairs are not independent. Seed s trains every
+starting model on the same prompts, so the (model, seed) table is crossed. Each comparison is also reported as a
+t-test over the starting-model means (n = models) and as a crossed random-effects test (model and seed random; a
+two-way ANOVA, Satterthwaite degrees of freedom: `paired_stats.crossed_t`); the crossed test is the one that matches
+the design, and Holm's thresholds are computed on its p values. The paired t-test over all pairs is kept for
+comparison with the earlier runs.
 """
 
 
@@ -256,10 +263,27 @@ def summarize(runs: dict, base: dict) -> dict:
                 "held_out": t_interval(held),
                 "auc": t_interval(paired(a, b, lambda r: statistics.fmean(r["success"]))),
                 "identical_runs": sum(d == 0 for d in paired(a, b, lambda r: sum(r["success"]))),
-            }
+            } | crossed_statistics(runs, a, b)
     secondary = {f"{a} - {b}": comparisons[f"{a} - {b}"]["held_out"][2] for a, b in SECONDARY
                  if f"{a} - {b}" in comparisons and not math.isnan(comparisons[f"{a} - {b}"]["held_out"][2])}
-    return {"arms": arms, "comparisons": comparisons, "holm": holm(secondary), "base": base}
+    crossed = {name: comparisons[name]["crossed"]["p"] for name in secondary if comparisons[name].get("crossed")}
+    return {"arms": arms, "comparisons": comparisons, "holm": holm(secondary), "holm_crossed": holm(crossed),
+            "base": base}
+
+
+def crossed_statistics(runs: dict, a: str, b: str) -> dict:
+    """Held-out difference a - b by (starting model, seed): the t-test over the model means (`models`: mean, 95%
+    half-width, p, n) and the crossed random-effects test (`crossed`, see `paired_stats.crossed_t`); None where the
+    table has fewer than 2 models or seeds or a missing cell."""
+    keys = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+    table = {tuple(int(v) for v in key.split("_")): runs[a][key]["held_out"]["success"] -
+             runs[b][key]["held_out"]["success"] for key in keys}
+    models = {m for m, _ in table}
+    try:
+        crossed = crossed_t(table)
+    except ValueError:
+        crossed = None
+    return {"models": model_means_t(table) if len(models) >= 2 else None, "crossed": crossed}
 
 
 def markdown(summary: dict, label: str) -> str:
@@ -273,19 +297,30 @@ def markdown(summary: dict, label: str) -> str:
         lines.append(f"| {arm} | {row['runs']} | {h:.3f} ± {hh:.3f} | {g:.3f} ± {gh:.3f} | {a:.3f} ± {ah:.3f} | "
                      f"{f:.3f} ± {fh:.3f} | {row['train_tool_calls']:.2f}, {row['held_out_tool_calls']:.2f} | "
                      f"{row['seconds_per_step']:.2f} |")
-    lines += ["", "| paired by (model, seed) | pairs | held-out difference (95% interval) | p | Holm threshold | "
-              "AUC difference (95% interval) | identical runs |", "|---|---|---|---|---|---|---|"]
+    return "\n".join(lines + ["", comparison_table(summary)])
+
+
+def comparison_table(summary: dict) -> str:
+    """The paired comparisons: over the pairs, over the starting-model means, and crossed (issue 29)."""
+    lines = ["| paired by (model, seed) | pairs | held-out difference (95% interval over the pairs) | p (pairs) | "
+              "interval over the model means | p (model means, n) | crossed interval | p (crossed, df) | "
+              "Holm threshold (crossed p) | AUC difference (95% interval) | identical runs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    holm_crossed = summary.get("holm_crossed", {})
     for name, row in summary["comparisons"].items():
         (d, h, p), (ad, ah, _) = row["held_out"], row["auc"]
         if name == " - ".join(PRIMARY):
             rule = "primary (0.05)"
-        elif name in summary["holm"]:
-            _, threshold, rejected = summary["holm"][name]
+        elif name in holm_crossed:
+            _, threshold, rejected = holm_crossed[name]
             rule = f"{threshold:.4f} ({'rejected' if rejected else 'not rejected'})"
         else:
             rule = "-"
-        lines.append(f"| {name} | {row['pairs']} | {d:+.3f} ± {h:.3f} | {p:.3g} | {rule} | {ad:+.3f} ± {ah:.3f} | "
-                     f"{row['identical_runs']} |")
+        models, crossed = row.get("models"), row.get("crossed")
+        by_model = (f"± {models[1]:.3f} | {models[2]:.3g} ({models[3]})" if models else "- | -")
+        by_crossing = (f"± {crossed['half']:.3f} | {crossed['p']:.3g} ({crossed['df']:.1f})" if crossed else "- | -")
+        lines.append(f"| {name} | {row['pairs']} | {d:+.3f} ± {h:.3f} | {p:.3g} | {by_model} | {by_crossing} | {rule} "
+                     f"| {ad:+.3f} ± {ah:.3f} | {row['identical_runs']} |")
     return "\n".join(lines)
 
 
