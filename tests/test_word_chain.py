@@ -44,8 +44,8 @@ def reward(*outputs, example=FLOUR):
 
 def test_the_example_row_is_the_docstrings():
     assert FLOUR["question"] == ("A baker buys 24 bags of flour with 15 kilograms in each bag. She uses 25% of the flour "
-                                 "for bread. Then she gives thirty kilograms to a neighbor. How many grams of flour "
-                                 "does she have left?")
+                                 "for bread. Then she gives 30 kilograms to a neighbor. A kilogram is 1000 grams. How "
+                                 "many grams of flour does she have left?")
     assert FLOUR["intermediates"] == ["360", "270", "240", "240000"] and FLOUR["answer"] == "240000"
 
 
@@ -66,12 +66,16 @@ def test_a_wrong_step_does_not_take_the_next_steps_reward_away():
     assert reward("360", "270.0", "270.0", "270000.0") == [0.25, 0.25, 0.0, 0.25]
 
 
-def test_a_failed_call_earns_nothing_and_its_retry_is_judged_as_the_same_step():
+def test_a_failed_call_is_a_wrong_step_and_the_next_is_judged_on_the_last_printed_value():
     error = ("error", "NameError: name 'y' is not defined")
-    assert reward("360", error, "270.0", "240.0", "240000.0") == [0.25, 0.0, 0.25, 0.25, 0.25]
-    # A call past the last step earns nothing; a call printing no number is a failed attempt too.
+    # Step 3 raised (x unchanged at 270); step 4 multiplies the 270 printed last: right.
+    assert reward("360", "270.0", error, "270000.0", None) == [0.25, 0.25, 0.0, 0.25, None]
+    # A call printing no number is wrong too; the next step reads the number before it.
+    assert reward("360", "done", "330") == [0.25, 0.0, 0.25]
+    # A retry of a failed step is judged as the next step (the worked examples never retry), so it earns nothing.
+    assert reward("360", error, "270.0", "240.0", "240000.0") == [0.25, 0.0, 0.0, 0.0, 0.0]
+    # A call past the last step earns nothing.
     assert reward("360", "270.0", "240.0", "240000.0", "240000.0") == [0.25, 0.25, 0.25, 0.25, 0.0]
-    assert reward("360", "done", "270.0") == [0.25, 0.0, 0.25]
 
 
 def test_the_first_step_is_checked_against_the_question_only():
@@ -88,13 +92,6 @@ def test_boxed_answer_reward_reads_the_value_as_a_number():
     assert word_chain.boxed_answer_reward(texts, ["240000"] * 4) == [1.0, 1.0, 0.0, 0.0]
 
 
-def test_number_words():
-    assert [word_chain.number_words(n) for n in (11, 19, 20, 45, 70, 99)] == [
-        "eleven", "nineteen", "twenty", "forty-five", "seventy", "ninety-nine"]
-    with pytest.raises(ValueError):
-        word_chain.number_words(100)
-
-
 def test_the_splits_never_share_a_problem_and_every_right_value_is_whole():
     train = word_chain.problems(3000, 0)
     test = word_chain.problems(600, 0, "test")
@@ -105,11 +102,30 @@ def test_the_splits_never_share_a_problem_and_every_right_value_is_whole():
     for example in train[:500] + test:
         values = [float(v) for v in example["intermediates"]]
         assert all(v.is_integer() and v > 0 for v in values)
-        taken_away = example["question"].split("Then ")[1].split(".")[0]  # the quantity named in words
-        assert not re.search(r"\d", taken_away) and re.search(r"[a-z]+ (kilograms|liters|meters|dollars)", taken_away)
+        taken_away = example["question"].split("Then ")[1].split(".")[0]
+        w = int(re.search(r"\d+", taken_away).group())
+        assert example["steps"][2] == f"x - {w}" and w < float(example["intermediates"][1])
+        factor = int(re.search(r" is (\d+) ", example["question"]).group(1))  # the unit factor is stated
+        assert example["steps"][3] == f"x * {factor}" and factor in (100, 1000)
     assert {r["scenario"] for r in test} == {0, 1, 2, 3}
-    worked = {question for question, _ in word_chain.worked_examples()}
+    worked = {question for steps in (3, 4) for question, _ in word_chain.worked_examples(steps)}
     assert not worked & {r["question"] for r in train + test}
+
+
+def test_the_three_step_variant_drops_the_conversion_and_asks_in_the_storys_unit():
+    short = word_chain.row(0, 24, 15, 25, 30, steps=3)
+    assert short["question"] == ("A baker buys 24 bags of flour with 15 kilograms in each bag. She uses 25% of the flour "
+                                 "for bread. Then she gives 30 kilograms to a neighbor. How many kilograms of flour "
+                                 "does she have left?")
+    assert short["steps"] == FLOUR["steps"][:3] and short["answer"] == "240"
+    rewards = word_chain.step_turn_reward([calls("360", "270.0", "240.0", None)], [short["steps"]],
+                                          [short["intermediates"]])
+    assert rewards == [[1 / 3, 1 / 3, 1 / 3, None]]
+    examples = word_chain.worked_examples(3)
+    assert all(t.count("```python") == 3 and "grams" not in q.replace("kilograms", "") for q, t in examples)
+    test = word_chain.test_problems(64, steps=3)
+    assert all(len(r["steps"]) == 3 for r in test) and not {r["question"] for r in test} & {
+        r["question"] for r in word_chain.problems(2000, 0, steps=3)}
 
 
 def test_the_right_transcript_is_what_the_interpreter_prints_and_earns_every_reward():

@@ -1,18 +1,19 @@
 """A chain task for the packaged pretrained model (issue 29, item 1): a word problem solved one operation per tool turn.
 
     A baker buys 24 bags of flour with 15 kilograms in each bag. She uses 25% of the flour for bread. Then she gives
-    thirty kilograms to a neighbor. How many grams of flour does she have left?
+    30 kilograms to a neighbor. A kilogram is 1000 grams. How many grams of flour does she have left?
 
 is solved, in SmolLM2-135M-Instruct's code format with the running value in `x`, as
 
     ```python\\nx = 24 * 15\\nprint(x)\\n```              -> 360       step 1: a product of two numbers of the question
     ```python\\nx = x - x * 25 / 100\\nprint(x)\\n```     -> 270.0     step 2: what is left after a percentage
-    ```python\\nx = x - 30\\nprint(x)\\n```               -> 240.0     step 3: subtract a quantity named in words
+    ```python\\nx = x - 30\\nprint(x)\\n```               -> 240.0     step 3: subtract the quantity taken away
     ```python\\nx = x * 1000\\nprint(x)\\n```             -> 240000.0  step 4: a unit conversion
     The answer is \\boxed{240000}.
 
 Why this task: each step needs a different skill with its own pitfall (copying the two factors; taking what is
-LEFT, not the share used; reading "thirty" as 30; the factor of the asked unit, 1000 or 100), so each turn is a
+LEFT, not the share used; picking the quantity taken away among the question's numbers; applying the stated unit
+factor, 1000 or 100, instead of repeating the subtraction), so each turn is a
 decision of its own, and each is checked on its own: step k is right when its printed value is step k's operation
 applied to what step k - 1 PRINTED (or equals the true k-th value), so a mistake at step 2 does not take step 3's
 reward away when step 3 did its own operation right. That is the case GTPO is for (P6): a turn reward that depends
@@ -28,24 +29,47 @@ import math
 import operator
 import random
 import re
+from typing import NamedTuple
 
-# Each story: a product (a things of b units each), a percentage used up, a quantity in words taken away, and the
-# answer asked in a smaller unit (x FACTOR). {a} and {b} may appear in either order.
-SCENARIOS: tuple[tuple[str, int], ...] = (
-    ("A baker buys {a} bags of flour with {b} kilograms in each bag. She uses {p}% of the flour for bread. Then she "
-     "gives {w} kilograms to a neighbor. How many grams of flour does she have left?", 1000),
-    ("A farm fills {a} tanks with {b} liters of water each. The animals drink {p}% of the water. Then {w} liters leak "
-     "out. How many milliliters of water are left?", 1000),
-    ("A shop has {a} rolls of ribbon with {b} meters on each roll. It sells {p}% of the ribbon. Then {w} meters are "
-     "cut off for a display. How many centimeters of ribbon are left?", 100),
-    ("A club collects {b} dollars from each of its {a} members. It spends {p}% of the money on a trip. Then it spends "
-     "{w} dollars on snacks. How many cents are left?", 100),
+
+class Scenario(NamedTuple):
+    """A story: a product (a things of b units each), a percentage used up, a quantity taken away; with 4 steps the
+    answer is asked in a smaller unit, its factor stated (`conversion`), with 3 in the story's own unit."""
+
+    body: str
+    conversion: str
+    ask: str
+    units: tuple[str, str]
+    factor: int
+
+    def question(self, a: int, b: int, p: int, w: int, steps: int) -> str:
+        ask = self.ask.format(unit=self.units[steps == 4])
+        return f"{self.body.format(a=a, b=b, p=p, w=w)} {self.conversion + ' ' if steps == 4 else ''}{ask}"
+
+
+# {a} and {b} may appear in either order. Two steps of the first design gave the packaged model no room
+# (credit_pretrained_design.md): the quantity taken away named in words ("seventy-one", then tens only) was right in
+# 0 of 40 greedy chains (it subtracted another number of the question), and the conversion with its factor left
+# unstated in 0 of 40 (it subtracted again); stated, still 0 of 8 (hence the 3-step variant).
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("A baker buys {a} bags of flour with {b} kilograms in each bag. She uses {p}% of the flour for bread. "
+             "Then she gives {w} kilograms to a neighbor.", "A kilogram is 1000 grams.",
+             "How many {unit} of flour does she have left?", ("kilograms", "grams"), 1000),
+    Scenario("A farm fills {a} tanks with {b} liters of water each. The animals drink {p}% of the water. Then {w} "
+             "liters leak out.", "A liter is 1000 milliliters.", "How many {unit} of water are left?",
+             ("liters", "milliliters"), 1000),
+    Scenario("A shop has {a} rolls of ribbon with {b} meters on each roll. It sells {p}% of the ribbon. Then {w} "
+             "meters are cut off for a display.", "A meter is 100 centimeters.", "How many {unit} of ribbon are left?",
+             ("meters", "centimeters"), 100),
+    Scenario("A club collects {b} dollars from each of its {a} members. It spends {p}% of the money on a trip. Then "
+             "it spends {w} dollars on snacks.", "A dollar is 100 cents.", "How many {unit} are left?",
+             ("dollars", "cents"), 100),
 )
 PERCENTS = (10, 20, 25, 30, 40, 50, 60, 75)
 FACTOR_RANGE = (12, 48)
-WORD_RANGE = (11, 99)
+TAKEN_RANGE = (11, 99)
 TEST_EVERY = 5
-STEPS = 4
+STEPS = 4  # the full chain; 3 drops the unit conversion
 
 SYSTEM_PROMPT = (
     "You are a math assistant with a Python interpreter. Solve the problem one step at a time: for each step write "
@@ -53,24 +77,12 @@ SYSTEM_PROMPT = (
     'block. After the last step, write "The answer is \\boxed{...}" with the final answer.'
 )
 
-_ONES = ("", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-
-
-def number_words(n: int) -> str:
-    """11 -> "eleven", 45 -> "forty-five" (1 to 99)."""
-    if not 1 <= n <= 99:
-        raise ValueError(f"number_words covers 1 to 99, got {n}")
-    if n < 20:
-        return _ONES[n]
-    return _TENS[n // 10] + ("-" + _ONES[n % 10] if n % 10 else "")
-
-
-def step_expressions(a: int, b: int, p: int, w: int, factor: int) -> list[str]:
+def step_expressions(a: int, b: int, p: int, w: int, factor: int, steps: int = STEPS) -> list[str]:
     """Each step's operation as Python over the previous value `x` (the first reads the question only): what the
     worked examples write, and what the turn reward applies to the previous printed value."""
-    return [f"{a} * {b}", f"x - x * {p} / 100", f"x - {w}", f"x * {factor}"]
+    if steps not in (3, 4):
+        raise ValueError(f"the word chain has 3 or 4 steps, not {steps}")
+    return [f"{a} * {b}", f"x - x * {p} / 100", f"x - {w}", f"x * {factor}"][:steps]
 
 
 def evaluate_step(expression: str, x: float | None) -> float | None:
@@ -95,15 +107,15 @@ def evaluate_step(expression: str, x: float | None) -> float | None:
         return None
 
 
-def row(scenario: int, a: int, b: int, p: int, w: int) -> dict:
-    story, factor = SCENARIOS[scenario]
-    question = story.format(a=a, b=b, p=p, w=number_words(w))
-    steps, values, x = step_expressions(a, b, p, w, factor), [], None
-    for expression in steps:
+def row(scenario: int, a: int, b: int, p: int, w: int, steps: int = STEPS) -> dict:
+    story = SCENARIOS[scenario]
+    question = story.question(a, b, p, w, steps)
+    expressions, values, x = step_expressions(a, b, p, w, story.factor, steps), [], None
+    for expression in expressions:
         x = evaluate_step(expression, x)
         values.append(x)
-    return {"question": question, "prompt": prompt(question), "answer": _as_text(values[-1]), "steps": steps,
-            "intermediates": [_as_text(v) for v in values], "scenario": scenario}
+    return {"question": question, "prompt": prompt(question, steps), "answer": _as_text(values[-1]),
+            "steps": expressions, "intermediates": [_as_text(v) for v in values], "scenario": scenario}
 
 
 def split_of(question: str) -> str:
@@ -111,19 +123,19 @@ def split_of(question: str) -> str:
     return "test" if int.from_bytes(digest[:8], "big") % TEST_EVERY == 0 else "train"
 
 
-def problems(n: int, seed: int, split: str = "train") -> list[dict]:
-    """`n` distinct problems of `split`, deterministic in (n, seed, split). Every value along the right solution is a
-    whole number: 3-4 digit products, a percentage that divides them, a word-number below what is left."""
+def problems(n: int, seed: int, split: str = "train", steps: int = STEPS) -> list[dict]:
+    """`n` distinct problems of `split`, deterministic in (n, seed, split, steps). Every value along the right solution is a
+    whole number: 3-4 digit products, a percentage that divides them, a quantity below what is left."""
     rng = random.Random(f"word_chain {split} {seed}")
     rows, seen = [], set()
     while len(rows) < n:
         scenario = rng.randrange(len(SCENARIOS))
         a, b, p = rng.randint(*FACTOR_RANGE), rng.randint(*FACTOR_RANGE), rng.choice(PERCENTS)
-        w = rng.randint(*WORD_RANGE)
+        w = rng.randint(*TAKEN_RANGE)
         left = a * b * (100 - p)
         if left % 100 or w >= left // 100:
             continue
-        example = row(scenario, a, b, p, w)
+        example = row(scenario, a, b, p, w, steps)
         if example["question"] in seen or split_of(example["question"]) != split:
             continue
         seen.add(example["question"])
@@ -131,9 +143,9 @@ def problems(n: int, seed: int, split: str = "train") -> list[dict]:
     return rows
 
 
-def test_problems(n: int = 64) -> list[dict]:
+def test_problems(n: int = 64, steps: int = STEPS) -> list[dict]:
     """The held-out chains: fixed, the same for every run."""
-    return problems(n, 12345, "test")
+    return problems(n, 12345, "test", steps)
 
 
 def solution(example: dict) -> str:
@@ -150,30 +162,32 @@ def step_block(expression: str) -> str:
 
 # Worked examples: stories, units and numbers of neither split (kilograms to grams and meters to centimeters, so both
 # factors are shown). Written exactly as a trajectory looks.
-_EXAMPLE_STORIES = (
-    ("A farmer picks {a} crates of apples with {b} kilograms in each crate. He sells {p}% of the apples at the "
-     "market. Then he gives {w} kilograms to his family. How many grams of apples does he have left?", 1000, (24, 15, 25, 30)),
-    ("A tailor buys {a} bolts of cloth with {b} meters on each bolt. She uses {p}% of the cloth for coats. Then she "
-     "cuts {w} meters for a curtain. How many centimeters of cloth are left?", 100, (16, 35, 40, 52)),
+_EXAMPLES: tuple[tuple[Scenario, tuple[int, int, int, int]], ...] = (
+    (Scenario("A farmer picks {a} crates of apples with {b} kilograms in each crate. He sells {p}% of the apples at "
+              "the market. Then he gives {w} kilograms to his family.", "A kilogram is 1000 grams.",
+              "How many {unit} of apples does he have left?", ("kilograms", "grams"), 1000), (24, 15, 25, 30)),
+    (Scenario("A tailor buys {a} bolts of cloth with {b} meters on each bolt. She uses {p}% of the cloth for coats. "
+              "Then she cuts {w} meters for a curtain.", "A meter is 100 centimeters.",
+              "How many {unit} of cloth are left?", ("meters", "centimeters"), 100), (16, 35, 40, 52)),
 )
 
 
-def worked_examples() -> list[tuple[str, str]]:
-    """(question, transcript) pairs for the prompt."""
+def worked_examples(steps: int = STEPS) -> list[tuple[str, str]]:
+    """(question, transcript) pairs for the prompt, with `steps` steps like the task."""
     pairs = []
-    for story, factor, (a, b, p, w) in _EXAMPLE_STORIES:
-        steps, values, x = step_expressions(a, b, p, w, factor), [], None
-        for expression in steps:
+    for story, (a, b, p, w) in _EXAMPLES:
+        expressions, values, x = step_expressions(a, b, p, w, story.factor, steps), [], None
+        for expression in expressions:
             x = evaluate_step(expression, x)
             values.append(_as_text(x))
-        example = {"steps": steps, "intermediates": values, "answer": values[-1]}
-        pairs.append((story.format(a=a, b=b, p=p, w=number_words(w)), solution(example)))
+        example = {"steps": expressions, "intermediates": values, "answer": values[-1]}
+        pairs.append((story.question(a, b, p, w, steps), solution(example)))
     return pairs
 
 
-def prompt(question: str) -> list[dict]:
+def prompt(question: str, steps: int = STEPS) -> list[dict]:
     messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-    for example_question, transcript in worked_examples():
+    for example_question, transcript in worked_examples(steps):
         messages += [{"role": "user", "content": example_question}, {"role": "assistant", "content": transcript}]
     return messages + [{"role": "user", "content": question}]
 
@@ -185,26 +199,27 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 
 
 def step_checks(turns, steps: list[str], intermediates: list) -> list[tuple[int, int, bool]]:
-    """(turn index, step, right) for each tool call of one trajectory that ran and printed a number.
+    """(turn index, step, right) for each tool call of one trajectory that ran: the k-th call is step k.
 
-    Step k is the k-th such call: a call that failed or printed no number attempts the same step again (it earns 0
-    in `step_turn_reward`), so an error and its retry are not judged as two steps. A call is right when the last
-    number it printed equals step k's operation applied to the number the previous step printed, or equals the
-    true k-th value (a step that recomputes from the question is right too). Calls past the last step are
-    returned with right=False."""
+    A call is right when the last number it printed equals step k's operation applied to the last number printed
+    by an earlier call (what the session's x holds when the steps follow the worked examples), or equals the true
+    k-th value (a step that recomputes from the question is right too). A call that failed or printed no number is
+    wrong, and the next call is judged as the next step against the last number printed before: a step that raised
+    (`x = x - y`) does not take the following step's reward away. A retry of a failed step is judged as the
+    next step (rare with the worked examples, which never retry). Calls past the last step are wrong."""
     checks, previous = [], None
     for turn in turns:
-        printed = _last_number(turn.tool_response) if turn.status == "ok" else None
-        if printed is None:
+        if not turn.ran:
             continue
+        printed = _last_number(turn.tool_response) if turn.status == "ok" else None
         k = len(checks)
         right = False
-        if k < len(steps):
+        if k < len(steps) and printed is not None:
             expected = [evaluate_step(steps[k], previous), float(intermediates[k])]
             right = any(value is not None and math.isclose(printed, value, rel_tol=1e-9, abs_tol=1e-6)
                         for value in expected)
         checks.append((turn.index, k, right))
-        previous = printed
+        previous = printed if printed is not None else previous
     return checks
 
 
