@@ -19,6 +19,9 @@ applied to what step k - 1 PRINTED (or equals the true k-th value), so a mistake
 reward away when step 3 did its own operation right. That is the case GTPO is for (P6): a turn reward that depends
 on the turn's own action only.
 
+`steps=3` is the same task without the conversion (the answer in the story's unit): on the base model the conversion
+step had no room (benchmarks/results/credit_pretrained_design.md).
+
 Splits: a problem is in the test split by a hash of its question (one in `TEST_EVERY`), so the splits never share a
 problem, whatever the seed or size. The worked examples of the prompt use stories and numbers of neither split.
 """

@@ -6,7 +6,7 @@
 Per step: the fraction of chains whose step is right by `word_chain.step_checks` (against the previous printed
 value), in the code-interpreter loop of training, with the prompt's shared prefix cached; the outcome (boxed final
 value); and the teacher-forced probability of each step's right code block (the planned held-out measure). Writes
-benchmarks/results/credit_pretrained_base.json.
+benchmarks/results/credit_pretrained_base_<steps>steps.json (credit_pretrained_base.json records the first versions).
 """
 
 import argparse
@@ -69,7 +69,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_completion_length", type=int, default=200)
     parser.add_argument("--no_teacher_forced", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "results", "credit_pretrained_base.json"))
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     import torch
@@ -97,8 +97,9 @@ def main():
         print(f"temperature {temperature}: steps {[round(v, 3) for v in result['steps']]}, outcome "
               f"{result['outcome']:.3f}, calls {result['calls']:.2f} ({result['wall_seconds']:.0f} s)", flush=True)
         print("\n---\n".join(result["transcripts"][:3]), flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as file:
+    out = args.out or os.path.join(os.path.dirname(HERE), "results", f"credit_pretrained_base_{args.steps}steps.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as file:
         json.dump(report, file, indent=1)
 
 
