@@ -62,15 +62,16 @@ def crossed_t(differences: dict[tuple, float]) -> dict:
     missing = [(m, s) for m in models for s in seeds if (m, s) not in differences]
     if missing or len(models) < 2 or len(seeds) < 2:
         raise ValueError(f"a crossed analysis needs every (model, seed) cell of at least 2 x 2; missing {missing}")
-    I, J = len(models), len(seeds)
+    n_models, n_seeds = len(models), len(seeds)
     table = [[differences[m, s] for s in seeds] for m in models]
     grand = statistics.fmean(d for row in table for d in row)
     rows = [statistics.fmean(row) for row in table]
-    columns = [statistics.fmean(table[i][j] for i in range(I)) for j in range(J)]
-    df_a, df_b, df_e = I - 1, J - 1, (I - 1) * (J - 1)
-    ms_a = J * sum((r - grand) ** 2 for r in rows) / df_a
-    ms_b = I * sum((c - grand) ** 2 for c in columns) / df_b
-    ms_e = sum((table[i][j] - rows[i] - columns[j] + grand) ** 2 for i in range(I) for j in range(J)) / df_e
+    columns = [statistics.fmean(table[i][j] for i in range(n_models)) for j in range(n_seeds)]
+    df_a, df_b, df_e = n_models - 1, n_seeds - 1, (n_models - 1) * (n_seeds - 1)
+    ms_a = n_seeds * sum((r - grand) ** 2 for r in rows) / df_a
+    ms_b = n_models * sum((c - grand) ** 2 for c in columns) / df_b
+    residuals = (table[i][j] - rows[i] - columns[j] + grand for i in range(n_models) for j in range(n_seeds))
+    ms_e = sum(e**2 for e in residuals) / df_e
     # Var(grand mean) * I J as a combination of mean squares: MS_e for the residual, plus (MS_x - MS_e) for each
     # factor whose component is estimated positive.
     weights = {"a": float(ms_a > ms_e), "b": float(ms_b > ms_e)}
@@ -78,10 +79,11 @@ def crossed_t(differences: dict[tuple, float]) -> dict:
     combined = sum(c * ms for c, ms, _ in coefficients)
     denominator = sum((c * ms) ** 2 / df for c, ms, df in coefficients if c)
     df = combined**2 / denominator if denominator > 0 else math.inf
-    se = math.sqrt(combined / (I * J))
+    se = math.sqrt(combined / (n_models * n_seeds))
     t = grand / se if se > 0 else (0.0 if grand == 0 else math.copysign(math.inf, grand))
     p = float(2 * stats.t.sf(abs(t), df)) if se > 0 else float(grand == 0)
     half = float(stats.t.ppf(0.975, df) * se) if se > 0 else 0.0
-    return {"mean": grand, "half": half, "p": p, "df": df, "t": t, "models": I, "seeds": J,
+    return {"mean": grand, "half": half, "p": p, "df": df, "t": t, "models": n_models, "seeds": n_seeds,
             "ms_model": ms_a, "ms_seed": ms_b, "ms_residual": ms_e,
-            "var_model": max(0.0, (ms_a - ms_e) / J), "var_seed": max(0.0, (ms_b - ms_e) / I), "var_residual": ms_e}
+            "var_model": max(0.0, (ms_a - ms_e) / n_seeds), "var_seed": max(0.0, (ms_b - ms_e) / n_models),
+            "var_residual": ms_e}

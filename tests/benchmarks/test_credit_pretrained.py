@@ -2,17 +2,9 @@
 29): how many RL steps a measured step time allows, how the sweep picks a rate, which chains select it, what each arm
 runs; and one step of each trainer on a tiny model."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks" / "learning"))
-spec = importlib.util.spec_from_file_location("credit_pretrained", ROOT / "benchmarks" / "learning" / "credit_pretrained.py")
-credit_pretrained = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(credit_pretrained)
+from benchmarks.learning import credit_pretrained
 
 
 def test_the_rl_steps_follow_the_measured_step_time():

@@ -1,17 +1,12 @@
 """benchmarks/learning/paired_stats.py: the crossed (starting model x seed) analyses of the credit benchmark (issue
 29), checked against mean squares worked out by hand."""
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 from scipy import stats
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("paired_stats", ROOT / "benchmarks" / "learning" / "paired_stats.py")
-paired_stats = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(paired_stats)
+from benchmarks.learning import paired_stats
 
 
 def table(rows):

@@ -2,25 +2,19 @@
 its own, against the previous step's printed value; the splits never share a problem; the held-out measure is the
 teacher-forced probability of each step."""
 
-import importlib.util
 import math
-import pathlib
 import re
 
 import pytest
 
+from benchmarks.learning import word_chain
 from trl_gtpo.interpreter.loop import CodeInterpreterLoop
 from trl_gtpo.interpreter.rollout import turn_records
 from trl_gtpo.interpreter.sandbox import SandboxPool
 from trl_gtpo.testing import make_tiny_model, make_tiny_tokenizer
 from trl_gtpo.turn_records import TurnRecord
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("word_chain", ROOT / "benchmarks" / "learning" / "word_chain.py")
-word_chain = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(word_chain)
-
-# The module docstring's example: 24 bags x 15 kg, 25% used, thirty kg given away, in grams.
+# The module docstring's example: 24 bags x 15 kg, 25% used, 30 kg given away, in grams.
 FLOUR = word_chain.row(0, 24, 15, 25, 30)
 
 
