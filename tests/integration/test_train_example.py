@@ -95,7 +95,10 @@ def test_the_main_jobs_log_has_no_repeated_warning_and_a_few_lines_per_sample(ti
     warnings = collections.Counter(line.split("Warning: ", 1)[1] for line in lines if "Warning: " in line)
     assert warnings and max(warnings.values()) == 1, warnings
     for step in (1, 2):
-        (header,) = [k for k, line in enumerate(lines) if line.startswith(f"--- step {step}: 2 of 8 completions")]
+        per_step = recipe["per_device_train_batch_size"] * recipe["gradient_accumulation_steps"]
+        (header,) = [
+            k for k, line in enumerate(lines) if line.startswith(f"--- step {step}: 2 of {per_step} completions")
+        ]
         sample = lines[header + 1 : header + 7]
         assert [line.split()[0] for line in sample] == ["[1]", "prompt:", "completion:", "[2]", "prompt:", "completion:"]
         assert "math_answer_reward" in sample[0] and "tool_calls T1:" in sample[0] and "How many" in sample[1]
