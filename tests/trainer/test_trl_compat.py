@@ -325,6 +325,9 @@ def test_the_checkpointing_deprecation_is_silenced_exactly_and_only_inside():
         warnings.simplefilter("always")
         with trl_private.without_trl_checkpointing_warning():
             warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            # with gradient checkpointing on, TRL toggles it around generation at every step
+            warnings.warn("`gradient_checkpointing_disable` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("`gradient_checkpointing_enable` is deprecated and will be removed in v6.", FutureWarning)
             warnings.warn("something else is deprecated", FutureWarning)
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
     assert [str(w.message).split()[0] for w in caught] == ["something", "`is_gradient_checkpointing`"]

@@ -84,8 +84,10 @@ def compact_completions_sample(printer, enabled: bool = True):
 def without_trl_checkpointing_warning():
     """Around one `GRPOTrainer._generate_and_score_completions` call: TRL 1.16 reads `model.is_gradient_checkpointing`
     there (`disable_gradient_checkpointing` before its no-grad forward passes, and `unwrap_model_for_generation` in
-    every transformers `_generate_single_turn`), which transformers 5 deprecates with a FutureWarning, printed again
-    at every step. Exactly that warning is ignored, only during the call."""
+    every transformers `_generate_single_turn`), and with gradient checkpointing on it calls
+    `gradient_checkpointing_disable` / `_enable` around generation; transformers 5 deprecates all three with a
+    FutureWarning, printed again at every step. Exactly those warnings are ignored, only during the call."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        for name in ("is_gradient_checkpointing", "gradient_checkpointing_disable", "gradient_checkpointing_enable"):
+            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
         yield
