@@ -1,5 +1,6 @@
 """pass@1 / avg@k of a model with the same code-interpreter loop it is trained with (no trainer needed)."""
 
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -54,12 +55,10 @@ def transformers_generate_turn(
             shared = _shared_prefix_length(chunk) if cache_prefix else 0
             past = prefixes.expanded(chunk[0][:shared], len(chunk)) if shared >= _MIN_CACHED_PREFIX else None
             shared = shared if past is not None else 0
-            width = max(len(ids) for ids in chunk) - shared
-            input_ids = torch.tensor(
-                [ids[:shared] + [pad] * (width - len(ids) + shared) + ids[shared:] for ids in chunk]
-            )
+            longest = max(len(ids) for ids in chunk)
+            input_ids = torch.tensor([ids[:shared] + [pad] * (longest - len(ids)) + ids[shared:] for ids in chunk])
             attention_mask = torch.tensor(
-                [[1] * shared + [0] * (width - len(ids) + shared) + [1] * (len(ids) - shared) for ids in chunk]
+                [[1] * shared + [0] * (longest - len(ids)) + [1] * (len(ids) - shared) for ids in chunk]
             )
             position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
             generated = model.generate(
@@ -104,8 +103,6 @@ class _PrefixCache:
     def expanded(self, prefix: list[int], rows: int):
         """A fresh copy of the prefix's cache for `rows` rows (generation appends to it), or None if the model's
         cache cannot be copied and expanded."""
-        import copy
-
         if self.key != tuple(prefix):
             ids = torch.tensor([prefix], device=self.model.device)
             self.cache = self.model(input_ids=ids, use_cache=True).past_key_values

@@ -113,15 +113,7 @@ def intermediate_value_turn_reward(
                 continue
             printed = _NUMBER.findall(turn.tool_response or "") if turn.status == "ok" else []
             last = _as_number(printed[-1]) if printed else None
-            match = next(
-                (
-                    k
-                    for k, target in enumerate(targets)
-                    if k not in credited and target is not None and last is not None
-                    and math.isclose(last, target, rel_tol=1e-9, abs_tol=1e-12)
-                ),
-                None,
-            )
+            match = next((k for k, target in enumerate(targets) if k not in credited and _same(last, target)), None)
             if match is not None:
                 credited.add(match)
             values.append(share if match is not None else 0.0)
@@ -135,11 +127,12 @@ def _output_states(turn: TurnRecord, answer: str) -> bool:
     value = _as_number(answer)
     if value is None:
         return re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", turn.tool_response) is not None
-    return any(
-        math.isclose(number, value, rel_tol=1e-9, abs_tol=1e-12)
-        for number in map(_as_number, _NUMBER.findall(turn.tool_response))
-        if number is not None
-    )
+    return any(_same(number, value) for number in map(_as_number, _NUMBER.findall(turn.tool_response)))
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    """Two parsed numbers are the same value (1e-9 relative); a number that did not parse matches nothing."""
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _as_number(text: str) -> float | None:
