@@ -14,11 +14,18 @@ import yaml
 
 from trl_gtpo.rewards import math_answer_reward
 from trl_gtpo.rewards.summed import summed_format_penalty, summed_turn_reward
-from trl_gtpo.rewards.turn import intermediate_value_turn_reward
+from trl_gtpo.rewards.turn import call_after_final_value_turn_reward, intermediate_value_turn_reward
 from trl_gtpo.turn_records import TurnRecord
 
 RECIPE = yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / "cpu_default.yaml").read_text())
-TURN_WEIGHT = (RECIPE.get("turn_reward_weights") or [1.0])[0]
+TURN_FUNCS = {"intermediate_value_turn_reward": intermediate_value_turn_reward,
+              "call_after_final_value_turn_reward": call_after_final_value_turn_reward}
+TURN_REWARDS = [
+    (TURN_FUNCS[name], weight)
+    for name, weight in zip(RECIPE["turn_reward_funcs"],
+                            RECIPE.get("turn_reward_weights") or [1.0] * len(RECIPE["turn_reward_funcs"]), strict=True)
+]
+TURN_WEIGHT = dict((func.__name__, weight) for func, weight in TURN_REWARDS)["intermediate_value_turn_reward"]
 OUTCOME_WEIGHT = (RECIPE.get("reward_weights") or [1.0])[0]
 FORMAT_PENALTY = RECIPE.get("format_penalty", -0.1)
 
@@ -41,9 +48,10 @@ def total(problem: dict, calls: list[tuple[str, str]], boxed: str | None) -> flo
     turns.append(TurnRecord(len(calls), answer, None, None, "none", 0, 1))
     completion = "".join(f"{t.text}\n```output\n{t.tool_response}```\n" for t in turns[:-1]) + answer
     outcome = math_answer_reward([completion], [problem["answer"]], model_turns=[[t.text for t in turns]])[0]
-    steps = summed_turn_reward(intermediate_value_turn_reward, TURN_WEIGHT)(
-        turns=[turns], intermediates=[problem["intermediates"]]
-    )[0]
+    steps = sum(
+        summed_turn_reward(func, weight)(turns=[turns], intermediates=[problem["intermediates"]])[0]
+        for func, weight in TURN_REWARDS
+    )
     return OUTCOME_WEIGHT * outcome + steps + summed_format_penalty(FORMAT_PENALTY)(turns=[turns])[0]
 
 
@@ -61,6 +69,9 @@ BEHAVIOURS = {  # name: (problem, calls, boxed answer), the README's table
         ONE_STEP, [call("print(779 * 982)"), call("print(764978 * 2)")], "1529956"
     ),
     "one-step: the same value printed twice": (ONE_STEP, [call("print(779 * 982)"), call("print(764978)")], "764978"),
+    "two-step: both steps, then a third call": (
+        TWO_STEP, [call("print(48 * 73)"), call("print(3504 * 97)"), call("print(339888 * 2)")], "339888"
+    ),
 }
 README_TOTALS = {
     "two-step: both steps, right answer": 2.0,
@@ -70,8 +81,9 @@ README_TOTALS = {
     "two-step: wrong pair, answered at once": 0.0,
     "two-step: no call, a guess": -0.1,
     "one-step: one call, right answer": 2.0,
-    "one-step: a second call that multiplies again": 1.0,
-    "one-step: the same value printed twice": 2.0,
+    "one-step: a second call that multiplies again": 0.5,
+    "one-step: the same value printed twice": 1.5,
+    "two-step: both steps, then a third call": 1.5,
 }
 
 
@@ -98,6 +110,15 @@ def test_a_premature_answer_earns_strictly_less_than_any_correct_solution(totals
     correct = [v for n, v in totals.items() if n.startswith("two-step") and BEHAVIOURS[n][2] == TWO_STEP["answer"]]
     assert totals["two-step: right first product, answered at once"] < min(correct)
     assert totals["one-step: a second call that multiplies again"] < totals["one-step: one call, right answer"]
+    assert totals["one-step: a second call that multiplies again"] <= totals["two-step: right first product, answered at once"]
+
+
+def test_a_call_after_the_final_value_costs_less_than_a_wrong_answer(totals):
+    """Going on after the answer is known is charged, but a correct answer checked once more still beats any wrong
+    one, and the right answer in the fewest calls is best."""
+    wrong = max(v for n, v in totals.items() if BEHAVIOURS[n][2] not in (TWO_STEP["answer"], ONE_STEP["answer"]))
+    for name in ("one-step: the same value printed twice", "two-step: both steps, then a third call"):
+        assert wrong < totals[name] < max(totals.values())
 
 
 @pytest.mark.parametrize("seed", range(3))

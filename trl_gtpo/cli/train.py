@@ -34,9 +34,9 @@ class GTPOScriptArguments(ScriptArguments):
         default_factory=list,
         metadata={
             "help": "Turn reward functions (one value per model turn, see trl_gtpo.rewards.turn): "
-            "'tool_success_turn_reward', 'verified_answer_turn_reward', 'intermediate_value_turn_reward' (reads an "
-            "'intermediates' column) or dotted import paths; weights in "
-            "--turn_reward_weights."
+            "'tool_success_turn_reward', 'verified_answer_turn_reward', 'intermediate_value_turn_reward' and "
+            "'call_after_final_value_turn_reward' (both read an 'intermediates' column) or dotted import paths; "
+            "weights in --turn_reward_weights."
         },
     )
     train_size: int | None = field(
@@ -102,6 +102,7 @@ def load_reward_funcs(names: list[str], option: str = "--reward_funcs") -> list:
     """Reward functions (or turn reward functions) by built-in name or dotted import path, as TRL's grpo.py does."""
     from ..rewards import math_answer_reward
     from ..rewards.turn import (
+        call_after_final_value_turn_reward,
         intermediate_value_turn_reward,
         tool_success_turn_reward,
         verified_answer_turn_reward,
@@ -113,6 +114,7 @@ def load_reward_funcs(names: list[str], option: str = "--reward_funcs") -> list:
             "tool_success_turn_reward": tool_success_turn_reward,
             "verified_answer_turn_reward": verified_answer_turn_reward,
             "intermediate_value_turn_reward": intermediate_value_turn_reward,
+            "call_after_final_value_turn_reward": call_after_final_value_turn_reward,
         },
     }[option]
     funcs = []

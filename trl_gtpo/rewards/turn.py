@@ -23,6 +23,9 @@ Built-in turn rewards:
   `intermediates`, the final value last): 1/n for a tool call whose last printed number is one of the n expected
   values not yet credited in its trajectory, 0.0 for a call that ran and printed none, None for a turn without a call
   that ran. The values of a problem add up to at most 1, never more than a correct answer's outcome reward.
+- [`call_after_final_value_turn_reward`]: -1.0 for a tool call made after an earlier call of its trajectory printed
+  the problem's final value (the last of `intermediates`), None for every other turn: the price of the call that
+  goes on computing once the answer is known.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from ..turn_records import TurnRecord
 from .answer import final_answer
 
 __all__ = [
+    "call_after_final_value_turn_reward",
     "call_turn_reward_funcs",
     "checked_turn_values",
     "environment_turn_values",
@@ -117,6 +121,35 @@ def intermediate_value_turn_reward(
             if match is not None:
                 credited.add(match)
             values.append(share if match is not None else 0.0)
+        rewards.append(values)
+    return rewards
+
+
+def call_after_final_value_turn_reward(
+    turns: Sequence[Sequence[TurnRecord]], intermediates: Sequence[Sequence], **kwargs
+) -> list[list[float | None]]:
+    """r_j = -1 if turn j's tool call ran after an earlier call of the trajectory printed the final value (the last of
+    `intermediates[i]`, as the last number of a call's output), else None.
+
+    Why: a reward for each verified value pays a step when it is taken, but nothing charges a step taken after the
+    answer is known, and that is a small model's commonest way to break a solved problem (it copies a worked
+    two-step example and multiplies a one-step problem's answer once more, then boxes the wrong product). The outcome
+    charges that only through the lost answer, on the whole trajectory; this charges the call that went wrong, so
+    turn-level credit (arXiv 2511.14846) can put the blame on that turn. With weight w no larger than the
+    intermediate rewards', a correct solution that checks its answer once more still earns more than any wrong one.
+    """
+    rewards = []
+    for trajectory, expected in zip(turns, intermediates, strict=True):
+        final = _as_number(str(expected[-1])) if len(expected) else None
+        found = False
+        values = []
+        for turn in trajectory:
+            if not turn.ran:
+                values.append(None)
+                continue
+            values.append(-1.0 if found else None)
+            printed = _NUMBER.findall(turn.tool_response or "") if turn.status == "ok" else []
+            found = found or bool(printed) and _same(_as_number(printed[-1]), final)
         rewards.append(values)
     return rewards
 
