@@ -11,6 +11,7 @@ from datasets import Dataset
 from trl_gtpo import GTPOConfig
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.rewards.turn import (
+    call_after_final_value_turn_reward,
     call_turn_reward_funcs,
     environment_turn_values,
     intermediate_value_turn_reward,
@@ -77,6 +78,41 @@ def test_intermediate_value_turn_reward_pays_each_expected_value_once_with_a_sha
     ]
     # one expected value: the whole share of 1
     assert intermediate_value_turn_reward([[record(0, "ok", "42")]], [[42]]) == [[1.0]]
+
+
+def test_call_after_final_value_turn_reward_charges_every_call_made_once_the_final_value_was_printed():
+    turns = [
+        # the final value, then a second multiplication and a check: both charged; the answer turn is not a call
+        [record(0, "ok", "764978\n"), record(1, "ok", "1529956"), record(2, "ok", "764,978.0"), record(3)],
+        # the intermediate first: the second call is the step, not a late one
+        [record(0, "ok", "3504"), record(1, "ok", "339888"), record(2)],
+        # the final value among other numbers does not count, only the last printed one; a failed call neither
+        [record(0, "ok", "339888 7"), record(1, "error", "339888"), record(2, "ok", "1"), record(3, "no_code")],
+        # a call that did not run is never charged, even after the final value
+        [record(0, "ok", "339888"), record(1, "no_code"), record(2, "ok", "5")],
+    ]
+    intermediates = [[764978], [3504, 339888], ["3504", "339888"], [3504, 339888]]
+    assert call_after_final_value_turn_reward(turns, intermediates) == [
+        [None, -1.0, -1.0, None], [None, None, None], [None, None, None, None], [None, None, -1.0]
+    ]
+    assert call_after_final_value_turn_reward([[record(0, "ok", "1")]], [[]]) == [[None]]  # no expected value
+
+
+def test_call_after_final_value_turn_reward_matches_a_reference_on_random_trajectories():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(500):
+        expected = [rng.randint(1, 50) for _ in range(rng.randint(1, 3))]
+        trajectory = []
+        for j in range(rng.randint(0, 8)):
+            status = rng.choice(["ok", "ok", "ok", "error", "none", "no_code"])
+            value = rng.choice(expected + [rng.randint(1, 50)])
+            trajectory.append(record(j, status, f"{rng.randint(1, 9)} {value}" if status != "none" else None))
+        (values,) = call_after_final_value_turn_reward([trajectory], [expected])
+        first = next((j for j, t in enumerate(trajectory)
+                      if t.status == "ok" and int(t.tool_response.split()[-1]) == expected[-1]), None)
+        assert values == [-1.0 if first is not None and j > first and t.ran else None for j, t in enumerate(trajectory)]
 
 
 def test_turn_reward_function_shape_errors_name_the_function_the_trajectory_and_both_counts():
