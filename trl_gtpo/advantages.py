@@ -40,7 +40,6 @@ REMOVED_ESTIMATOR_REASON = (
     "(advantages of +3 to +19 from a -0.1 penalty or a +0.01 turn reward), and it dropped turn rewards when totals "
     "tied. Use 'aligned' (the default), or 'pooled' for the paper's formula."
 )
-AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 SCOPES = ("group", "batch")
 SCALES = ("group", "batch", "none")
 
@@ -89,7 +88,7 @@ def check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
 class AdvantageSettings:
     """The knobs of the step, checked here once for every caller (`GTPOConfig`, `AsyncGTPOConfig`, direct use):
     `gamma` in [0, 1], `estimator` (one of ESTIMATORS), `scope` (SCOPES, "pooled" only) and `scale` (TRL's
-    `scale_rewards`: SCALES)."""
+    `scale_rewards`: SCALES). The functions below take them as checked and only dispatch on them."""
 
     gamma: float = 0.9
     estimator: str = "aligned"
@@ -138,15 +137,12 @@ def outcome_rewards(
     returned None) is left out of its function's statistics and of the sum; a row where every function returned None
     is NaN (unscorable).
     """
-    if aggregation == "sum_then_normalize":
-        values = rewards_per_func
-    elif aggregation == "normalize_then_sum":
+    values = rewards_per_func  # "sum_then_normalize"; the config checks the name (`multi_objective_aggregation`)
+    if aggregation == "normalize_then_sum":
         grouped = rewards_per_func.view(-1, group_size, rewards_per_func.shape[1])
         mean = torch.nanmean(grouped, dim=1, keepdim=True)
         std = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
         values = ((grouped - mean) / (std + 1e-4)).view(-1, rewards_per_func.shape[1])
-    else:
-        raise ValueError(f"Unknown multi_objective_aggregation {aggregation!r}: use one of {', '.join(AGGREGATIONS)}.")
     outcome = (values * weights.to(values).unsqueeze(0)).nansum(dim=1)
     outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
     return outcome
@@ -225,18 +221,15 @@ def normalize_returns(
         raise ValueError(f"{n} trajectories cannot be split into groups of {group_size}.")
     if group_size == 1:
         return torch.where(torch.isnan(returns), returns, torch.zeros_like(returns))
-    if scope == "group":
+    if scope == "batch":
+        mean = torch.nanmean(returns)
+        std = nanstd(returns) if scale == "group" else None
+    else:  # "group"
         grouped = returns.reshape(n // group_size, group_size * width)
         mean = torch.nanmean(grouped, dim=1, keepdim=True)
         std = nanstd(grouped, dim=1, keepdim=True) if scale == "group" else None
         mean = mean.repeat_interleave(group_size, dim=0)
         std = std.repeat_interleave(group_size, dim=0) if std is not None else None
-    elif scope == "batch":
-        mean = torch.nanmean(returns)
-        std = nanstd(returns) if scale == "group" else None
-    else:
-        check_choice("scope", scope, SCOPES)
-    check_choice("scale", scale, SCALES)
     if scale == "batch":
         std = nanstd(returns)
     advantages = returns - mean
@@ -327,8 +320,7 @@ def _place_deviations(places: torch.Tensor, group_size: int, scale: str):
         sigma = spread.sum(dim=1).repeat_interleave(group_size).unsqueeze(1)
     elif scale == "batch":
         sigma = torch.nan_to_num(nanstd(places, dim=0), nan=0.0).sum().expand(n, 1)
-    else:
-        check_choice("scale", scale, SCALES)
+    else:  # "none"
         sigma = None
     return deviations, sigma
 

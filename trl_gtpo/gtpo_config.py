@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .advantages import AGGREGATIONS, AdvantageSettings, SettingError
+from .advantages import AdvantageSettings, SettingError
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "turn", "sequence")
+AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")  # TRL's multi_objective_aggregation, checked here only
 EXECUTOR_ERROR_MODES = ("raise", "contain")
 SIMILARITIES = ("lexical", "embedding")
 
