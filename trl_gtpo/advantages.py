@@ -125,29 +125,6 @@ def turn_advantages(batch: TurnBatch, settings: AdvantageSettings) -> TurnAdvant
     return TurnAdvantages(rewards, returns, advantages)
 
 
-def outcome_rewards(
-    rewards_per_func: torch.Tensor, weights: torch.Tensor, group_size: int, aggregation: str = "sum_then_normalize"
-) -> torch.Tensor:
-    """(N,) r_out_i from the (N, F) table of the reward functions, as TRL aggregates it (`multi_objective_aggregation`).
-
-    "sum_then_normalize": the weighted sum sum_k w_k r_ik (GRPO's reward; GTPO normalizes it through the turn returns).
-    "normalize_then_sum" (GDPO): each function is first normalized within its group, z_ik = (r_ik - mean_g r_k) /
-    (std_g r_k + 1e-4), then r_out_i = sum_k w_k z_ik, exactly as TRL's `_generate_and_score_completions` does before
-    its batch normalization (which GTPO's estimators then play, with `scale="batch"`). A NaN value (a function that
-    returned None) is left out of its function's statistics and of the sum; a row where every function returned None
-    is NaN (unscorable).
-    """
-    values = rewards_per_func  # "sum_then_normalize"; the config checks the name (`multi_objective_aggregation`)
-    if aggregation == "normalize_then_sum":
-        grouped = rewards_per_func.view(-1, group_size, rewards_per_func.shape[1])
-        mean = torch.nanmean(grouped, dim=1, keepdim=True)
-        std = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
-        values = ((grouped - mean) / (std + 1e-4)).view(-1, rewards_per_func.shape[1])
-    outcome = (values * weights.to(values).unsqueeze(0)).nansum(dim=1)
-    outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-    return outcome
-
-
 def zero_std_groups(returns: torch.Tensor, group_size: int) -> torch.Tensor:
     """(N / group_size,) True for a group whose turn returns are all equal (what the "pooled" estimator gives 0)."""
     grouped = returns.reshape(-1, group_size * returns.shape[1])

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .advantages import AdvantageSettings, TurnAdvantages, TurnBatch, outcome_rewards, turn_advantages
+from .advantages import AdvantageSettings, TurnAdvantages, TurnBatch, nanstd, turn_advantages
 from .interpreter.environment import ToolRun, records_from_environment
 from .rewards.format import format_terms
 from .rewards.turn import weighted_turn_terms
+from .shaping import batch_shaping_rewards
 from .similarity import Similarity
 from .turn_records import TurnRecord, records_from_messages, trajectory_code
 
@@ -112,13 +113,18 @@ def score_turns(
       environment's, a rollout_func's); None and missing turns count 0.
     """
     width = max(1, int(num_turns.max().item())) if num_turns.numel() else 1
+    outcome = outcome_rewards(rewards_per_func, reward_weights, group_size, settings.aggregation)
+    raw = outcome_rewards(rewards_per_func, reward_weights, group_size)  # shaping's success: the raw weighted sum
     formats = format_terms(records, num_turns, width, settings.format_penalty) if interpreter else None
     terms = weighted_turn_terms(turn_values, turn_weights, width, base=formats)
-    outcome = outcome_rewards(rewards_per_func, reward_weights, group_size, settings.aggregation)
     shaping = None
-    if interpreter and settings.shaping_alpha != 0.0:
-        raw = outcome_rewards(rewards_per_func, reward_weights, group_size, "sum_then_normalize")
-        shaping = _shaping(raw, records, group_size, settings)
+    if interpreter and settings.shaping_alpha != 0.0:  # part 3: failed trajectories near their group's successes
+        codes = [trajectory_code(trajectory) for trajectory in records]
+        values = batch_shaping_rewards(
+            raw, codes, group_size, alpha=settings.shaping_alpha, success_threshold=settings.shaping_success_threshold,
+            similarity=settings.shaping_similarity, embedding_model=settings.shaping_embedding_model,
+        )
+        shaping = torch.tensor(values, dtype=torch.float32, device=outcome.device)
     batch = TurnBatch(
         outcome=outcome,
         num_turns=num_turns,
@@ -129,17 +135,24 @@ def score_turns(
     return ScoredTurns(batch, turn_advantages(batch, settings.advantages), formats)
 
 
-def _shaping(outcome: torch.Tensor, records, group_size: int, settings: ScoringSettings) -> torch.Tensor:
-    """Part 3 of GTPO: a failed trajectory gets alpha * mean similarity of its code to its group's successful code."""
-    from .shaping import batch_shaping_rewards
-    from .similarity import make_similarity
+def outcome_rewards(
+    rewards_per_func: torch.Tensor, weights: torch.Tensor, group_size: int, aggregation: str = "sum_then_normalize"
+) -> torch.Tensor:
+    """(N,) r_out_i from the (N, F) table of the reward functions, as TRL aggregates it (`multi_objective_aggregation`).
 
-    shaping = batch_shaping_rewards(
-        outcome.tolist(),
-        [trajectory_code(trajectory) for trajectory in records],
-        group_size,
-        alpha=settings.shaping_alpha,
-        success_threshold=settings.shaping_success_threshold,
-        similarity=make_similarity(settings.shaping_similarity, settings.shaping_embedding_model),
-    )
-    return torch.tensor(shaping, dtype=torch.float32, device=outcome.device)
+    "sum_then_normalize": the weighted sum sum_k w_k r_ik (GRPO's reward; GTPO normalizes it through the turn returns).
+    "normalize_then_sum" (GDPO): each function is first normalized within its group, z_ik = (r_ik - mean_g r_k) /
+    (std_g r_k + 1e-4), then r_out_i = sum_k w_k z_ik, exactly as TRL's `_generate_and_score_completions` does before
+    its batch normalization (which GTPO's estimators then play, with `scale="batch"`). A NaN value (a function that
+    returned None) is left out of its function's statistics and of the sum; a row where every function returned None
+    is NaN (unscorable).
+    """
+    values = rewards_per_func  # "sum_then_normalize"; the config checks the name (`multi_objective_aggregation`)
+    if aggregation == "normalize_then_sum":
+        grouped = rewards_per_func.view(-1, group_size, rewards_per_func.shape[1])
+        mean = torch.nanmean(grouped, dim=1, keepdim=True)
+        std = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+        values = ((grouped - mean) / (std + 1e-4)).view(-1, rewards_per_func.shape[1])
+    outcome = (values * weights.to(values).unsqueeze(0)).nansum(dim=1)
+    outcome[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return outcome

@@ -51,6 +51,7 @@ def group_shaping_rewards(
     alpha: float = 0.5,
     success_threshold: float | None = None,
     similarity: str | Similarity = "lexical",
+    embedding_model: str | None = None,
 ) -> list[float]:
     """Shaping rewards of ONE group of trajectories (the G completions of one prompt).
 
@@ -72,6 +73,7 @@ def group_shaping_rewards(
         success_threshold: outcome at or above which a trajectory is a success; None means 1.0.
         similarity: "lexical", "embedding" or a callable `sim(codes_a, codes_b) -> array (len(a), len(b))` with
             values in [0, 1] (values outside are clipped, NaN counts as 0).
+        embedding_model: local model path of "embedding" (None: the packaged one; loaded once per process).
 
     Returns:
         One float per trajectory.
@@ -96,7 +98,7 @@ def group_shaping_rewards(
     # Successful trajectories without code are in P with similarity 0: they add to the count, not to the sum.
     references = [p for p in successes if _has_code(codes[p])]
     if references:
-        sim = make_similarity(similarity)
+        sim = make_similarity(similarity, embedding_model)
         matrix = np.asarray(sim([_as_text(codes[i]) for i in failed], [_as_text(codes[p]) for p in references]))
         matrix = matrix.astype(np.float64, copy=False)
         if matrix.shape != (len(failed), len(references)):
@@ -120,6 +122,7 @@ def batch_shaping_rewards(
     alpha: float = 0.5,
     success_threshold: float | None = None,
     similarity: str | Similarity = "lexical",
+    embedding_model: str | None = None,
 ) -> list[float]:
     """[`group_shaping_rewards`] applied to consecutive groups of `group_size` trajectories.
 
@@ -136,8 +139,6 @@ def batch_shaping_rewards(
         raise ValueError(f"batch_shaping_rewards got {n} outcome rewards but {len(codes)} codes.")
     if group_size < 1 or n % group_size:
         raise ValueError(f"The batch size {n} is not a multiple of the group size {group_size}.")
-    if alpha != 0:
-        similarity = make_similarity(similarity)  # resolve (and load an embedding model) once for the batch
     rewards: list[float] = []
     for start in range(0, n, group_size):
         rewards.extend(
@@ -147,6 +148,7 @@ def batch_shaping_rewards(
                 alpha=alpha,
                 success_threshold=success_threshold,
                 similarity=similarity,
+                embedding_model=embedding_model,
             )
         )
     return rewards

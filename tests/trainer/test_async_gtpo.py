@@ -267,8 +267,6 @@ def test_the_async_trainer_shapes_with_the_configured_similarity(tiny_model_path
     sandbox of its code interpreter from the config's `tool_*` fields (no GTPOConfig needed)."""
     from datasets import Dataset
 
-    import trl_gtpo.shaping  # noqa: F401 - binds the real make_similarity before it is patched here
-
     args = AsyncGTPOConfig(
         output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, num_generations=2, token_budget=0,
         report_to="none", use_cpu=True, save_strategy="no", shaping_similarity="embedding",
@@ -285,7 +283,7 @@ def test_the_async_trainer_shapes_with_the_configured_similarity(tiny_model_path
         asked.append((name, model_path))
         return lambda a, b: np.full((len(a), len(b)), 0.5)
 
-    monkeypatch.setattr("trl_gtpo.similarity.make_similarity", make_similarity)
+    monkeypatch.setattr("trl_gtpo.shaping.make_similarity", make_similarity)
     records = [[TurnRecord(0, "t", "print(6 * 7)", "42", "ok", 0, 2)],
                [TurnRecord(0, "t", "print(6 * 8)", "48", "ok", 0, 1)]]
     trainer.turn_scorer.score(

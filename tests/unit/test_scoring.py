@@ -56,7 +56,7 @@ def test_shaping_uses_the_similarity_and_model_of_the_settings(monkeypatch):
         asked.append((name, model_path))
         return lambda a, b: torch.full((len(a), len(b)), 0.25).numpy()
 
-    monkeypatch.setattr("trl_gtpo.similarity.make_similarity", make_similarity)
+    monkeypatch.setattr("trl_gtpo.shaping.make_similarity", make_similarity)
     chosen = settings(shaping_alpha=0.5, shaping_similarity="embedding", shaping_embedding_model="/models/e5")
     scored = score_turns(RECORDS, NUM_TURNS, REWARDS, ONE, 2, chosen, interpreter=True)
     assert asked == [("embedding", "/models/e5")]

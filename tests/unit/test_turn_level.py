@@ -1,10 +1,11 @@
-"""The turn-level loss pieces (trl_gtpo.turn_level) and the GDPO outcome (advantages.outcome_rewards), without a
+"""The turn-level loss pieces (trl_gtpo.turn_level) and the GDPO outcome (scoring.outcome_rewards), without a
 model: turn means, the turn-level old log-probs, the per-turn off-policy mask, normalize_then_sum."""
 
 import torch
 from trl.trainer.utils import nanstd
 
-from trl_gtpo.advantages import AdvantageSettings, TurnBatch, outcome_rewards, turn_advantages
+from trl_gtpo.advantages import AdvantageSettings, TurnBatch, turn_advantages
+from trl_gtpo.scoring import outcome_rewards
 from trl_gtpo.turn_level import turn_level_old_logps, turn_means, turn_off_policy_mask
 
 # Row 0: turn [0, 1], tool token 2, turn [3, 4, 5], padding 6. Row 1: one turn [0..4], padding 5, 6.
