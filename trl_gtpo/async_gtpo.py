@@ -297,7 +297,6 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
             )
         with trl_async.cpu_safe_init():  # TRL 1.16's __init__ asks CUDA for its MFU metric
             super().__init__(model, reward_funcs, args=args, **kwargs)
-        trl_async.use_sdpa_tree_attention(args.tree_attention)
         self.turn_scorer = TurnScorer(
             ScoringSettings.from_config(args),
             args.num_generations,
@@ -309,6 +308,7 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
             code_interpreter = CodeInterpreterSettings(
                 SharedExecutor(sandbox_settings if sandbox_settings is not None else args), args.max_turns, args.turn_stop_marker
             )
+        trl_async.use_sdpa_tree_attention(args.tree_attention)
         if self.rollout_worker is not None:
             trl_async.use_turn_scoring(
                 self.rollout_worker, self.turn_scorer, python_environment_runs, code_interpreter,

@@ -52,14 +52,14 @@ class CodeInterpreterRollout:
         self._owns_executor = executor is None  # a user's executor is theirs to close, and is never replaced
         if executor is not None:
             check_executor(executor, "The code interpreter (GTPOTrainer(executor=...) or CodeInterpreterRollout)")
-        elif getattr(args, "tool_executor", None) is not None:
-            from .executor_factory import make_executor
-
-            executor = make_executor(args)  # the user's factory, called now so that its errors surface now
-        else:
+        elif getattr(args, "tool_executor", None) is None:
             from .executor_factory import check_executor_settings
 
             check_executor_settings(args)
+        else:
+            from .executor_factory import make_executor
+
+            executor = make_executor(args)  # the user's factory, called now so that its errors surface now
         self._executor = executor
         self._generate_turn = generate_turn or trl_private.TurnGenerator
         self._warned_executor_failure = False
