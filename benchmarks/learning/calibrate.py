@@ -9,12 +9,8 @@ Prints each seed's figure and the mean and sd of each group, and the thresholds 
 import argparse
 import os
 import statistics
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import run  # noqa: E402
+import run
 
 STEPS = 40  # the test's run: 40 steps of the multiply task, GTPO with the default ("aligned") estimator
 LATE = 10  # its figure: mean training success over the last LATE steps

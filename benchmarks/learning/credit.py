@@ -32,18 +32,13 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import script_env  # noqa: F401  first: offline defaults and this checkout's trl_gtpo on sys.path
+
+# isort: split
+import chain
+from paired_stats import crossed_t, holm, model_means_t, t_interval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)  # the repository, before any installed trl_gtpo
-
-import chain  # noqa: E402
-from paired_stats import crossed_t, holm, model_means_t, t_interval  # noqa: E402
 
 ARMS = ("grpo", "grpo-sum", "gtpo", "gtpo-outcome", "gtpo-shaping")
 PRIMARY = ("gtpo", "grpo-sum")

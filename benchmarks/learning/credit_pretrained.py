@@ -20,17 +20,13 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import script_env  # noqa: F401  first: offline defaults and this checkout's trl_gtpo on sys.path
+
+# isort: split
+import word_chain
+from paired_stats import holm, t_interval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-
-import word_chain  # noqa: E402
-from paired_stats import holm, t_interval  # noqa: E402
 
 ARMS = ("grpo-sum", "gtpo", "gtpo-g1", "gtpo-pooled", "gtpo-outcome")
 PRIMARY = ("gtpo", "grpo-sum")

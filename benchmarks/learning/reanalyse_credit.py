@@ -9,12 +9,8 @@ is benchmarks/results/credit_reanalysis.md.
 
 import json
 import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import credit  # noqa: E402
+import credit
 
 RUNS = {"2-step chains (primary, fixed design)": "credit.json",
         "4-step chains (exploratory: added after the 2-step results were seen)": "credit_4steps.json"}

@@ -26,19 +26,14 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import script_env  # noqa: F401  first: offline defaults and this checkout's trl_gtpo on sys.path
+
+# isort: split
+import task
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository, before any installed trl_gtpo
-
-import task  # noqa: E402
 
 METHODS = ("grpo", "gtpo-aligned", "gtpo-pooled")
 REWARD_KEY = "rewards/boxed_answer_reward/mean"

@@ -13,16 +13,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+import script_env  # noqa: F401  first: offline defaults and this checkout's trl_gtpo on sys.path
 
-import word_chain  # noqa: E402
+# isort: split
+import word_chain
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def sampled(model, tokenizer, rows, temperature: float, batch_size: int, max_completion_length: int = 200,
