@@ -10,6 +10,7 @@ gives the (N, K) table, and every model token of turn j gets A_ij.
 """
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -121,21 +122,34 @@ class CodeInterpreterSettings:
     max_turns: int
     stop_marker: str
 
-    def run(self, tokenizer, prompt_ids, max_tokens, eos_token_ids, complete, decode):
+    def run(self, tokenizer, prompt_ids, max_tokens, eos_token_ids, request, decode):
         """One trajectory of the same loop as the synchronous trainers' (`CodeInterpreterLoop`: ```python blocks,
-        stop strings, sandbox calls, token ids only ever concatenated); `complete(history, max_new_tokens, stop)` is
-        one turn from the server. Returns the trajectory and its turn records."""
+        stop strings, sandbox calls, token ids only ever concatenated); `request(fields)` is one `/v1/completions`
+        request to the server (`server_turn`). Returns the trajectory and its turn records."""
         interpreter = CodeInterpreterLoop(
             tokenizer, self.executor, max_turns=self.max_turns, max_completion_length=max_tokens,
             stop_marker=self.stop_marker, eos_token_ids=eos_token_ids,
         )
 
         def generate_turn(histories, max_new_tokens):
-            ids, logprobs = complete(histories[0], max_new_tokens, interpreter.stop_strings)
+            ids, logprobs = server_turn(request, histories[0], max_new_tokens, interpreter.stop_strings)
             return [ids], [logprobs]
 
         (trajectory,) = interpreter.run([prompt_ids], generate_turn)
         return trajectory, turn_records(trajectory, decode)
+
+
+def server_turn(request, prompt_ids, max_tokens: int, stop: list[str]) -> tuple[list[int], list[float]]:
+    """One turn of the fence interpreter from vLLM's `/v1/completions`: the conversation so far as token ids in,
+    the sampled ids and their log-probs out, stopped at the interpreter's stop strings and keeping them (the loop
+    reads the closing fence). `request(fields)` adds the trainer's model and sampling settings and posts. A seed per
+    request keeps the samples of one prompt independent across data-parallel vLLM engines."""
+    reply = request({
+        "prompt": list(prompt_ids), "max_tokens": max_tokens, "n": 1, "return_token_ids": True, "logprobs": 0,
+        "stop": stop, "include_stop_str_in_output": True, "seed": random.getrandbits(63),
+    })
+    choice = reply["choices"][0]
+    return choice["token_ids"], choice["logprobs"]["token_logprobs"]
 
 
 def python_environment_runs(tool_dict: dict) -> list[ToolRun] | None:

@@ -321,20 +321,26 @@ def test_the_fence_interpreter_runs_in_trls_rollout_loop_turn_by_turn(tiny_model
     turns = iter(["```python\nprint(6 * 7)\n```", " The answer is 42."])
     requests = []
 
-    async def complete(prompt_ids, max_tokens, stop):
-        requests.append(stop)
-        ids = tokenizer.encode(next(turns), add_special_tokens=False)
-        return ids + ([tokenizer.eos_token_id] if len(requests) == 2 else []), [-0.5] * (len(ids) + (len(requests) == 2))
+    async def post(path, payload, timeout, max_retries=3):  # TRL's `_post` to the vLLM server, scripted
+        requests.append((path, payload))
+        ids = tokenizer.encode(next(turns), add_special_tokens=False) + ([tokenizer.eos_token_id] if len(requests) == 2 else [])
+        return {"choices": [{"token_ids": ids, "logprobs": {"token_logprobs": [-0.5] * len(ids)}}]}
 
     loop = object.__new__(trl_async.GTPORolloutLoop)
     loop.tokenizer, loop.chat_template_kwargs, loop.max_tokens = tokenizer, {}, 64
-    loop.eos_token_ids, loop._tool_pool, loop._complete = [tokenizer.eos_token_id], ThreadPoolExecutor(1), complete
+    loop.eos_token_ids, loop._tool_pool, loop._post = [tokenizer.eos_token_id], ThreadPoolExecutor(1), post
+    loop.model_name, loop.lora_name, loop.request_timeout = "scripted", None, 10
+    loop.temperature, loop.top_p, loop.top_k, loop.min_p, loop.repetition_penalty = 0.7, 1.0, 0, None, 1.0
     loop.code_interpreter = CodeInterpreterSettings(SharedExecutor(executor=Executor()), 3, "```output")
     loop._model_version_value = type("Version", (), {"value": 5})()  # TRL's shared policy version
     completion, ids, rows, calls, errors, _ = asyncio.run(
         loop._generate_one([{"role": "user", "content": "6 * 7?"}], {}, [])
     )
     assert len(requests) == 2 and calls == 1 and errors == 0 and completion.versions == [5, 5]
+    path, payload = requests[0]  # TRL's model and sampling settings, the interpreter's stop strings kept in the output
+    assert path == "/v1/completions" and payload["model"] == "scripted" and payload["temperature"] == 0.7
+    assert payload["stop"] and payload["include_stop_str_in_output"] and "min_p" not in payload
+    assert payload["max_tokens"] <= 64 and payload["return_token_ids"]
     (row,) = rows
     assert [(r.tool_call, r.status) for r in completion.records] == [("print(6 * 7)", "ok"), (None, "none")]
     masked = [t for t, m in zip(row.input_ids, row.completion_mask) if m == 0]

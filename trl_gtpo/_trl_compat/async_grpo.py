@@ -28,7 +28,6 @@ import contextvars
 import functools
 import inspect
 import logging
-import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -320,8 +319,8 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
 
     async def _generate_with_code_interpreter(self, prompt):
         """One rollout of GTPO's code interpreter (`code_interpreter.run`, in a thread of TRL's tool pool), each turn
-        one `/v1/completions` request of this asyncio loop. Returns what TRL's `_generate_one` returns: one training
-        row (prompt + completion, tool tokens masked) and the turn records on the completion."""
+        one `/v1/completions` request of this asyncio loop (`request`). Returns what TRL's `_generate_one` returns:
+        one training row (prompt + completion, tool tokens masked) and the turn records on the completion."""
         loop = asyncio.get_running_loop()
         prompt_ids = self.tokenizer.apply_chat_template(
             prompt, return_dict=False, add_generation_prompt=True, **self.chat_template_kwargs
@@ -329,15 +328,20 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
 
         versions = []
 
-        def complete(history, max_new_tokens, stop):
+        def request(fields: dict) -> dict:
+            """One `/v1/completions` request: `fields` (the turn's prompt, length and stop strings) with TRL's model
+            and sampling settings, through TRL's `_post` (its timeout and retries); the server's JSON reply."""
             versions.append(self.model_version)
-            return asyncio.run_coroutine_threadsafe(self._complete(history, max_new_tokens, stop), loop).result()
+            payload = {**self._sampling_fields(), **fields}
+            return asyncio.run_coroutine_threadsafe(
+                self._post("/v1/completions", payload, self.request_timeout), loop
+            ).result()
 
         def decode(tokens):
             return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
         run = functools.partial(
-            self.code_interpreter.run, self.tokenizer, prompt_ids, self.max_tokens, self.eos_token_ids, complete, decode
+            self.code_interpreter.run, self.tokenizer, prompt_ids, self.max_tokens, self.eos_token_ids, request, decode
         )
         trajectory, records = await loop.run_in_executor(self._tool_pool, run)
         ids = trajectory.completion_ids
@@ -351,20 +355,15 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
         return (TurnCompletion(messages, records=records, versions=versions), ids, rows, trajectory.num_tool_calls,
                 trajectory.num_tool_errors, None)
 
-    async def _complete(self, prompt_ids, max_tokens, stop):
-        """One turn from the vLLM server, stopped at the code interpreter's stop strings (kept in the output), with
-        TRL's sampling settings and its `_post` (retries) to `/v1/completions`."""
-        payload = {
-            "model": self._request_model, "prompt": prompt_ids, "max_tokens": max_tokens, "n": 1,
-            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-            "repetition_penalty": self.repetition_penalty, "return_token_ids": True, "logprobs": 0,
-            "stop": stop, "include_stop_str_in_output": True, "seed": random.getrandbits(63),
+    def _sampling_fields(self) -> dict:
+        """TRL's model and sampling settings of a request, as its `_generate_one_turn` sends them."""
+        fields = {
+            "model": self._request_model, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
         }
         if self.min_p is not None:
-            payload["min_p"] = self.min_p
-        output = await self._post("/v1/completions", payload, self.request_timeout)
-        choice = output["choices"][0]
-        return choice["token_ids"], choice["logprobs"]["token_logprobs"]
+            fields["min_p"] = self.min_p
+        return fields
 
     async def _score_group(self, group):
         # Overrides `_AsyncRolloutLoop._score_group`: TRL scores the group (its reward functions, environment rewards,
