@@ -4,7 +4,8 @@
 # and the GTPO / GRPO ratios; writes them to ${GPU_CHECK_OUTPUT:-gpu_check.json}.
 #   bash scripts/gpu_check.sh             # on the GPU machine, with CUDA PyTorch installed
 #   bash scripts/gpu_check.sh --dry-run   # anywhere: tiny model on the CPU, checks the script runs
-#   GPU_CHECK_ASYNC=1 bash scripts/gpu_check.sh   # then also the asynchronous path (vLLM server on the GPU, ~5 min)
+#   GPU_CHECK_ASYNC=1 bash scripts/gpu_check.sh   # then also the asynchronous path (vLLM server on the GPU, ~7 min:
+#                                                 # the rollout benchmark, at most ~3 min, then a few async steps)
 # Packages the machine lacks: put their wheels in ./wheels (pip download -d wheels ... elsewhere); they are installed
 # from there without an index. Python: $PYTHON, else python3.
 set -euo pipefail
@@ -21,7 +22,8 @@ fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 timeout 470 "$PY" scripts/gpu_check.py --output "${GPU_CHECK_OUTPUT:-gpu_check.json}" "$@"
 if [ "${GPU_CHECK_ASYNC:-0}" = 1 ]; then
-  # The asynchronous path (AsyncGTPOTrainer): a vLLM server on the GPU, weights streamed to it over NCCL after every
-  # step, the sandboxed python tool. Needs vLLM installed; NOT RUN on a GPU yet.
+  # The asynchronous path: a vLLM server on the GPU; benchmarks/bench_rollout.py's schedules against it (lockstep,
+  # async, async without tools, the computed floor; turns of 64-512 tokens), then AsyncGTPOTrainer with weights
+  # streamed to it over NCCL after every step and the sandboxed python tool. Needs vLLM installed; NOT RUN on a GPU.
   timeout 600 "$PY" scripts/gpu_check_async.py --output "${GPU_CHECK_ASYNC_OUTPUT:-gpu_check_async.json}"
 fi

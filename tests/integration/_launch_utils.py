@@ -105,7 +105,7 @@ def vllm_serve_cmd(model_dir, port: int, max_model_len: int = 256, max_num_seqs:
 
 
 @contextmanager
-def vllm_server(model_dir, log: Path, start_timeout: float = 420.0, max_model_len: int = 256):
+def vllm_server(model_dir, log: Path, start_timeout: float = 420.0, max_model_len: int = 256, max_num_seqs: int = 8):
     """A vLLM server on a free 127.0.0.1 port, in its own process group, always killed (SIGTERM, then SIGKILL).
 
     Yields {"base_url", "log", "model_dir", "startup_s"}. Raises (with the log's tail) if the server exits or is not
@@ -119,9 +119,9 @@ def vllm_server(model_dir, log: Path, start_timeout: float = 420.0, max_model_le
     base_url = f"http://127.0.0.1:{port}"
     start = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.Popen(vllm_serve_cmd(model_dir, port, max_model_len), stdout=out, stderr=subprocess.STDOUT,
-                                env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(vllm_serve_cmd(model_dir, port, max_model_len, max_num_seqs), stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     try:
         while True:
             if proc.poll() is not None:
