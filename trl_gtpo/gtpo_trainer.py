@@ -13,6 +13,7 @@ from .dataset_columns import check_dataset
 from .gtpo_config import GTPOConfig
 from .interpreter.environment import PythonEnvironment
 from .interpreter.executor import CodeExecutor, check_executor
+from .interpreter.lifecycle import CloseAtTrainEnd
 from .interpreter.rollout import CodeInterpreterRollout, log_call_timings
 from .rewards.turn import call_turn_reward_funcs, checked_turn_values, environment_turn_values
 from .sample_log import compact_samples
@@ -120,7 +121,7 @@ class GTPOTrainer(GRPOTrainer):
         if self.rollout_func is None and not self.tools and self.environment_factories is None:
             self.rollout_func = CodeInterpreterRollout(args, executor)
         if isinstance(self.rollout_func, CodeInterpreterRollout):
-            self.add_callback(self.rollout_func.callback())
+            self.add_callback(CloseAtTrainEnd(self.rollout_func.close))  # its sandbox workers stop with training
 
     def _generate_and_score_completions(self, inputs):
         # Overrides GRPOTrainer._generate_and_score_completions to replace its (B,) trajectory advantages by GTPO's

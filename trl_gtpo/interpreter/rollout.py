@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from .. import _trl_compat as trl_private
 from ..turn_records import TurnRecord, turn_spans
 from .executor import CodeCall, CodeExecutor, ExecutionResult, check_executor
+from .lifecycle import CloseAtTrainEnd
 from .loop import CodeInterpreterLoop, ExecutorError, GenerateTurn, Trajectory
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class CodeInterpreterRollout:
 
     def callback(self) -> TrainerCallback:
         """A callback that stops the sandbox workers when training ends (they restart if used again)."""
-        return _CloseAtTrainEnd(self)
+        return CloseAtTrainEnd(self.close)
 
     def __call__(self, prompts: list, trainer) -> dict:
         # A VLM prompt's images go with its trajectories into every turn's generation (`PromptMedia`); the loss's
@@ -269,11 +270,3 @@ def _describe_turns(trajectory: Trajectory) -> str:
         call = turn.status or ("no call" if turn.code is None else "not run")
         parts.append(f"T{j}: {call}{'' if turn.well_formed else ' (malformed)'}")
     return " | ".join(parts) + f" | end: {trajectory.stop_reason}"
-
-
-class _CloseAtTrainEnd(TrainerCallback):
-    def __init__(self, rollout: CodeInterpreterRollout):
-        self.rollout = rollout
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.rollout.close()
