@@ -21,7 +21,7 @@ from .async_turns import rewritten_turns, row_turns, token_advantages_by_row
 from .gtpo_config import GTPOFields
 from .interpreter.environment import TOOL_NAME, PythonEnvironment, SharedExecutor, ToolRun
 from .interpreter.loop import CodeInterpreterLoop
-from .interpreter.rollout import turn_records
+from .interpreter.rollout import call_timing_metrics, turn_records
 from .rewards.turn import call_turn_reward_funcs
 from .scoring import ScoringSettings, score_turns, trajectory_records
 from .turn_records import TurnRecord
@@ -125,7 +125,8 @@ class CodeInterpreterSettings:
     def run(self, tokenizer, prompt_ids, max_tokens, eos_token_ids, request, decode):
         """One trajectory of the same loop as the synchronous trainers' (`CodeInterpreterLoop`: ```python blocks,
         stop strings, sandbox calls, token ids only ever concatenated); `request(fields)` is one `/v1/completions`
-        request to the server (`server_turn`). Returns the trajectory and its turn records."""
+        request to the server (`server_turn`). Returns the trajectory, its turn records and its code calls' (queue
+        wait, run time) in seconds, which the group's scoring turns into tools/queue_wait_ms and tools/run_ms."""
         interpreter = CodeInterpreterLoop(
             tokenizer, self.executor, max_turns=self.max_turns, max_completion_length=max_tokens,
             stop_marker=self.stop_marker, eos_token_ids=eos_token_ids,
@@ -136,7 +137,7 @@ class CodeInterpreterSettings:
             return [ids], [logprobs]
 
         (trajectory,) = interpreter.run([prompt_ids], generate_turn)
-        return trajectory, turn_records(trajectory, decode)
+        return trajectory, turn_records(trajectory, decode), list(interpreter.call_timings)
 
 
 def server_turn(request, prompt_ids, max_tokens: int, stop: list[str]) -> tuple[list[int], list[float]]:
@@ -162,12 +163,14 @@ def python_environment_runs(tool_dict: dict) -> list[ToolRun] | None:
 @dataclass(frozen=True)
 class ScoredGroup:
     """What scoring a group gives: per conversation, per row, the advantage of each token (0 off the model's
-    tokens), the (N, K) table and the turn records it came from, and per conversation metrics for TRL's logs."""
+    tokens), the (N, K) table and the turn records it came from, and per conversation metrics for TRL's logs;
+    `group_metrics`: the group's own, pushed once for it (its code calls' tools/queue_wait_ms and tools/run_ms)."""
 
     token_advantages: list[list[list[float]]]
     advantages: torch.Tensor
     turns: list[list[TurnRecord]]
     metrics: list[dict[str, float]]
+    group_metrics: dict[str, float | tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,7 +179,8 @@ class TurnScorer:
 
     It gathers the group's turn records and turn rewards, lets `scoring.score_turns` (the same step as
     `GTPOTrainer`'s) make the table, and spreads it over the rows. The outcome is the sum of TRL's reward columns, as
-    TRL sums them.
+    TRL sums them. It also returns the group's code-call timings (`group_call_metrics`), which the rollout loop pushes
+    to TRL's metrics queue: the synchronous trainers' tools/queue_wait_ms and tools/run_ms.
     """
 
     settings: ScoringSettings
@@ -186,11 +190,12 @@ class TurnScorer:
 
     def score(
         self, *, prompts, completions, completion_ids, row_ids, row_masks, runs, rewards_per_func, reward_kwargs,
-        decode, run_async=None, records=None, row_turn_ids=None, turn_spans=None,
+        decode, run_async=None, records=None, row_turn_ids=None, turn_spans=None, call_timings=None,
     ) -> ScoredGroup:
         """`row_ids[i][r]` / `row_masks[i][r]`: the tokens and completion mask of conversation i's training row r;
         `runs[i]`: its `PythonEnvironment` call log (None: no such environment); `records[i]`: the code
-        interpreter's own turn records (None: not that path); `rewards_per_func`: (N, F).
+        interpreter's own turn records (None: not that path); `call_timings[i]`: the fence interpreter's (queue
+        wait, run time) of each code call (None: not that path; a call log has its own); `rewards_per_func`: (N, F).
 
         Turn identity, when the rollout loop knows it (None per conversation: the turns are the runs of its masks):
         `row_turn_ids[i][r][t]` is the turn that sampled token t of row r (-1 off the trained tokens) and
@@ -247,7 +252,23 @@ class TurnScorer:
             {"turns/num_turns": float(k), "turns/rewritten": float(r), "advantages/turn_mean": _nanmean(advantages[i])}
             for i, (k, r) in enumerate(zip(num_turns.tolist(), rewritten))
         ]
-        return ScoredGroup(token_advantages_by_row(advantages, row_masks, row_turn_ids), advantages, turns, metrics)
+        return ScoredGroup(
+            token_advantages_by_row(advantages, row_masks, row_turn_ids), advantages, turns, metrics,
+            group_call_metrics(runs, call_timings or [None] * n),
+        )
+
+
+def group_call_metrics(runs, call_timings) -> dict[str, float | tuple[float, float]]:
+    """tools/queue_wait_ms and tools/run_ms of a group's code calls, as the synchronous trainers log a step's: from
+    each conversation's fence-interpreter timings or `PythonEnvironment` call log. The /mean is a (sum, count) rate,
+    so TRL's logging window averages over every call of the groups it scored; the /p90 is the group's."""
+    timings = []
+    for calls, own in zip(runs, call_timings, strict=True):
+        if own is not None:
+            timings.extend(own)
+        elif calls is not None:
+            timings.extend((run.queue_wait, run.run_time) for run in calls)
+    return call_timing_metrics(timings, mean_as_rate=True)
 
 
 def _nanmean(values: torch.Tensor) -> float:

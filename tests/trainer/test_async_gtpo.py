@@ -12,7 +12,7 @@ import torch
 
 from trl_gtpo._trl_compat import async_grpo as trl_async
 from trl_gtpo.advantages import AdvantageSettings
-from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer, TurnScorer
+from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer, TurnScorer, group_call_metrics
 from trl_gtpo.async_turns import row_turns, token_advantages_by_row
 from trl_gtpo.interpreter.environment import ToolRun
 from trl_gtpo.scoring import ScoringSettings
@@ -91,6 +91,49 @@ def test_turn_scorer_pooled_with_a_turn_reward_and_a_forked_row():
     assert scored.token_advantages[0][0] == pytest.approx([0, high, high, 0], abs=1e-6)
     assert scored.token_advantages[0][1] == pytest.approx([0, 0, 0, 0, high], abs=1e-6)
     assert scored.token_advantages[1][0] == pytest.approx([0, low], abs=1e-6)
+
+
+def calls(*outputs):
+    """A conversation of one `python` call per output, then the answer."""
+    call = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "python", "arguments": {}}}]}
+    turns = [message for output in outputs for message in (call, {"role": "tool", "name": "python", "content": output})]
+    return turns + [{"role": "assistant", "content": outputs[-1]}]
+
+
+# One group's calls, (queue wait, run time) in seconds: A's two, B's one. In ms, by hand (p90 interpolates linearly,
+# position 0.9 * (3 - 1) = 1.8 of the sorted values): queue waits [0, 20, 5]: sum 25 over 3, p90 5 + 0.8 * 15 = 17;
+# run times [10, 30, 50]: sum 90 over 3, p90 30 + 0.8 * 20 = 46.
+TIMED_RUNS = [[ToolRun("print(42)", "42", "ok", 0.0, 0.010), ToolRun("print(43)", "43", "ok", 0.020, 0.030)],
+              [ToolRun("print(5)", "5", "ok", 0.005, 0.050)]]
+GROUP_TIMINGS = {"tools/queue_wait_ms/mean": (25.0, 3.0), "tools/queue_wait_ms/p90": 17.0,
+                 "tools/run_ms/mean": (90.0, 3.0), "tools/run_ms/p90": 46.0}
+
+
+def approx_metrics(metrics):
+    return {key: pytest.approx(value, abs=1e-9) for key, value in metrics.items()}
+
+
+def test_turn_scorer_gives_the_groups_call_timings():
+    # The PythonEnvironment path (each conversation's call log) and the fence path (its interpreter's timings) give
+    # the same group metrics; the /mean is a (sum, count) rate, which TRL's log() sums over its window.
+    scorer = TurnScorer(scoring(AdvantageSettings(0.9, "aligned", "group", "group")), 2)
+    common = dict(
+        prompts=[[]] * 2, completions=[calls("42", "43"), calls("5")], completion_ids=[[1], [1]],
+        row_ids=[[[5, 6, 7, 8, 9, 10]], [[5, 6, 7, 8]]], row_masks=[[[0, 1, 0, 1, 0, 1]], [[0, 1, 0, 1]]],
+        rewards_per_func=torch.tensor([[1.0], [0.0]]), reward_kwargs={}, decode=str,
+    )
+    scored = scorer.score(runs=TIMED_RUNS, **common)
+    assert scored.group_metrics == approx_metrics(GROUP_TIMINGS)
+    assert [r.tool_call for r in scored.turns[0]] == ["print(42)", "print(43)", None]  # the records are unchanged
+    timings = [[(run.queue_wait, run.run_time) for run in runs] for runs in TIMED_RUNS]
+    records = [[TurnRecord(0, "t", "print(42)", "42", "ok", 0, 1)], [TurnRecord(0, "t", "print(5)", "5", "ok", 0, 1)]]
+    fence = scorer.score(
+        prompts=[[]] * 2, completions=[[], []], completion_ids=[[1], [1]], row_ids=[[[5, 6]], [[5, 6]]],
+        row_masks=[[[0, 1]], [[0, 1]]], runs=[None, None], records=records, call_timings=timings,
+        rewards_per_func=torch.tensor([[1.0], [0.0]]), reward_kwargs={}, decode=str,
+    )
+    assert fence.group_metrics == approx_metrics(GROUP_TIMINGS)
+    assert scorer.score(runs=[None, None], **common).group_metrics == {}  # TRL's own tools: no timings, no metric
 
 
 def sample(ids, mask, advantage, group_id=0):
@@ -295,6 +338,34 @@ def test_the_async_trainer_shapes_with_the_configured_similarity(tiny_model_path
     assert trainer.turn_scorer.settings.shaping_alpha == 0.5
 
 
+def test_the_async_trainer_logs_the_scored_groups_call_timings(tiny_model_path, tmp_path):
+    """The rollout worker pushes each scored group's `group_metrics` to TRL's metrics queue; the trainer's log()
+    drains it: /mean over every call of the window's groups, /p90 the mean of the groups' p90s (as the synchronous
+    trainers log the mean of their steps' p90s)."""
+    from datasets import Dataset
+
+    args = AsyncGTPOConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, num_generations=2, token_budget=0,
+        report_to="none", use_cpu=True, save_strategy="no",
+    )
+    worker = StubWorker([])
+    trainer = AsyncGTPOTrainer(
+        tiny_model_path, reward_funcs=[], args=args,
+        train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
+        rollout_worker=worker, weight_transfer=NoWeightTransfer(),
+    )
+    # a second group of one call: queue wait 40 ms, run 70 ms
+    worker.metrics_queue.put(group_call_metrics(TIMED_RUNS, [None, None]))
+    worker.metrics_queue.put(group_call_metrics([None, None], [[(0.040, 0.070)], []]))
+    trainer.model.train()
+    trainer.log({})
+    logged = {key: value for key, value in trainer.state.log_history[-1].items() if key.startswith("tools/")}
+    assert logged == approx_metrics({
+        "tools/queue_wait_ms/mean": (25 + 40) / 4, "tools/queue_wait_ms/p90": (17 + 40) / 2,
+        "tools/run_ms/mean": (90 + 70) / 4, "tools/run_ms/p90": (46 + 70) / 2,
+    })
+
+
 def test_the_fence_interpreter_runs_in_trls_rollout_loop_turn_by_turn(tiny_model_path):
     """GTPORolloutLoop (the TRL adapter) drives `CodeInterpreterSettings.run` (GTPO's side): one request per turn,
     the code run in the sandbox, one training row with the tool output masked, and the interpreter's records."""
@@ -308,8 +379,10 @@ def test_the_fence_interpreter_runs_in_trls_rollout_loop_turn_by_turn(tiny_model
     from trl_gtpo.interpreter.executor import ExecutionResult
 
     class Executor:
+        concurrent_runs = True  # each call as it arrives, its timings as the executor gives them
+
         def run(self, calls):
-            return [ExecutionResult("42\n", "ok") for _ in calls]
+            return [ExecutionResult("42\n", "ok", duration=0.015, queue_wait=0.002) for _ in calls]
 
         def close_session(self, session_id):
             pass
@@ -343,5 +416,6 @@ def test_the_fence_interpreter_runs_in_trls_rollout_loop_turn_by_turn(tiny_model
     assert payload["max_tokens"] <= 64 and payload["return_token_ids"]
     (row,) = rows
     assert [(r.tool_call, r.status) for r in completion.records] == [("print(6 * 7)", "ok"), (None, "none")]
+    assert completion.timings == [(0.002, 0.015)]  # (queue wait, run time) of its call, for the group's metrics
     masked = [t for t, m in zip(row.input_ids, row.completion_mask) if m == 0]
     assert "42" in tokenizer.decode(masked[-8:])  # the sandbox's output is a tool token, not trained

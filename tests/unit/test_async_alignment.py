@@ -8,6 +8,7 @@ import asyncio
 import collections
 import queue
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -134,14 +135,14 @@ SCRIPT = {
 }
 
 
-def run_group(loop, questions):
+def run_group(loop, questions, sandbox=Sandbox):
     """Each question's rollout through TRL's `_generate_one`, gathered into a group as `_generate_loop` does, and
     scored by the loop's `_score_group`."""
 
     async def main():
         results = []
         for question in questions:
-            environment = PythonEnvironment(SharedExecutor(executor=Sandbox()))
+            environment = PythonEnvironment(SharedExecutor(executor=sandbox()))
             environment.reset()
             tool_dict = {"python": environment.python}
             results.append(await loop._generate_one([{"role": "user", "content": question}], tool_dict, []))
@@ -218,6 +219,33 @@ def test_a_turn_trl_rewrote_keeps_its_place_and_later_turns_their_own_advantage(
     assert [(r.index, r.status, r.tool_call) for r in records] == [(0, "error", "boom"), (1, "ok", "print(42)"),
                                                                      (2, "none", None)]
     assert records[0].text == "py: boom" and records[2].text == "it is 42"
+
+
+class TimedSandbox(Sandbox):
+    """`Sandbox` that reports each call's timings, and takes calls as they arrive (so they are its own, exactly):
+    `boom` waited 4 ms and ran 1 ms, anything else waited 0 and ran 20 ms."""
+
+    concurrent_runs = True
+
+    def run(self, calls):
+        return [replace(result, queue_wait=0.004, duration=0.001) if call.code == "boom"
+                else replace(result, duration=0.020) for call, result in zip(calls, super().run(calls))]
+
+
+def test_a_scored_group_pushes_its_calls_queue_wait_and_run_time(monkeypatch):
+    # "long" runs two calls (boom: 4 ms wait, 1 ms run; print(42): 0, 20), "short" none. By hand, in ms: queue waits
+    # [4, 0]: (4, 2), p90 0 + 0.9 * 4 = 3.6; run times [1, 20]: (21, 2), p90 1 + 0.9 * 19 = 18.1.
+    loop = scripted_loop(monkeypatch, SCRIPT, turn_scorer=scorer())
+    run_group(loop, ["long", "short"], sandbox=TimedSandbox)
+    pushed = []
+    while not loop._metrics_queue.empty():
+        payload = loop._metrics_queue.get()
+        pushed += [{key: value for key, value in payload.items() if key.startswith(("tools/queue", "tools/run"))}]
+    (timings,) = [payload for payload in pushed if payload]  # one push, for the one group scored
+    assert timings == {key: pytest.approx(value, abs=1e-9) for key, value in {
+        "tools/queue_wait_ms/mean": (4.0, 2.0), "tools/queue_wait_ms/p90": 3.6,
+        "tools/run_ms/mean": (21.0, 2.0), "tools/run_ms/p90": 18.1,
+    }.items()}
 
 
 def test_rollout_turns_follow_trls_realign_and_fork():

@@ -9,8 +9,9 @@ each of them, so a TRL upgrade fails with a clear message at construction instea
   (`rollout_turns`: which turn sampled each trained token, from the requests `_generate_one_turn` notes and TRL's own
   reconciler `_chain_to_sequences` replayed with each turn's tokens marked), or runs the token-in/token-out tool loop
   (`token_in_token_out`: no turn re-rendered, `tool_suffix_ids`); `_score_group` lets TRL score the group, then
-  replaces its one advantage per conversation by GTPO's per-token turn advantages (`TurnScorer`) and stamps the
-  group's policy version (`group_version`).
+  replaces its one advantage per conversation by GTPO's per-token turn advantages (`TurnScorer`), stamps the
+  group's policy version (`group_version`) and pushes the scorer's per-group metrics (its code calls' queue wait and
+  run time) to TRL's metrics queue (`_push_metrics`), which the trainer drains and reduces in `log()`.
 - `use_turn_scoring`: makes TRL's `AsyncRolloutWorker` spawn that loop (its `_loop_cls` and `_loop_kwargs`).
 - `TurnAdvantageCollate`: TRL's packer (`DataCollatorForRollout`, `packing.TreeRow.pack`) stamps one advantage on
   every loss term of a sample; this wrapper writes each term's own token's advantage into the packed batch, matching
@@ -65,6 +66,7 @@ def check_async_trl_api() -> None:
         (loop, "_generate_one"): ["self", "prompt", "tool_dict", "tools", "group_id"],
         (loop, "_score_group"): ["self", "group"],
         (loop, "_post"): ["self", "path", "payload", "timeout", "max_retries"],
+        (loop, "_push_metrics"): ["self", "values"],
         (_packing.TreeRow, "pack"): ["self"],
         (loop, "_generate_one_turn"): ["self", "prompt_ids"],
         (loop, "_execute_tool_calls"): ["self", "tool_calls", "tool_dict"],
@@ -140,20 +142,22 @@ class TurnCompletion(list):
     """A completion's messages (what reward functions get, a plain list to them) that also carries, from the rollout
     task to the group's scoring in the same process, the `PythonEnvironment` call log of its rollout (`runs`; None
     when no such environment ran), the code interpreter's own turn records (`records`; None on the other paths) and
-    the identity of its turns (`turns`, a `RolloutTurns`; None on the fence path, whose one row is its tokens
-    concatenated). All pickle, should TRL ever move them."""
+    its code calls' (queue wait, run time) in seconds (`timings`; None on the other paths), and the identity of its
+    turns (`turns`, a `RolloutTurns`; None on the fence path, whose one row is its tokens concatenated). All pickle,
+    should TRL ever move them."""
 
     def __init__(self, messages, runs: list | None = None, records: list | None = None,
-                 turns: RolloutTurns | None = None, versions: list | None = None):
+                 turns: RolloutTurns | None = None, versions: list | None = None, timings: list | None = None):
         super().__init__(messages)
         self.runs = runs
         self.records = records
         self.turns = turns
         # the policy version each request of the rollout was made under
         self.versions = list(versions) if versions is not None else (list(turns.versions) if turns else [])
+        self.timings = timings
 
     def __reduce__(self):
-        return (TurnCompletion, (list(self), self.runs, self.records, self.turns, self.versions))
+        return (TurnCompletion, (list(self), self.runs, self.records, self.turns, self.versions, self.timings))
 
 
 # The requests of the rollout task that is running (`GTPORolloutLoop._generate_one_turn` appends to it): each asyncio
@@ -222,7 +226,8 @@ _FENCES_PARSED_BY_GTPO = "GTPO's code interpreter reads the ```python blocks of 
 class GTPORolloutLoop(_AsyncRolloutLoop):
     """TRL's asynchronous rollout loop with GTPO's scoring (see the module docstring). GTPO's parts arrive as
     arguments: `turn_scorer` (`.score(...)`, `trl_gtpo.async_gtpo.TurnScorer`), `environment_runs(tool_dict)` (a
-    rollout's environment call log, or None) and `code_interpreter` (`.run(...)`, the fence interpreter, or None);
+    rollout's environment call log, or None) and `code_interpreter` (`.run(...)` -> (trajectory, turn records, call
+    timings): the fence interpreter, or None);
     every other argument is TRL's."""
 
     def __init__(self, *, turn_scorer, environment_runs=None, code_interpreter=None, token_in_token_out=False,
@@ -343,7 +348,7 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
         run = functools.partial(
             self.code_interpreter.run, self.tokenizer, prompt_ids, self.max_tokens, self.eos_token_ids, request, decode
         )
-        trajectory, records = await loop.run_in_executor(self._tool_pool, run)
+        trajectory, records, timings = await loop.run_in_executor(self._tool_pool, run)
         ids = trajectory.completion_ids
         logprobs = trajectory.logprobs or [0.0] * len(ids)
         sequence = _worker_module.TrainingSequence(
@@ -352,8 +357,8 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
         )
         messages = [{"role": "assistant", "content": decode(ids)}]
         rows = [sequence] if any(trajectory.tool_mask) else []
-        return (TurnCompletion(messages, records=records, versions=versions), ids, rows, trajectory.num_tool_calls,
-                trajectory.num_tool_errors, None)
+        return (TurnCompletion(messages, records=records, versions=versions, timings=timings), ids, rows,
+                trajectory.num_tool_calls, trajectory.num_tool_errors, None)
 
     def _sampling_fields(self) -> dict:
         """TRL's model and sampling settings of a request, as its `_generate_one_turn` sends them."""
@@ -367,7 +372,8 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
 
     async def _score_group(self, group):
         # Overrides `_AsyncRolloutLoop._score_group`: TRL scores the group (its reward functions, environment rewards,
-        # metrics); GTPO then replaces each sample's one advantage by its tokens' turn advantages.
+        # metrics); GTPO then replaces each sample's one advantage by its tokens' turn advantages, and pushes the
+        # group's own metrics through TRL's `_AsyncRolloutLoop._push_metrics` (the worker's queue to `log()`).
         samples = await super()._score_group(group)
         rows = [[list(map(int, sequence.completion_mask)) for sequence in sequences]
                 for sequences in group.completions_sequences]
@@ -389,6 +395,7 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
             row_masks=rows,
             runs=[getattr(completion, "runs", None) for completion in group.completions],
             records=[getattr(completion, "records", None) for completion in group.completions],
+            call_timings=[getattr(completion, "timings", None) for completion in group.completions],
             row_turn_ids=[turns.rows if turns is not None else None for turns in identities],
             turn_spans=[turns.spans if turns is not None else None for turns in identities],
             rewards_per_func=rewards,
@@ -406,6 +413,8 @@ class GTPORolloutLoop(_AsyncRolloutLoop):
                 sample.metrics["rollout/version_span"] = float(span)
                 sample.model_version = version
                 position += 1
+        if scored.group_metrics:
+            self._push_metrics(scored.group_metrics)
         return samples
 
 

@@ -6,7 +6,7 @@ GTPO is compared against (`examples/train_gtpo.py --trainer grpo`).
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import TrainerCallback
@@ -18,6 +18,9 @@ from .lifecycle import CloseAtTrainEnd
 from .loop import CodeInterpreterLoop, ExecutorError, GenerateTurn, Trajectory
 
 logger = logging.getLogger(__name__)
+
+# Each code call's wait for a free sandbox worker, and its run time (`ExecutionResult.queue_wait`, `.duration`).
+CALL_TIMING_METRICS = ("tools/queue_wait_ms", "tools/run_ms")
 
 
 class CodeInterpreterRollout:
@@ -255,13 +258,29 @@ def log_call_timings(trainer, timings: list[tuple[float, float]]) -> None:
     from accelerate.utils import gather_object
 
     everyone = [pair for pairs in gather_object([list(timings)]) for pair in pairs]
-    if not everyone:
-        return
     metrics = trl_private.metrics(trainer)
-    table = torch.tensor(everyone, dtype=torch.float64) * 1000.0
-    for k, name in enumerate(("tools/queue_wait_ms", "tools/run_ms")):
-        metrics[f"{name}/mean"].append(table[:, k].mean().item())
-        metrics[f"{name}/p90"].append(torch.quantile(table[:, k], 0.9).item())
+    for key, value in call_timing_metrics(everyone).items():
+        metrics[key].append(value)
+
+
+def call_timing_metrics(
+    timings: Sequence[tuple[float, float]], *, mean_as_rate: bool = False
+) -> dict[str, float | tuple[float, float]]:
+    """tools/queue_wait_ms and tools/run_ms, each /mean and /p90 (linear interpolation), of calls given as (queue
+    wait, run time) in seconds; {} without calls. One definition for both trainers' logs.
+
+    `mean_as_rate`: each /mean as (sum, count), the rate TRL's asynchronous trainer sums over its logging window, so
+    the calls of several pushes average as one set (a mean of means would weigh a group of few calls like one of
+    many)."""
+    if not timings:
+        return {}
+    table = torch.tensor([list(pair) for pair in timings], dtype=torch.float64) * 1000.0
+    metrics: dict[str, float | tuple[float, float]] = {}
+    for k, name in enumerate(CALL_TIMING_METRICS):
+        column = table[:, k]
+        metrics[f"{name}/mean"] = (column.sum().item(), float(column.numel())) if mean_as_rate else column.mean().item()
+        metrics[f"{name}/p90"] = torch.quantile(column, 0.9).item()
+    return metrics
 
 
 def _describe_turns(trajectory: Trajectory) -> str:
