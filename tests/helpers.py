@@ -3,11 +3,14 @@ batch, and scripted code-interpreter trajectories (A-D) whose advantages the tes
 
 import contextlib
 import io
+import os
 
 import torch
+import trl
 
 from trl_gtpo import GTPOConfig, GTPOTrainer
 from trl_gtpo.interpreter.executor import ExecutionResult
+from trl_gtpo.turn_records import turn_spans
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
 
@@ -188,3 +191,24 @@ class ExecExecutor:
 
     def close(self):
         pass
+
+
+def first_token_advantages(trainer_record, row) -> list[float]:
+    """The advantage of each turn of a row, read at the turn's first token."""
+    mask = trainer_record["unmasked"][row].tolist()
+    return [trainer_record["gtpo"][row, start].item() for start, _ in turn_spans(mask)]
+
+
+def pooled(returns_by_row: list[list[float]]) -> list[list[float]]:
+    values = torch.tensor([value for row in returns_by_row for value in row])
+    mean, std = values.mean(), values.std()
+    return [[((value - mean) / (std + 1e-4)).item() for value in row] for row in returns_by_row]
+
+
+def tool_calling_tokenizer(path):
+    """The tiny byte-level tokenizer with TRL's Qwen3 chat template, which renders and parses JSON tool calls."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = open(os.path.join(os.path.dirname(trl.__file__), "chat_templates", "qwen3.jinja")).read()
+    return tokenizer

@@ -8,11 +8,10 @@ from unittest.mock import patch
 import pytest
 import torch
 from datasets import Dataset
-from test_turn_rewards import tool_calling_tokenizer
 
 from trl_gtpo import GTPOTrainer
 
-from helpers import QUESTION, make_args
+from helpers import QUESTION, make_args, tool_calling_tokenizer
 
 # ------------------------------------------------- environments that own the data (the prompt comes from reset())
 

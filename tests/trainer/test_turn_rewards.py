@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-import trl
 from datasets import Dataset
 
 from trl_gtpo import GTPOConfig
@@ -23,26 +22,23 @@ from trl_gtpo.turn_records import (
     environment_call_turns,
     records_from_mask,
     records_from_messages,
-    turn_spans,
 )
 
-from helpers import QUESTION, RecordingGTPOTrainer, TaggedScripts, boxed_42, make_args, rows_by_tag
+from helpers import (
+    QUESTION,
+    RecordingGTPOTrainer,
+    TaggedScripts,
+    boxed_42,
+    first_token_advantages,
+    make_args,
+    pooled,
+    rows_by_tag,
+    tool_calling_tokenizer,
+)
 
 
 def record(index, status="none", response=None, call=None):
     return TurnRecord(index, f"turn {index}", call, response, status, 0, 1)
-
-
-def first_token_advantages(trainer_record, row) -> list[float]:
-    """The advantage of each turn of a row, read at the turn's first token."""
-    mask = trainer_record["unmasked"][row].tolist()
-    return [trainer_record["gtpo"][row, start].item() for start, _ in turn_spans(mask)]
-
-
-def pooled(returns_by_row: list[list[float]]) -> list[list[float]]:
-    values = torch.tensor([value for row in returns_by_row for value in row])
-    mean, std = values.mean(), values.std()
-    return [[((value - mean) / (std + 1e-4)).item() for value in row] for row in returns_by_row]
 
 
 # ------------------------------------------------------------------------------------------------ pure functions
@@ -213,15 +209,6 @@ def test_rollout_func_turn_rewards_and_tensor_env_masks(tiny_model_path, tmp_pat
     for row in range(4):
         assert first_token_advantages(trainer.records[0], row) == pytest.approx(expected[row], abs=1e-5)
     assert trainer.state.log_history[0]["turn_rewards/rollout_func/mean"] == pytest.approx((0.25 - 0.5) / 2)
-
-
-def tool_calling_tokenizer(path):
-    """The tiny byte-level tokenizer with TRL's Qwen3 chat template, which renders and parses JSON tool calls."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = open(os.path.join(os.path.dirname(trl.__file__), "chat_templates", "qwen3.jinja")).read()
-    return tokenizer
 
 
 class ScriptedToolModel:

@@ -11,7 +11,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from helpers import QUESTION, RecordingGTPOTrainer, make_args, trl_args
-from test_turn_rewards import tool_calling_tokenizer
+from helpers import tool_calling_tokenizer
 from trl_gtpo import PythonEnvironment
 from trl_gtpo.interpreter.environment import SharedExecutor, ToolRun, records_from_environment
 from trl_gtpo.interpreter.executor import CodeCall, ExecutionResult
@@ -246,7 +246,7 @@ def test_gtpo_trainer_reads_the_sandbox_status_in_its_turn_records(tiny_model_pa
     # Turn records from the sandbox: "print(3 * 4)" ran ok, "print(1 / 0)" ran and raised (TRL's own records would
     # call both "ok": the tool returned a string both times). tool_success: 1 / 0; says_12: 1 / 0. gamma 0.5:
     # ok rows r = [1, 1] -> R = [1.5, 1]; failing rows r = [0, 0] -> R = [0, 0]; pooled over each group of 4.
-    from test_turn_rewards import first_token_advantages, pooled
+    from helpers import first_token_advantages, pooled
 
     expected = pooled([[1.5, 1.0] if v else [0.0, 0.0] for v in ok])
     assert trainer.state.log_history[0]["format/violations_per_turn"] == 0.0  # the format rule read these records
