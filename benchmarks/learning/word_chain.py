@@ -31,8 +31,9 @@ import hashlib
 import math
 import operator
 import random
-import re
 from typing import NamedTuple
+
+from trl_gtpo.rewards.turn import last_printed_number
 
 
 class Scenario(NamedTuple):
@@ -198,9 +199,6 @@ def prompt(question: str, steps: int = STEPS) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------
 # Scoring
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
-
-
 def step_checks(turns, steps: list[str], intermediates: list) -> list[tuple[int, int, bool]]:
     """(turn index, step, right) for each tool call of one trajectory that ran: the k-th call is step k.
 
@@ -214,7 +212,7 @@ def step_checks(turns, steps: list[str], intermediates: list) -> list[tuple[int,
     for turn in turns:
         if not turn.ran:
             continue
-        printed = _last_number(turn.tool_response) if turn.status == "ok" else None
+        printed = last_printed_number(turn)
         k = len(checks)
         right = False
         if k < len(steps) and printed is not None:
@@ -249,11 +247,6 @@ def boxed_answer_reward(completions, answer, **kwargs) -> list[float]:
         value = _as_number(text[start + 7 : end]) if start != -1 and end != -1 else None
         rewards.append(1.0 if value is not None and math.isclose(value, float(reference), abs_tol=1e-6) else 0.0)
     return rewards
-
-
-def _last_number(text: str | None) -> float | None:
-    found = _NUMBER.findall(text or "")
-    return _as_number(found[-1]) if found else None
 
 
 def _as_number(text: str) -> float | None:

@@ -48,6 +48,7 @@ __all__ = [
     "checked_turn_values",
     "environment_turn_values",
     "intermediate_value_turn_reward",
+    "last_printed_number",
     "tool_success_turn_reward",
     "turn_reward_table",
     "weighted_turn_terms",
@@ -115,8 +116,7 @@ def intermediate_value_turn_reward(
             if not turn.ran:
                 values.append(None)
                 continue
-            printed = _NUMBER.findall(turn.tool_response or "") if turn.status == "ok" else []
-            last = _as_number(printed[-1]) if printed else None
+            last = last_printed_number(turn)
             match = next((k for k, target in enumerate(targets) if k not in credited and _same(last, target)), None)
             if match is not None:
                 credited.add(match)
@@ -148,10 +148,16 @@ def call_after_final_value_turn_reward(
                 values.append(None)
                 continue
             values.append(-1.0 if found else None)
-            printed = _NUMBER.findall(turn.tool_response or "") if turn.status == "ok" else []
-            found = found or bool(printed) and _same(_as_number(printed[-1]), final)
+            found = found or _same(last_printed_number(turn), final)
         rewards.append(values)
     return rewards
+
+
+def last_printed_number(turn: TurnRecord) -> float | None:
+    """The last number a turn's tool call printed, if the call ran and returned ("ok"); None otherwise. Rewards that
+    check a computed value read this one number, so that a program printing many candidates does not collect them."""
+    printed = _NUMBER.findall(turn.tool_response or "") if turn.status == "ok" else []
+    return _as_number(printed[-1]) if printed else None
 
 
 def _output_states(turn: TurnRecord, answer: str) -> bool:
