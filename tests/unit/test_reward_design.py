@@ -12,20 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trl_gtpo.cli.train import load_reward_funcs
 from trl_gtpo.rewards import math_answer_reward
 from trl_gtpo.rewards.summed import summed_format_penalty, summed_turn_reward
-from trl_gtpo.rewards.turn import call_after_final_value_turn_reward, intermediate_value_turn_reward
+from trl_gtpo.rewards.turn import intermediate_value_turn_reward
 from trl_gtpo.turn_records import TurnRecord
 
 RECIPE = yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / "cpu_default.yaml").read_text())
-TURN_FUNCS = {"intermediate_value_turn_reward": intermediate_value_turn_reward,
-              "call_after_final_value_turn_reward": call_after_final_value_turn_reward}
-TURN_REWARDS = [
-    (TURN_FUNCS[name], weight)
-    for name, weight in zip(RECIPE["turn_reward_funcs"],
-                            RECIPE.get("turn_reward_weights") or [1.0] * len(RECIPE["turn_reward_funcs"]), strict=True)
-]
-TURN_WEIGHT = dict((func.__name__, weight) for func, weight in TURN_REWARDS)["intermediate_value_turn_reward"]
+TURN_NAMES = RECIPE["turn_reward_funcs"]
+TURN_WEIGHTS = dict(zip(TURN_NAMES, RECIPE.get("turn_reward_weights") or [1.0] * len(TURN_NAMES), strict=True))
+TURN_REWARDS = list(zip(load_reward_funcs(TURN_NAMES, "--turn_reward_funcs"), TURN_WEIGHTS.values(), strict=True))
+TURN_WEIGHT = TURN_WEIGHTS["intermediate_value_turn_reward"]
 OUTCOME_WEIGHT = (RECIPE.get("reward_weights") or [1.0])[0]
 FORMAT_PENALTY = RECIPE.get("format_penalty", -0.1)
 
