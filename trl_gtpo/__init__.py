@@ -25,6 +25,7 @@ _EXPORTS = {
     "math_answer_reward": "rewards",
     "TurnRecord": "turn_records",
     "intermediate_value_turn_reward": "rewards.turn",
+    "answer_after_intermediate_turn_reward": "rewards.turn",
     "call_after_final_value_turn_reward": "rewards.turn",
     "tool_success_turn_reward": "rewards.turn",
     "verified_answer_turn_reward": "rewards.turn",

@@ -8,7 +8,8 @@ with `--seed S` and `--trainer gtpo|grpo`; nothing else differs:
 
     gtpo   GTPOTrainer: the outcome reward, the recipe's turn rewards (`intermediate_value_turn_reward`: each tool
            turn's printed value against the true intermediates; `call_after_final_value_turn_reward`: a call made
-           after the final value was printed), GTPO's defaults (aligned estimator, gamma 0.9, format
+           after the final value was printed; `answer_after_intermediate_turn_reward`: an answer given on an
+           intermediate value), GTPO's defaults (aligned estimator, gamma 0.9, format
            penalty -0.1, shaping 0.5)
     grpo   TRL's GRPOTrainer with the same `CodeInterpreterRollout` as rollout_func; rewards: the same outcome, the
            same turn rewards summed over the trajectory, the same format penalty summed (the same verified

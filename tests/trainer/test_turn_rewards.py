@@ -10,6 +10,7 @@ from datasets import Dataset
 from trl_gtpo import GTPOConfig
 from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
 from trl_gtpo.rewards.turn import (
+    answer_after_intermediate_turn_reward,
     call_after_final_value_turn_reward,
     call_turn_reward_funcs,
     environment_turn_values,
@@ -109,6 +110,51 @@ def test_call_after_final_value_turn_reward_matches_a_reference_on_random_trajec
         first = next((j for j, t in enumerate(trajectory)
                       if t.status == "ok" and int(t.tool_response.split()[-1]) == expected[-1]), None)
         assert values == [-1.0 if first is not None and j > first and t.ran else None for j, t in enumerate(trajectory)]
+
+
+def test_answer_after_intermediate_turn_reward_charges_an_answer_given_on_an_intermediate_value():
+    answer = record  # the answer turn: no tool call
+    turns = [
+        # the right first product, then the answer: the answer turn is charged, the call is not
+        [record(0, "ok", "3504\n", "print(48 * 73)"), answer(1)],
+        # both steps, then the answer: not charged; a wrong second step, then the answer: not charged either
+        [record(0, "ok", "3504", "c"), record(1, "ok", "339888", "c"), answer(2)],
+        [record(0, "ok", "3504", "c"), record(1, "ok", "336384", "c"), answer(2)],
+        # a failed call prints no value: the last value printed is still the intermediate; numbers as numbers
+        [record(0, "ok", "3,504.0", "c"), record(1, "error", "Traceback", "c"), answer(2)],
+        # the intermediate among other numbers counts only as the last one; a wrong pair is not an intermediate
+        [record(0, "ok", "3504 7", "c"), answer(1)], [record(0, "ok", "4656", "c"), answer(1)],
+        # no answer: the last turn made a call (out of turns); no call at all; an empty trajectory
+        [record(0, "ok", "3504", "c"), record(1, "none", None, "print(3504 * 97)")], [answer(0)], [],
+        # the final value printed last (after the intermediate again) is an answer on the final value
+        [record(0, "ok", "339888", "c"), answer(1)],
+    ]
+    intermediates = [[3504, 339888]] * 3 + [["3504", "339888"]] + [[3504, 339888]] * 6
+    assert answer_after_intermediate_turn_reward(turns, intermediates) == [
+        [None, -1.0], [None, None, None], [None, None, None], [None, None, -1.0], [None, None], [None, None],
+        [None, None], [None], [], [None, None],
+    ]
+    # a one-step problem has no intermediate: never charged
+    assert answer_after_intermediate_turn_reward([[record(0, "ok", "42", "c"), answer(1)]], [[42]]) == [[None, None]]
+
+
+def test_answer_after_intermediate_turn_reward_matches_a_reference_on_random_trajectories():
+    import random
+
+    rng = random.Random(1)
+    for _ in range(500):
+        expected = rng.sample(range(1, 60), rng.randint(1, 3))
+        trajectory = []
+        for j in range(rng.randint(0, 6)):
+            status = rng.choice(["ok", "ok", "ok", "error", "none", "no_code"])
+            value = rng.choice(expected + [rng.randint(1, 60)])
+            response = f"{rng.randint(1, 9)} {value}" if status != "none" else None
+            trajectory.append(record(j, status, response, rng.choice(["code", None]) if status == "none" else "code"))
+        (values,) = answer_after_intermediate_turn_reward([trajectory], [expected])
+        printed = [int(t.tool_response.split()[-1]) for t in trajectory[:-1] if t.status == "ok"]
+        premature = (bool(trajectory) and trajectory[-1].tool_call is None and bool(printed)
+                     and printed[-1] in expected[:-1])
+        assert values == [-1.0 if premature and j == len(trajectory) - 1 else None for j in range(len(trajectory))]
 
 
 def test_turn_reward_function_shape_errors_name_the_function_the_trajectory_and_both_counts():

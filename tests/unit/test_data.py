@@ -207,6 +207,21 @@ def test_reworded_problems_are_the_same_products_in_sentence_forms_the_trained_k
     assert len(swapped) > len(rows) / 2
 
 
+def test_units_first_problems_are_trained_forms_that_name_the_units_first_and_share_nothing_with_the_reworded_ones():
+    rows = synthetic_rows(60, seed=4, kinds=["word_units_first"])
+    forms = {re.sub(r"\d+", "N", row["question"]) for row in rows}
+    assert forms == {re.sub(r"\{[ab]\}", "N", template) for template in data.UNITS_FIRST_TEMPLATES}
+    reworded = {re.sub(r"\{[ab]\}", "N", template) for template in data.REWORDED_TEMPLATES}
+    assert not forms & reworded
+    # no noun of a reworded form: the reworded split stays unseen wordings about other things
+    nouns = {"pens", "boxes", "buses", "passengers", "book", "pages", "copies", "farmer", "trees", "rows"}
+    assert not any(noun in re.findall(r"[a-z]+", question) for question in forms for noun in nouns)
+    for row in rows:
+        a, b = (int(n) for n in row["expression"].split(" * "))
+        assert int(row["answer"]) == a * b and row["intermediates"] == [row["answer"]]
+        assert row["question"].index(str(b)) < row["question"].index(str(a))  # the units first, in every form
+
+
 def test_two_step_problems_check_each_step_and_need_both():
     rows = synthetic_rows(40, seed=3, kinds=["word_two_step"])
     assert {re.sub(r"\d+", "N", row["question"]) for row in rows} == {

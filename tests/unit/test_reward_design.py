@@ -59,6 +59,9 @@ BEHAVIOURS = {  # name: (problem, calls, boxed answer), the README's table
         TWO_STEP, [call("print(48 * 97)"), call("print(4656 * 73)")], "339888"
     ),
     "two-step: right first product, answered at once": (TWO_STEP, [call("print(48 * 73)")], "3504"),
+    "two-step: right first product, then a wrong second product": (
+        TWO_STEP, [call("print(48 * 73)"), call("print(3504 * 79)")], "276816"
+    ),
     "two-step: wrong pair, answered at once": (TWO_STEP, [call("print(48 * 97)")], "4656"),
     "two-step: no call, a guess": (TWO_STEP, [], "340000"),
     "one-step: one call, right answer": (ONE_STEP, [call("print(779 * 982)")], "764978"),
@@ -74,7 +77,8 @@ README_TOTALS = {
     "two-step: both steps, right answer": 2.0,
     "two-step: one call for the final value": 1.5,
     "two-step: wrong pair first, then the final value": 1.5,
-    "two-step: right first product, answered at once": 0.5,
+    "two-step: right first product, answered at once": 0.0,
+    "two-step: right first product, then a wrong second product": 0.5,
     "two-step: wrong pair, answered at once": 0.0,
     "two-step: no call, a guess": -0.1,
     "one-step: one call, right answer": 2.0,
@@ -107,7 +111,15 @@ def test_a_premature_answer_earns_strictly_less_than_any_correct_solution(totals
     correct = [v for n, v in totals.items() if n.startswith("two-step") and BEHAVIOURS[n][2] == TWO_STEP["answer"]]
     assert totals["two-step: right first product, answered at once"] < min(correct)
     assert totals["one-step: a second call that multiplies again"] < totals["one-step: one call, right answer"]
-    assert totals["one-step: a second call that multiplies again"] <= totals["two-step: right first product, answered at once"]
+
+
+def test_without_a_correct_answer_the_second_step_still_beats_stopping_at_the_first(totals):
+    """A group of two-step trajectories none of which is right still has a reward difference that points to the second
+    call: going on and getting it wrong beats answering with the first product, which is charged on its answer turn;
+    a premature answer is still no worse than a wrong pair and better than no call."""
+    premature = totals["two-step: right first product, answered at once"]
+    assert totals["two-step: right first product, then a wrong second product"] > premature
+    assert premature >= totals["two-step: wrong pair, answered at once"] > totals["two-step: no call, a guess"]
 
 
 def test_a_call_after_the_final_value_costs_less_than_a_wrong_answer(totals):

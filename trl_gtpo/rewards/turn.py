@@ -26,6 +26,9 @@ Built-in turn rewards:
 - [`call_after_final_value_turn_reward`]: -1.0 for a tool call made after an earlier call of its trajectory printed
   the problem's final value (the last of `intermediates`), None for every other turn: the price of the call that
   goes on computing once the answer is known.
+- [`answer_after_intermediate_turn_reward`]: -1.0 for the answer turn (the last, with no tool call) when the last
+  value the trajectory's calls printed is an intermediate step's and not the final one, None for every other turn:
+  the price of answering before the last step.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from ..turn_records import TurnRecord
 from .answer import final_answer
 
 __all__ = [
+    "answer_after_intermediate_turn_reward",
     "call_after_final_value_turn_reward",
     "call_turn_reward_funcs",
     "checked_turn_values",
@@ -149,6 +153,35 @@ def call_after_final_value_turn_reward(
                 continue
             values.append(-1.0 if found else None)
             found = found or _same(last_printed_number(turn), final)
+        rewards.append(values)
+    return rewards
+
+
+def answer_after_intermediate_turn_reward(
+    turns: Sequence[Sequence[TurnRecord]], intermediates: Sequence[Sequence], **kwargs
+) -> list[list[float | None]]:
+    """r_j = -1 if turn j is the trajectory's answer (its last turn, with no tool call) and the last value its calls
+    printed (the last number of the latest call that printed one) is one of `intermediates[i]` before the final
+    value; None for every other turn.
+
+    Why: the mirror of `call_after_final_value_turn_reward`. A reward for each verified value pays the first step of
+    a two-step problem whether or not the second follows, so a trajectory that answers with the first product earns
+    as much as one that takes the second step and gets it wrong, and a group with no correct answer has no reward
+    difference pointing to the second call. This charges the turn that stopped early (turn-level credit,
+    arXiv 2511.14846, puts it there; a summed reward spreads it). A trajectory that ran out of turns or tokens with
+    a call last has given no answer and is not charged; a one-step problem has no intermediate and is never
+    charged.
+    """
+    rewards = []
+    for trajectory, expected in zip(turns, intermediates, strict=True):
+        values: list[float | None] = [None] * len(trajectory)
+        if len(expected) > 1 and trajectory and trajectory[-1].tool_call is None:
+            final = _as_number(str(expected[-1]))
+            steps = [_as_number(str(value)) for value in expected[:-1]]
+            printed = [last_printed_number(turn) for turn in trajectory[:-1]]
+            last = next((value for value in reversed(printed) if value is not None), None)
+            if any(_same(last, step) for step in steps) and not _same(last, final):
+                values[-1] = -1.0
         rewards.append(values)
     return rewards
 
