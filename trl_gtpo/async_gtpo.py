@@ -19,7 +19,7 @@ import torch
 from ._trl_compat import async_grpo as trl_async
 from .async_turns import rewritten_turns, row_turns, token_advantages_by_row
 from .gtpo_config import GTPOFields
-from .interpreter.environment import TOOL_NAME, PythonEnvironment, SharedExecutor, ToolRun
+from .interpreter.environment import TOOL_NAME, PythonEnvironment, SharedExecutor, ToolRun, expect_concurrency
 from .interpreter.loop import CodeInterpreterLoop
 from .interpreter.rollout import call_timing_metrics, turn_records
 from .rewards.turn import call_turn_reward_funcs
@@ -338,11 +338,17 @@ class AsyncGTPOTrainer(AsyncGRPOTrainer):
             turn_reward_funcs=funcs,
             turn_reward_weights=list(weights) if weights is not None else [1.0] * len(funcs),
         )
+        # One rollout process runs every rollout of the job, up to max_inflight_tasks at once (TRL has resolved it by
+        # now), each in a tool thread: size its sandbox pool for them rather than for one rank's share of the node.
+        concurrency = args.max_inflight_tasks if args.max_inflight_tasks > 0 else None
         code_interpreter = None
         if not kwargs.get("tools") and kwargs.get("environment_factory") is None:
+            settings = sandbox_settings if sandbox_settings is not None else args
             code_interpreter = CodeInterpreterSettings(
-                SharedExecutor(sandbox_settings if sandbox_settings is not None else args), args.max_turns, args.turn_stop_marker
+                SharedExecutor(settings, concurrency=concurrency), args.max_turns, args.turn_stop_marker
             )
+        elif concurrency is not None:
+            expect_concurrency(kwargs.get("environment_factory"), concurrency)
         trl_async.use_sdpa_tree_attention(args.tree_attention)
         if self.rollout_worker is not None:
             trl_async.use_turn_scoring(

@@ -71,7 +71,8 @@ class GTPOFields:
             Address-space limit of the process running model code; the local sandbox needs at least 256 with its
             default preload, 96 with a `preload` of your own.
         tool_pool_size (`int`, *optional*):
-            Warm sandbox workers; None: this process's share of the node's cores (at most 8).
+            Warm sandbox workers; None: this process's share of the node's cores (at most 8; the asynchronous
+            trainer's rollout process: one per rollout in flight, up to its cores).
         persistent_tool_sessions (`bool`, *optional*, defaults to `True`):
             Keep a trajectory's Python state across its turns.
         tool_executor (`str`, *optional*):
@@ -203,7 +204,8 @@ class GTPOFields:
         metadata={
             "help": "Number of warm sandbox worker processes (calls of one turn run in parallel on them). If None, "
             "this process's share of the node's cores (the cores it may run on divided by the local processes, "
-            "LOCAL_WORLD_SIZE), at least 1 and at most 8."
+            "LOCAL_WORLD_SIZE), at least 1 and at most 8; AsyncGTPOTrainer's rollout process: one per rollout in "
+            "flight (max_inflight_tasks), up to its cores."
         },
     )
     persistent_tool_sessions: bool = field(

@@ -366,6 +366,37 @@ def test_the_async_trainer_logs_the_scored_groups_call_timings(tiny_model_path, 
     })
 
 
+def test_the_rollout_process_sandbox_is_sized_for_the_rollouts_in_flight(tiny_model_path, tmp_path, monkeypatch):
+    """TRL's rollout process runs up to max_inflight_tasks rollouts at once, each in a tool thread: the fence
+    interpreter's pool and a PythonEnvironment.factory's are sized for them (when tool_pool_size leaves it open),
+    not for one rank's share of the node."""
+    from datasets import Dataset
+
+    from trl_gtpo import PythonEnvironment
+
+    given = {}
+    monkeypatch.setattr(trl_async, "use_turn_scoring",
+                        lambda worker, scorer, runs, code_interpreter, **kw: given.update(code=code_interpreter))
+
+    def trainer(**kwargs):
+        args = AsyncGTPOConfig(
+            output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, num_generations=2, token_budget=0,
+            report_to="none", use_cpu=True, save_strategy="no", max_staleness=3,
+        )
+        return AsyncGTPOTrainer(
+            tiny_model_path, reward_funcs=[], args=args,
+            train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
+            rollout_worker=StubWorker([]), weight_transfer=NoWeightTransfer(), **kwargs,
+        )
+
+    fence = trainer()
+    assert fence.args.max_inflight_tasks > 2  # TRL's default: max_staleness x the samples of a step
+    assert given["code"].executor.concurrency == fence.args.max_inflight_tasks
+    factory = PythonEnvironment.factory(fence.args)
+    with_environment = trainer(environment_factory=factory)
+    assert factory.executor.concurrency == with_environment.args.max_inflight_tasks
+
+
 def test_the_fence_interpreter_runs_in_trls_rollout_loop_turn_by_turn(tiny_model_path):
     """GTPORolloutLoop (the TRL adapter) drives `CodeInterpreterSettings.run` (GTPO's side): one request per turn,
     the code run in the sandbox, one training row with the tool output masked, and the interpreter's records."""

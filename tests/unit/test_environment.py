@@ -1,6 +1,7 @@
 """PythonEnvironment: the code interpreter as a TRL environment (a `python(code)` tool over JSON function calling)."""
 
 import inspect
+import os
 import pickle
 import threading
 import time
@@ -119,6 +120,37 @@ def test_factory_pickles_as_its_settings_and_an_executor_object_does_not(tmp_pat
     assert isinstance(pickle.loads(pickle.dumps(PythonEnvironment)), type)
     with pytest.raises(TypeError, match="give the settings instead"):
         pickle.dumps(PythonEnvironment.factory(executor=FakeExecutor()))
+
+
+def test_a_concurrency_hint_sizes_a_pool_the_config_leaves_open_and_crosses_the_spawn(tmp_path, monkeypatch):
+    sizes = []
+
+    class Recorder:  # stands in for SandboxPool: records the size it is built with
+        def __init__(self, size=None, **settings):
+            sizes.append(size)
+
+    monkeypatch.setattr("trl_gtpo.interpreter.sandbox.SandboxPool", Recorder)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    open_size = make_args(tmp_path, tool_pool_size=None)
+    factory = PythonEnvironment.factory(open_size)
+    factory.executor.expect_concurrency(64)
+    factory.executor.expect_concurrency(2)  # the first hint stays
+    copy = pickle.loads(pickle.dumps(factory))  # what the spawned rollout process gets
+    assert copy.executor.concurrency == 64
+    copy.executor.executor
+    SharedExecutor(make_args(tmp_path, tool_pool_size=3), concurrency=64).executor  # the user's size wins
+    SharedExecutor(open_size, concurrency=4).executor
+    SharedExecutor(concurrency=64).executor  # no settings: the pool's defaults but its size
+    assert sizes == [6, 3, 4, 6]
+    # too late once the pool runs; a user's own executor is sized by its user
+    built = SharedExecutor(open_size)
+    built.executor
+    with pytest.warns(UserWarning, match="already running, so its size stays"):
+        built.expect_concurrency(8)
+    assert built.concurrency is None
+    users = SharedExecutor(executor=FakeExecutor())
+    users.expect_concurrency(8)
+    assert users.concurrency is None
 
 
 def test_records_from_environment_by_hand():

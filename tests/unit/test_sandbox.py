@@ -24,7 +24,13 @@ import pytest
 
 from trl_gtpo.interpreter.executor import CodeCall, ExecutionResult
 from trl_gtpo.interpreter.sandbox import SandboxPool
-from trl_gtpo.interpreter.sandbox.pool import DEFAULT_PRELOAD, HUNG_WORKER_MARGIN_S, default_size, min_memory_limit_mb
+from trl_gtpo.interpreter.sandbox.pool import (
+    DEFAULT_PRELOAD,
+    HUNG_WORKER_MARGIN_S,
+    concurrency_size,
+    default_size,
+    min_memory_limit_mb,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
@@ -645,6 +651,16 @@ def test_default_size_shares_the_cores_among_local_ranks(monkeypatch):
         else:
             monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
         assert default_size() == size, local
+
+
+def test_concurrency_size_is_one_worker_per_call_in_flight_up_to_the_cores(monkeypatch):
+    """The asynchronous rollout process is its node's only sandbox user: its pool is not divided among the ranks
+    (LOCAL_WORLD_SIZE is ignored) and not capped at 8, only by the cores it may run on."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert [concurrency_size(n) for n in (64, 12, 10, 3, 1, 0)] == [12, 12, 10, 3, 1, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
+    assert concurrency_size(64) == 64 and default_size() == 8
 
 
 # ---- pool life cycle ----------------------------------------------------------------------------------------------

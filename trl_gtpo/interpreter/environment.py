@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 import time
 from dataclasses import dataclass, field, replace
@@ -59,10 +60,14 @@ class SharedExecutor:
         args: what `make_executor` reads (a `GTPOConfig`: `tool_executor`, `tool_pool_size`, `tool_timeout`, ...);
             None: a `SandboxPool` with its defaults.
         executor: an executor to share instead of building one (it is not pickled: give `args` for a spawned process).
+        concurrency: the most calls that can arrive at once (the rollouts in flight); it sizes a local pool whose
+            `tool_pool_size` is None (one worker per call, up to the cores: `sandbox.concurrency_size`) instead of
+            the per-rank default. `AsyncGTPOTrainer` sets it to `max_inflight_tasks` (`expect_concurrency`).
     """
 
-    def __init__(self, args=None, executor: CodeExecutor | None = None):
+    def __init__(self, args=None, executor: CodeExecutor | None = None, concurrency: int | None = None):
         self.args = args
+        self.concurrency = concurrency
         self._executor = executor
         self._owns_executor = executor is None
         self._state = threading.Condition()
@@ -75,23 +80,37 @@ class SharedExecutor:
                 "SharedExecutor holds an executor object, which cannot go to another process: give the settings "
                 "instead (SharedExecutor(args) / PythonEnvironment.factory(args)), so that process builds its own."
             )
-        return {"args": self.args}
+        return {"args": self.args, "concurrency": self.concurrency}
 
     def __setstate__(self, state):
-        self.__init__(state["args"])
+        self.__init__(state["args"], concurrency=state.get("concurrency"))
+
+    def expect_concurrency(self, concurrency: int) -> None:
+        """Size the pool, when it is built, for `concurrency` calls at once, unless a concurrency was given already;
+        too late once the executor exists (a warning says so)."""
+        with self._state:
+            if self.concurrency is not None or not self._owns_executor:  # a user's executor is sized by its user
+                return
+            if self._executor is not None:
+                warnings.warn(
+                    f"SharedExecutor.expect_concurrency({concurrency}): the executor is already running, so its size "
+                    "stays as it is; set tool_pool_size to size it.", stacklevel=2,
+                )
+                return
+            self.concurrency = concurrency
 
     @property
     def executor(self) -> CodeExecutor:
         with self._state:
             if self._executor is None:
                 if self.args is None:
-                    from .sandbox import SandboxPool
+                    from .sandbox import SandboxPool, concurrency_size
 
-                    self._executor = SandboxPool()
+                    self._executor = SandboxPool(concurrency_size(self.concurrency) if self.concurrency else None)
                 else:
                     from .executor_factory import make_executor
 
-                    self._executor = make_executor(self.args)
+                    self._executor = make_executor(self.args, self.concurrency)
             return self._executor
 
     def run(self, calls: list[CodeCall]) -> list[ExecutionResult]:
@@ -232,6 +251,14 @@ class PythonEnvironment:
             result = _timed(_run_alone(self._executor, call), 0.0, time.monotonic() - start)
         self.runs.append(ToolRun(code, result.output, result.status, result.queue_wait, result.duration))
         return result.output
+
+
+def expect_concurrency(environment_factory, concurrency: int) -> None:
+    """Size the sandbox pool of a `PythonEnvironment.factory(...)` for `concurrency` calls at once (see
+    `SharedExecutor.expect_concurrency`); any other factory is left alone."""
+    shared = getattr(environment_factory, "executor", None) if isinstance(environment_factory, _Factory) else None
+    if isinstance(shared, SharedExecutor):
+        shared.expect_concurrency(concurrency)
 
 
 class _Factory:

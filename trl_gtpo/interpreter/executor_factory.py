@@ -8,15 +8,19 @@ import json
 from .executor import CodeExecutor, check_executor
 
 
-def make_executor(args) -> CodeExecutor:
+def make_executor(args, concurrency: int | None = None) -> CodeExecutor:
     """Build the executor of `args`: `args.tool_executor(args, **args.tool_executor_kwargs)` if set, else a
     `SandboxPool` sized and limited by the `tool_*` fields (with `tool_executor_kwargs` as extra `SandboxPool`
-    arguments, e.g. `{"preload": ["math"]}`)."""
+    arguments, e.g. `{"preload": ["math"]}`). `concurrency`: the most calls the process runs at once, when known
+    (the asynchronous rollout process); it sizes a pool whose `tool_pool_size` is None (`concurrency_size`)."""
     kwargs = check_executor_settings(args)
     if args.tool_executor is None:
-        from .sandbox import SandboxPool  # the local pool: imported only when used
+        from .sandbox import SandboxPool, concurrency_size  # the local pool: imported only when used
 
-        return SandboxPool(args.tool_pool_size, **_pool_settings(args), **kwargs)
+        size = args.tool_pool_size
+        if size is None and concurrency is not None:
+            size = concurrency_size(concurrency)
+        return SandboxPool(size, **_pool_settings(args), **kwargs)
     executor = _import_factory(args.tool_executor)(args, **kwargs)
     try:
         check_executor(executor, f"GTPOConfig.tool_executor={args.tool_executor!r}")

@@ -1,5 +1,5 @@
 """The local hardened process pool that runs the model's code: one implementation of `CodeExecutor`."""
 
-from .pool import SandboxPool
+from .pool import SandboxPool, concurrency_size
 
-__all__ = ["SandboxPool"]
+__all__ = ["SandboxPool", "concurrency_size"]

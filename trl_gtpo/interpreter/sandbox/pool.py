@@ -590,6 +590,14 @@ def default_size() -> int:
     return max(1, min(len(os.sched_getaffinity(0)) // local, 8))
 
 
+def concurrency_size(concurrency: int) -> int:
+    """Workers for a process that runs up to `concurrency` calls at once and is its node's only sandbox user (the
+    asynchronous trainer's rollout process, whose tool threads run every rollout of the job): one per call in
+    flight, at most one per core it may run on (the calls are CPU-bound, and a worker past the cores only
+    time-slices), at least 1."""
+    return max(1, min(int(concurrency), len(os.sched_getaffinity(0))))
+
+
 def _kill_worker(worker: _Worker) -> None:
     if worker.proc.returncode is None:  # not reaped yet, so its pid (= its process group) cannot have been reused
         try:
