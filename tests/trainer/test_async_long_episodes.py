@@ -183,6 +183,7 @@ def test_async_rollout_scoring_and_step_with_32_to_48_turns_per_trajectory(tiny_
         return await asyncio.gather(*[loop._generate_one(QUESTION, {}, [], group_id=0) for _ in range(GROUP)])
 
     results = asyncio.run(rollouts())
+    loop._tool_pool.shutdown()
     tags = [int(re.search(r"\[t(\d)\]", completion[0]["content"]).group(1)) for completion, *_ in results]
     assert sorted(tags) == list(CALLS)
     results = [result for _, result in sorted(zip(tags, results), key=lambda pair: pair[0])]  # trajectory t is row t
