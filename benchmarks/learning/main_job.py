@@ -1,6 +1,6 @@
 """The main job, GTPO against GRPO on the same budget, over several seeds (issue 21).
 
-    bash scripts/compare_grpo.sh                      # 2 arms x 3 seeds, 2 runs at a time: about 70 min on 2 cores
+    bash scripts/compare_grpo.sh                      # 2 arms x 3 seeds, 2 runs at a time: about 100 min on 2 cores
     bash scripts/compare_grpo.sh --seeds 42 --jobs 1  # one seed of each arm
 
 Each run is `examples/train_gtpo.py --config recipes/cpu_default.yaml` (the main job, = scripts/train_default.sh)
