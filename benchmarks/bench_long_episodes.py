@@ -25,7 +25,6 @@ import argparse
 import functools
 import json
 import os
-import queue
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,21 @@ def _status_mb(field: str) -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     raise KeyError(field)
+
+
+def train_measuring_memory(trainer) -> tuple[float, float]:
+    """`trainer.train()`; returns the process's peak resident MiB and the part of it above the resident size before
+    training (NaN where the kernel cannot reset the peak)."""
+    before = _status_mb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")  # resets VmHWM to the current resident size
+        resettable = True
+    except OSError:
+        resettable = False
+    trainer.train()
+    peak = _status_mb("VmHWM")
+    return peak, peak - before if resettable else float("nan")
 
 
 def child(kind: str, model_dir: str, args) -> dict:
@@ -65,15 +79,7 @@ def child(kind: str, model_dir: str, args) -> dict:
         model=model_dir, reward_funcs=reward, args=config_class(**common), train_dataset=dataset,
         rollout_func=make_rollout(tokenizer, args.tokens, args.turns), callbacks=[timer],
     )
-    before = _status_mb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as file:
-            file.write("5")  # resets VmHWM to the current resident size
-        resettable = True
-    except OSError:
-        resettable = False
-    trainer.train()
-    peak = _status_mb("VmHWM")
+    peak, train_peak = train_measuring_memory(trainer)
     # The scoring part of a step alone (generation is the fixed rollout): `_generate_and_score_completions`, where
     # GTPO's turn bookkeeping runs, timed on one batch of the dataset, 10 times.
     trainer.model.train()
@@ -89,33 +95,12 @@ def child(kind: str, model_dir: str, args) -> dict:
         "times": timer.times[1:],
         "scoring_s": statistics.median(scoring),
         "peak_mb": peak,
-        "train_peak_mb": peak - before if resettable else float("nan"),
+        "train_peak_mb": train_peak,
         "turns": max((int(key.split("_")[1].split("/")[0]) for key in columns), default=None),
     }
 
 
 GROUP = 4  # num_generations of the asynchronous runs
-
-
-class StubWorker:
-    """TRL's rollout worker protocol over a queue of pre-scored samples (no vLLM, no rollout process)."""
-
-    def __init__(self, samples):
-        self.rollout_buffer, self.metrics_queue = queue.Queue(), queue.Queue()
-        for sample in samples:
-            self.rollout_buffer.put(sample)
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-    def update_model_version(self, version):
-        pass
-
-    def check_health(self, stale_after_s):
-        pass
 
 
 def prescored_samples(kind: str, vocab: int, eos: int, turns: int, span: int, groups: int, first_group: int = 0):
@@ -174,7 +159,7 @@ def async_child(kind: str, model_dir: str, args) -> dict:
 
     from trl_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer
     from trl_gtpo._trl_compat.async_grpo import cpu_safe_init, use_sdpa_tree_attention
-    from trl_gtpo.testing import NoWeightTransfer
+    from trl_gtpo.testing import NoWeightTransfer, QueuedRolloutWorker
 
     class StepEnds(TrainerCallback):
         def __init__(self):
@@ -196,7 +181,7 @@ def async_child(kind: str, model_dir: str, args) -> dict:
     timer, ends = StepTimer(), StepEnds()
     kwargs = dict(
         reward_funcs=[], train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
-        rollout_worker=StubWorker(samples), weight_transfer=NoWeightTransfer(), callbacks=[timer, ends],
+        rollout_worker=QueuedRolloutWorker(samples), weight_transfer=NoWeightTransfer(), callbacks=[timer, ends],
     )
     if kind == "async_gtpo":
         trainer = AsyncGTPOTrainer(model_dir, args=AsyncGTPOConfig(**common), **kwargs)
@@ -204,15 +189,7 @@ def async_child(kind: str, model_dir: str, args) -> dict:
         with cpu_safe_init():  # TRL's MFU lookup asks CUDA for its device name
             trainer = AsyncGRPOTrainer(model_dir, args=AsyncGRPOConfig(**common), **kwargs)
         use_sdpa_tree_attention()  # the same CPU tree attention as AsyncGTPOTrainer's
-    before = _status_mb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as file:
-            file.write("5")  # resets VmHWM to the current resident size
-        resettable = True
-    except OSError:
-        resettable = False
-    trainer.train()
-    peak = _status_mb("VmHWM")
+    peak, train_peak = train_measuring_memory(trainer)
     # Collation alone: one batch of fresh samples, planned by TRL's FixedCountBatcher, then collated 10 times by the
     # trainer's collate function (TRL's packer; for GTPO wrapped by TurnAdvantageCollate).
     worker = trainer.rollout_worker
@@ -234,7 +211,7 @@ def async_child(kind: str, model_dir: str, args) -> dict:
         "step_only": timer.times[1:],
         "collate_s": statistics.median(collation),
         "peak_mb": peak,
-        "train_peak_mb": peak - before if resettable else float("nan"),
+        "train_peak_mb": train_peak,
         "loss_finite": bool(losses) and all(loss == loss and abs(loss) != float("inf") for loss in losses),
         "trained_tokens": int((batch["token_index"] >= 0).sum()),
     }

@@ -224,3 +224,28 @@ class NoWeightTransfer:
 
     def destroy(self):
         pass
+
+
+class QueuedRolloutWorker:
+    """A rollout worker for `AsyncGRPOTrainer(rollout_worker=...)` whose queue holds samples scored beforehand (for
+    `AsyncGTPOTrainer`, with per-token advantages, as GTPO's rollout loop queues them): the trainer trains on them with
+    no vLLM server and no rollout process. `metrics_queue` is drained by the trainer's `log()`."""
+
+    def __init__(self, samples=()):
+        import queue
+
+        self.rollout_buffer, self.metrics_queue = queue.Queue(), queue.Queue()
+        for sample in samples:
+            self.rollout_buffer.put(sample)
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def update_model_version(self, version):
+        pass
+
+    def check_health(self, stale_after_s):
+        pass

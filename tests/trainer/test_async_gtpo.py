@@ -4,7 +4,6 @@ tests/integration/test_vllm_async_gtpo.py)."""
 
 import math
 import os
-import queue
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer, TurnScorer, g
 from trl_gtpo.async_turns import row_turns, token_advantages_by_row
 from trl_gtpo.interpreter.environment import ToolRun
 from trl_gtpo.scoring import ScoringSettings
-from trl_gtpo.testing import NoWeightTransfer
+from trl_gtpo.testing import NoWeightTransfer, QueuedRolloutWorker
 from trl_gtpo.turn_records import TurnRecord
 
 pytest.importorskip("trl.experimental.async_grpo")
@@ -188,27 +187,6 @@ def test_cpu_tree_attention_matches_each_sample_alone(tiny_model_path):
             assert torch.allclose(logits[positions], alone[: len(positions)], atol=1e-4)
 
 
-class StubWorker:
-    """A rollout worker whose queue holds pre-scored samples (per-token advantages), as GTPORolloutLoop makes them."""
-
-    def __init__(self, samples):
-        self.rollout_buffer, self.metrics_queue = queue.Queue(), queue.Queue()
-        for s in samples:
-            self.rollout_buffer.put(s)
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-    def update_model_version(self, version):
-        pass
-
-    def check_health(self, stale_after_s):
-        pass
-
-
 class RecordingAsyncGTPOTrainer(AsyncGTPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.seen = getattr(self, "seen", []) + [inputs["advantages"][inputs["token_index"] >= 0].tolist()]
@@ -234,7 +212,7 @@ def test_a_training_step_takes_the_per_token_advantages_into_the_loss(tiny_model
     trainer = RecordingAsyncGTPOTrainer(
         tiny_model_path, reward_funcs=[], args=args,
         train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
-        rollout_worker=StubWorker(samples), weight_transfer=NoWeightTransfer(),
+        rollout_worker=QueuedRolloutWorker(samples), weight_transfer=NoWeightTransfer(),
     )
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
@@ -318,7 +296,7 @@ def test_the_async_trainer_shapes_with_the_configured_similarity(tiny_model_path
     trainer = AsyncGTPOTrainer(
         tiny_model_path, reward_funcs=[], args=args,
         train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
-        rollout_worker=StubWorker([]), weight_transfer=NoWeightTransfer(),
+        rollout_worker=QueuedRolloutWorker([]), weight_transfer=NoWeightTransfer(),
     )
     asked = []
 
@@ -348,7 +326,7 @@ def test_the_async_trainer_logs_the_scored_groups_call_timings(tiny_model_path, 
         output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, num_generations=2, token_budget=0,
         report_to="none", use_cpu=True, save_strategy="no",
     )
-    worker = StubWorker([])
+    worker = QueuedRolloutWorker([])
     trainer = AsyncGTPOTrainer(
         tiny_model_path, reward_funcs=[], args=args,
         train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
@@ -386,7 +364,7 @@ def test_the_rollout_process_sandbox_is_sized_for_the_rollouts_in_flight(tiny_mo
         return AsyncGTPOTrainer(
             tiny_model_path, reward_funcs=[], args=args,
             train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]}),
-            rollout_worker=StubWorker([]), weight_transfer=NoWeightTransfer(), **kwargs,
+            rollout_worker=QueuedRolloutWorker([]), weight_transfer=NoWeightTransfer(), **kwargs,
         )
 
     fence = trainer()

@@ -26,7 +26,7 @@ from trl_gtpo.async_gtpo import AsyncGTPOConfig, AsyncGTPOTrainer, CodeInterpret
 from trl_gtpo.interpreter.environment import SharedExecutor
 from trl_gtpo.rewards.turn import tool_success_turn_reward
 from trl_gtpo.scoring import ScoringSettings
-from trl_gtpo.testing import NoWeightTransfer
+from trl_gtpo.testing import NoWeightTransfer, QueuedRolloutWorker
 
 from helpers import QUESTION, ExecExecutor
 
@@ -130,27 +130,6 @@ def expected_table(records, outcome) -> np.ndarray:
             future = sum(GAMMA ** (m - j) * deviations[i, 1 + m] for m in range(j, width))
             table[i, j] = (GAMMA ** (k - 1 - j) * deviations[i, 0] + future) / (sigma + 1e-4)
     return table
-
-
-class StubWorker:
-    """A rollout worker whose queue holds the scored samples."""
-
-    def __init__(self, samples):
-        self.rollout_buffer, self.metrics_queue = queue.Queue(), queue.Queue()
-        for s in samples:
-            self.rollout_buffer.put(s)
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-    def update_model_version(self, version):
-        pass
-
-    def check_health(self, stale_after_s):
-        pass
 
 
 class RecordingAsyncGTPOTrainer(AsyncGTPOTrainer):
@@ -257,7 +236,7 @@ def test_async_rollout_scoring_and_step_with_32_to_48_turns_per_trajectory(tiny_
     )
     trainer = RecordingAsyncGTPOTrainer(
         tiny_model_path, reward_funcs=[], args=args, train_dataset=Dataset.from_dict({"prompt": [QUESTION]}),
-        rollout_worker=StubWorker(samples + ahead), weight_transfer=NoWeightTransfer(),
+        rollout_worker=QueuedRolloutWorker(samples + ahead), weight_transfer=NoWeightTransfer(),
     )
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()

@@ -180,6 +180,16 @@ def test_synthetic_answers_are_correct():
     assert set(dataset["kind"]) == set(data.DEFAULT_SYNTHETIC_KINDS)
 
 
+def asked_form(question: str) -> str:
+    """A question with its numbers blanked: the sentence form it was written in."""
+    return re.sub(r"\d+", "N", question)
+
+
+def template_forms(templates) -> set[str]:
+    """The sentence forms of templates, blanked like `asked_form`."""
+    return {re.sub(r"\{[abc]\}", "N", template) for template in templates}
+
+
 def test_word_problems_hide_the_expression_behind_a_story():
     rows = synthetic_rows(40, difficulty=2, seed=1, kinds=["word"])
     assert {row["kind"] for row in rows} == {"word"}
@@ -189,16 +199,15 @@ def test_word_problems_hide_the_expression_behind_a_story():
         assert len(str(first)) == len(str(second)) == 4  # difficulty + 2 digits
         assert row["expression"] == f"{first} * {second}" and int(row["answer"]) == first * second
         assert "*" not in row["question"] and "What is" not in row["question"]
-        templates.add(re.sub(r"\d+", "N", row["question"]))
-    assert templates == {re.sub(r"\{[ab]\}", "N", template) for template in data.WORD_TEMPLATES}
+        templates.add(asked_form(row["question"]))
+    assert templates == template_forms(data.WORD_TEMPLATES)
 
 
 def test_reworded_problems_are_the_same_products_in_sentence_forms_the_trained_kind_never_uses():
     rows = synthetic_rows(60, seed=2, kinds=["word_reworded"])
-    forms = {re.sub(r"\d+", "N", row["question"]) for row in rows}
-    assert forms == {re.sub(r"\{[ab]\}", "N", template) for template in data.REWORDED_TEMPLATES}
-    trained = {re.sub(r"\{[ab]\}", "N", template) for template in data.WORD_TEMPLATES}
-    assert not forms & trained
+    forms = {asked_form(row["question"]) for row in rows}
+    assert forms == template_forms(data.REWORDED_TEMPLATES)
+    assert not forms & template_forms(data.WORD_TEMPLATES)
     for row in rows:
         assert int(row["answer"]) == eval(row["expression"]) and row["intermediates"] == [row["answer"]]  # noqa: S307
     # "operands swapped": in most forms the number of units comes before the count per unit
@@ -209,10 +218,9 @@ def test_reworded_problems_are_the_same_products_in_sentence_forms_the_trained_k
 
 def test_units_first_problems_are_trained_forms_that_name_the_units_first_and_share_nothing_with_the_reworded_ones():
     rows = synthetic_rows(60, seed=4, kinds=["word_units_first"])
-    forms = {re.sub(r"\d+", "N", row["question"]) for row in rows}
-    assert forms == {re.sub(r"\{[ab]\}", "N", template) for template in data.UNITS_FIRST_TEMPLATES}
-    reworded = {re.sub(r"\{[ab]\}", "N", template) for template in data.REWORDED_TEMPLATES}
-    assert not forms & reworded
+    forms = {asked_form(row["question"]) for row in rows}
+    assert forms == template_forms(data.UNITS_FIRST_TEMPLATES)
+    assert not forms & template_forms(data.REWORDED_TEMPLATES)
     # no noun of a reworded form: the reworded split stays unseen wordings about other things
     nouns = {"pens", "boxes", "buses", "passengers", "book", "pages", "copies", "farmer", "trees", "rows"}
     assert not any(noun in re.findall(r"[a-z]+", question) for question in forms for noun in nouns)
@@ -224,9 +232,7 @@ def test_units_first_problems_are_trained_forms_that_name_the_units_first_and_sh
 
 def test_two_step_problems_check_each_step_and_need_both():
     rows = synthetic_rows(40, seed=3, kinds=["word_two_step"])
-    assert {re.sub(r"\d+", "N", row["question"]) for row in rows} == {
-        re.sub(r"\{[abc]\}", "N", template) for template in data.TWO_STEP_TEMPLATES
-    }
+    assert {asked_form(row["question"]) for row in rows} == template_forms(data.TWO_STEP_TEMPLATES)
     for row in rows:
         a, b, c = (int(n) for n in re.findall(r"\d+", row["question"]))
         assert [len(str(n)) for n in (a, b, c)] == [2, 2, 2]  # difficulty + 1 digits
@@ -235,7 +241,7 @@ def test_two_step_problems_check_each_step_and_need_both():
     question, answer = TWO_STEP_EXAMPLES[0]
     a, b, c = (int(n) for n in re.findall(r"\d+", question))
     assert f"print({a} * {b})" in answer and f"print({a * b} * {c})" in answer and f"\\boxed{{{a * b * c}}}" in answer
-    assert re.sub(r"\d+", "N", question) not in {re.sub(r"\{[abc]\}", "N", t) for t in data.TWO_STEP_TEMPLATES}
+    assert asked_form(question) not in template_forms(data.TWO_STEP_TEMPLATES)
 
 
 def test_kinds_and_number_of_examples_reach_the_loaded_rows():
