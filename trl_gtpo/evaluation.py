@@ -1,6 +1,5 @@
 """pass@1 / avg@k of a model with the same code-interpreter loop it is trained with (no trainer needed)."""
 
-import copy
 import json
 import math
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from transformers import StoppingCriteriaList
 from ._trl_compat import stop_padding_start, stop_string_criteria
 from .interpreter.loop import CodeInterpreterLoop, Trajectory
 from .interpreter.transcript import code_blocks
+from .prefix_cache import PrefixCache, generate_from_shared_prefix, prefix_layout
 from .turn_records import turn_spans
 
 
@@ -35,83 +35,37 @@ def transformers_generate_turn(
     """A `generate_turn` on plain `model.generate` (left padding, stop strings), for evaluation outside a trainer.
 
     With `cache_prefix`, the prompts' shared beginning (the system prompt and worked examples, most of each prompt) is
-    run through the model once and its KV cache reused by every row, chunk and turn: each turn otherwise re-reads the
-    whole context, and on a CPU that prefill is most of an evaluation's time. Rows are laid out as
-    [shared prefix][padding][own tokens]; position ids follow the attention mask, so every token sits where it would
-    without padding.
+    run through the model once and its KV cache reused by every row, chunk and turn (`trl_gtpo.prefix_cache`).
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = set(eos_token_ids(model, tokenizer))
     sampling = {"do_sample": False}
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
-    prefixes = _PrefixCache(model)
+    prefixes = PrefixCache(model)
+    criteria = StoppingCriteriaList([stop_string_criteria(tokenizer, stop_strings)])
 
     @torch.no_grad()
     def generate_turn(prompt_ids: list[list[int]], max_new_tokens: int):
         outputs = []
         for start in range(0, len(prompt_ids), batch_size):
             chunk = prompt_ids[start : start + batch_size]
-            shared = _shared_prefix_length(chunk) if cache_prefix else 0
-            past = prefixes.expanded(chunk[0][:shared], len(chunk)) if shared >= _MIN_CACHED_PREFIX else None
-            shared = shared if past is not None else 0
-            longest = max(len(ids) for ids in chunk)
-            input_ids = torch.tensor([ids[:shared] + [pad] * (longest - len(ids)) + ids[shared:] for ids in chunk])
-            attention_mask = torch.tensor(
-                [[1] * shared + [0] * (longest - len(ids)) + [1] * (len(ids) - shared) for ids in chunk]
-            )
-            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-            generated = model.generate(
-                input_ids=input_ids.to(model.device),
-                attention_mask=attention_mask.to(model.device),
-                position_ids=position_ids.to(model.device) if past is not None else None,
-                past_key_values=past,
-                max_new_tokens=max_new_tokens,
-                stopping_criteria=StoppingCriteriaList([stop_string_criteria(tokenizer, stop_strings)]),
-                pad_token_id=pad,
-                **sampling,
-            )[:, input_ids.shape[1] :].tolist()
-            for history, ids in zip(chunk, generated, strict=True):
+            width = max(len(ids) for ids in chunk)
+            options = dict(max_new_tokens=max_new_tokens, stopping_criteria=criteria, pad_token_id=pad, **sampling)
+            if cache_prefix:
+                generated = generate_from_shared_prefix(model.generate, prefixes, chunk, width, pad, **options)
+            else:
+                input_ids, attention_mask, _ = prefix_layout(chunk, 0, width, pad)
+                generated = model.generate(
+                    input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **options
+                )
+            for history, ids in zip(chunk, generated[:, width:].tolist(), strict=True):
                 end = next((k + 1 for k, token in enumerate(ids) if token in eos), len(ids))
                 ids = ids[:end]
                 outputs.append(ids[: stop_padding_start(ids, tokenizer, eos, stop_strings, history)])
         return outputs, None
 
     return generate_turn
-
-
-# Below this many shared tokens a cached prefix saves less than its bookkeeping costs.
-_MIN_CACHED_PREFIX = 32
-
-
-def _shared_prefix_length(rows: list[list[int]]) -> int:
-    """Length of the longest common beginning of `rows`, leaving every row at least one token of its own (the
-    model must read a token to predict the next)."""
-    limit = min(len(ids) for ids in rows) - 1
-    length = 0
-    while length < limit and all(ids[length] == rows[0][length] for ids in rows):
-        length += 1
-    return length
-
-
-class _PrefixCache:
-    """The KV cache of the last shared prefix (one at a time: an evaluation reuses one prompt template)."""
-
-    def __init__(self, model):
-        self.model, self.key, self.cache = model, None, None
-
-    def expanded(self, prefix: list[int], rows: int):
-        """A fresh copy of the prefix's cache for `rows` rows (generation appends to it), or None if the model's
-        cache cannot be copied and expanded."""
-        if self.key != tuple(prefix):
-            ids = torch.tensor([prefix], device=self.model.device)
-            self.cache = self.model(input_ids=ids, use_cache=True).past_key_values
-            self.key = tuple(prefix)
-        if not hasattr(self.cache, "batch_repeat_interleave"):
-            return None
-        past = copy.deepcopy(self.cache)
-        past.batch_repeat_interleave(rows)
-        return past
 
 
 @dataclass

@@ -63,6 +63,9 @@ class GTPOFields:
             Text that ends a model turn besides a closed ```python block and EOS, when written at the start of a
             line (as fences count). Your own stop strings in `generation_kwargs` (`stop_strings` on transformers,
             `stop` on vLLM) end the whole trajectory where the model writes them, as EOS does.
+        cache_prompt_prefix (`bool`, *optional*, defaults to `True`):
+            On the transformers backend, read the beginning every history of a rollout shares (system prompt, worked
+            examples) once per rollout and reuse its KV cache for every trajectory and turn. Same tokens as without.
         max_tool_output_chars (`int`, *optional*, defaults to `1024`):
             Characters of a tool output the model sees.
         tool_timeout (`float`, *optional*, defaults to `10.0`):
@@ -179,6 +182,17 @@ class GTPOFields:
             "is the Qwen2.5-Math tool-integrated reasoning format. Your own stop strings in generation_kwargs "
             "('stop_strings' on transformers, 'stop' on vLLM) end the whole trajectory where the model writes them, "
             "as EOS does (stop reason 'stop_string')."
+        },
+    )
+    cache_prompt_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "On the transformers backend (use_vllm=False), run the beginning that every history of a rollout "
+            "shares (the system prompt and worked examples) through the model once per rollout and reuse its KV "
+            "cache for every trajectory and turn: each turn otherwise re-reads it for every trajectory, most of a "
+            "turn's time on a CPU. The model computes the same thing either way; False generates exactly as TRL "
+            "does. Histories with images, and a generation config with its own cache_implementation, are never "
+            "cached."
         },
     )
     max_tool_output_chars: int = field(

@@ -5,7 +5,7 @@ benchmarks/learning/.cache/credit/, so an interrupted run resumes):
 
     python benchmarks/learning/credit.py            # 3 starting models x 5 seeds x 5 arms: about 35 minutes
     python benchmarks/learning/credit.py --quick    # 1 starting model x 2 seeds, 12 steps: about 2.5 minutes
-    python benchmarks/learning/credit.py --chain_steps 4 --arms gtpo grpo-sum   # the exploratory 4-step run
+    python benchmarks/learning/credit.py --chain_steps 4 --arms gtpo grpo-sum gtpo-g1 gtpo-pooled   # exploratory
 
 The task is benchmarks/learning/chain.py: one tool turn per arithmetic step, each step's output checked against the
 true intermediate value by `intermediate_value_turn_reward`, the boxed final value the outcome. The arms start from
@@ -18,6 +18,12 @@ the same supervised models and train on the same prompts, in the same order, wit
                    format penalty and shaping off (nothing grpo-sum does not see)
     gtpo-outcome   GTPOTrainer, gamma 1, no turn rewards, no format penalty, no shaping: must equal grpo (sanity)
     gtpo-shaping   gtpo with shaping on (alpha 0.5, the default)
+    gtpo-g1        gtpo at gamma 1 (turn credit without the discount: grpo-sum is in effect gamma 1)
+    gtpo-pooled    gtpo with the `pooled` estimator (the paper's formula as read)
+
+The default arms are the first five (the 2-step design); the last two are for the 4-step run:
+
+    python benchmarks/learning/credit.py --chain_steps 4 --arms gtpo grpo-sum gtpo-g1 gtpo-pooled
 
 Written to benchmarks/results/credit[_quick].{md,json,png} (`--name` for another file name). The gtpo arms run
 GTPOConfig's default estimator; GTPO_CREDIT_ESTIMATOR=pooled (an environment variable) runs them with another.
@@ -40,9 +46,12 @@ from paired_stats import crossed_t, holm, model_means_t, t_interval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-ARMS = ("grpo", "grpo-sum", "gtpo", "gtpo-outcome", "gtpo-shaping")
+ARMS = ("grpo", "grpo-sum", "gtpo", "gtpo-outcome", "gtpo-shaping", "gtpo-g1", "gtpo-pooled")
+DEFAULT_ARMS = ARMS[:5]
 PRIMARY = ("gtpo", "grpo-sum")
-SECONDARY = (("gtpo", "grpo"), ("grpo-sum", "grpo"), ("gtpo-shaping", "gtpo"), ("gtpo-outcome", "grpo"))
+# Holm runs over the ones whose two arms were run: the first four in the 2-step design, the last three in the 4-step run.
+SECONDARY = (("gtpo", "grpo"), ("grpo-sum", "grpo"), ("gtpo-shaping", "gtpo"), ("gtpo-outcome", "grpo"),
+             ("gtpo-g1", "grpo-sum"), ("gtpo", "gtpo-g1"), ("gtpo-pooled", "gtpo"))
 REWARD_KEY = "rewards/boxed_answer_reward/mean"
 CACHE = os.path.join(HERE, ".cache")
 RESULTS = os.path.join(os.path.dirname(HERE), "results")
@@ -108,6 +117,10 @@ def arm_config(arm: str, estimator: str = ESTIMATOR) -> dict:
         return fields | dict(format_penalty=0.0, shaping_alpha=0.5)
     if arm == "gtpo-outcome":
         return fields | dict(gamma=1.0, format_penalty=0.0, shaping_alpha=0.0)
+    if arm == "gtpo-g1":
+        return fields | dict(gamma=1.0, format_penalty=0.0, shaping_alpha=0.0)
+    if arm == "gtpo-pooled":
+        return dict(turn_advantage_estimator="pooled", format_penalty=0.0, shaping_alpha=0.0)
     raise ValueError(f"{arm!r} is not a GTPO arm")
 
 
@@ -345,7 +358,7 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run")
     parser.add_argument("--models", type=int, nargs="+", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
     parser.add_argument("--workers", type=int, default=2, help="trainings at a time (one thread each)")
     parser.add_argument("--name", default=None, help="results file name (default: credit / credit_quick)")
     parser.add_argument("--out", default=RESULTS)

@@ -65,3 +65,12 @@ def test_the_supervised_stage_never_sees_a_held_out_chain():
         assert {len(operands) for _, operands in taught} == {2, 4}
         assert not set(taught) & held_out
         assert not any(chain.held_out(start, operands) for start, operands in taught)
+
+
+def test_the_gamma_one_and_pooled_arms_differ_from_gtpo_in_one_setting():
+    """The 4-step run's added arms (issue 29): turn credit without the discount, and the paper's estimator."""
+    gtpo = credit.arm_config("gtpo", estimator="default")
+    assert credit.arm_config("gtpo-g1", estimator="default") == gtpo | {"gamma": 1.0}
+    assert credit.arm_config("gtpo-pooled", estimator="default") == gtpo | {"turn_advantage_estimator": "pooled"}
+    assert set(credit.DEFAULT_ARMS) == {"grpo", "grpo-sum", "gtpo", "gtpo-outcome", "gtpo-shaping"}
+    assert {("gtpo-g1", "grpo-sum"), ("gtpo", "gtpo-g1"), ("gtpo-pooled", "gtpo")} <= set(credit.SECONDARY)

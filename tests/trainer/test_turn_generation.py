@@ -165,3 +165,48 @@ def test_a_users_stop_string_ends_gtpo_trajectories_which_stay_trained(tiny_mode
     assert stops == ["stop_string"] * 4
     assert [tokenizer.decode(ids) for ids in record["completion_ids"]] == ["It is 42. DONE"] * 4
     assert (record["mask"].sum(dim=1) == record["unmasked"].sum(dim=1)).all()  # trained, not masked as truncated
+
+
+def test_a_cached_prompt_prefix_generates_the_same_turns_in_training(tool_using_model_path, tmp_path, monkeypatch):
+    """The rollout's TurnGenerator reads the histories' shared beginning once (GTPOConfig.cache_prompt_prefix, on by
+    default) and greedy turns are token for token those of TRL's own left-padded generate, over two turns of rows of
+    different lengths; the second turn reuses the first turn's prefix."""
+    from trl_gtpo import prefix_cache
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=3, num_generations=3, max_completion_length=40,
+        report_to="none", use_cpu=True, bf16=False, generation_kwargs={"do_sample": False},
+    )
+    trainer = GRPOTrainer(
+        model=tool_using_model_path, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["x"] * 3}),
+    )
+    tokenizer = trainer.processing_class
+    system = "You are a careful assistant. Write Python in a fenced block, read its output, then answer."
+    histories = [
+        tokenizer.encode(
+            tokenizer.apply_chat_template(
+                [{"role": "system", "content": system}, {"role": "user", "content": question}],
+                add_generation_prompt=True, tokenize=False,
+            ),
+            add_special_tokens=False,
+        )
+        for question in ("What is 6 * 7?", "What is 6 * 7? Show your work.", "What is 7 * 6?")
+    ]
+    computed = []
+    expanded = prefix_cache.PrefixCache.expanded
+
+    def counting(self, prefix, rows):
+        computed.append(self.key != tuple(prefix))
+        return expanded(self, prefix, rows)
+
+    monkeypatch.setattr(prefix_cache.PrefixCache, "expanded", counting)
+    turns = {}
+    for cache in (True, False):
+        generate_turn = TurnGenerator(trainer, STOP_STRINGS, cache_prompt_prefix=cache)
+        first, _ = generate_turn(histories, 40)
+        second, _ = generate_turn([h + ids for h, ids in zip(histories, first, strict=True)], 40)
+        turns[cache] = (first, second)
+    assert computed == [True, False]  # read once, reused by the second turn; never with the cache off
+    assert turns[True] == turns[False]
+    assert len({tuple(ids) for ids in turns[True][0]}) >= 2  # rows of their own, each compared

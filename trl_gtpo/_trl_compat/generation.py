@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteriaList
 
+from ..prefix_cache import PrefixCache, generate_from_shared_prefix
+
 
 @dataclass
 class PromptMedia:
@@ -72,12 +74,17 @@ class TurnGenerator:
     vLLM server alike: each call is one `_generate_single_turn` of every live trajectory together, with their prompts'
     images when there are any (`media`, whose `rows()` says which prompt each history continues)."""
 
-    def __init__(self, trainer, stop_strings: list[str], media: PromptMedia | None = None):
+    def __init__(
+        self, trainer, stop_strings: list[str], media: PromptMedia | None = None, cache_prompt_prefix: bool = True
+    ):
         self.trainer = trainer
         # The turn's stop strings, then the user's own (`generation_kwargs`: `stop` on vLLM, `stop_strings` on
         # transformers): every turn stops at all of them, on both backends.
         self.stop_strings = list(dict.fromkeys([*stop_strings, *_user_stop_strings(trainer)]))
         self.media = media
+        # transformers only: the histories' shared beginning is read once per rollout (`trl_gtpo.prefix_cache`); one
+        # generator serves one rollout, so the weights do not change under its cache.
+        self.prefixes = None if not cache_prompt_prefix or trainer.use_vllm else {}
 
     def __call__(self, prompt_ids: list[list[int]], max_new_tokens: int):
         count = len(prompt_ids)
@@ -136,6 +143,16 @@ class TurnGenerator:
 
             def generate_with_stop_strings(*args, stopping_criteria=None, **kwargs):
                 stopping_criteria = StoppingCriteriaList([*(stopping_criteria or []), criteria])
+                if self._can_cache_prefix(args, kwargs):
+                    # `_generate_single_turn` left-pads the histories; they are laid out again around their shared
+                    # beginning, as wide as before, so its `[:, prompt_length:]` still cuts at the new tokens.
+                    input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
+                    rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
+                    prefixes = self.prefixes.setdefault(id(model), PrefixCache(model))
+                    pad = trainer._tokenizer.pad_token_id
+                    return generate_from_shared_prefix(
+                        generate, prefixes, rows, input_ids.shape[1], pad, stopping_criteria=stopping_criteria, **kwargs
+                    )
                 return generate(*args, stopping_criteria=stopping_criteria, **kwargs)
 
             model.generate = generate_with_stop_strings
@@ -147,6 +164,17 @@ class TurnGenerator:
                 else:
                     del model.generate
                 config.max_new_tokens, config.stop_strings = saved
+
+    def _can_cache_prefix(self, args, kwargs) -> bool:
+        """Text-only histories (no image tensors beside the ids), a generation config without a cache of its own."""
+        config = kwargs.get("generation_config")
+        return (
+            self.prefixes is not None
+            and not args
+            and set(kwargs) <= {"input_ids", "attention_mask", "generation_config"}
+            and getattr(config, "cache_implementation", None) is None
+            and self.trainer._tokenizer.pad_token_id is not None
+        )
 
 
 def _user_stop_strings(trainer) -> list[str]:

@@ -38,7 +38,8 @@ class CodeInterpreterRollout:
     token ids only.
 
     Args:
-        args: a GTPOConfig (its `max_turns`, `turn_stop_marker` and sandbox settings are read).
+        args: a GTPOConfig (its `max_turns`, `turn_stop_marker`, `cache_prompt_prefix` and sandbox settings are
+            read).
         executor: what runs the code, checked here against the `CodeExecutor` protocol. None builds one from `args`:
             a `tool_executor` factory is called here; the local `SandboxPool` has its settings checked here and its
             workers started at the first code call, so a process whose model writes no code starts none.
@@ -107,7 +108,9 @@ class CodeInterpreterRollout:
         if self._generate_turn is trl_private.TurnGenerator:
             if media is not None:
                 media.rows = lambda: loop.rows
-            generate_turn = trl_private.TurnGenerator(trainer, loop.stop_strings, media)
+            generate_turn = trl_private.TurnGenerator(
+                trainer, loop.stop_strings, media, cache_prompt_prefix=self.args.cache_prompt_prefix
+            )
         else:
             generate_turn = self._generate_turn(trainer, loop.stop_strings)
         with trl_private.vllm_sleep_once_per_rollout(trainer):

@@ -1,0 +1,91 @@
+"""trl_gtpo.prefix_cache: the shared beginning of the rows is read once, and the model computes what it computes on
+the full rows (evaluation here; training's TurnGenerator in tests/trainer/test_turn_generation.py)."""
+
+import random
+
+import pytest
+import torch
+
+from trl_gtpo import evaluation, prefix_cache
+from trl_gtpo.prefix_cache import prefix_layout, shared_prefix_length
+
+
+def test_shared_prefix_length_leaves_every_row_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter row keeps its last token
+    assert shared_prefix_length([[7, 1], [8, 1]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 2  # one row: all but its last token
+
+
+def test_prefix_layout_by_hand():
+    ids, mask, positions = prefix_layout([[5, 6, 7], [5, 6, 8, 9]], shared=2, width=5, pad=0)
+    assert ids.tolist() == [[5, 6, 0, 0, 7], [5, 6, 0, 8, 9]]
+    assert mask.tolist() == [[1, 1, 0, 0, 1], [1, 1, 0, 1, 1]]
+    assert positions.tolist() == [[0, 1, 1, 1, 2], [0, 1, 1, 2, 3]]  # padding holds the last position; not attended
+    ids, mask, positions = prefix_layout([[5, 6, 7]], shared=0, width=4, pad=0)  # no prefix: plain left padding
+    assert (ids.tolist(), mask.tolist(), positions.tolist()) == ([[0, 5, 6, 7]], [[0, 1, 1, 1]], [[0, 0, 1, 2]])
+    with pytest.raises(ValueError, match="narrower than the longest row"):
+        prefix_layout([[1, 2, 3]], shared=0, width=2, pad=0)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_prefix_layout_keeps_every_row_and_its_positions(seed):
+    """Random rows sharing a random beginning: the attended tokens of each laid-out row are the row, in order, at
+    positions 0..len-1, and every row is `width` wide."""
+    rng = random.Random(seed)
+    common = [rng.randrange(1, 50) for _ in range(rng.randrange(0, 8))]
+    rows = [common + [rng.randrange(1, 50) for _ in range(rng.randrange(1, 6))] for _ in range(rng.randrange(1, 5))]
+    shared = shared_prefix_length(rows)
+    width = max(len(r) for r in rows) + rng.randrange(0, 4)
+    ids, mask, positions = prefix_layout(rows, shared, width, pad=0)
+    assert ids.shape == mask.shape == positions.shape == (len(rows), width)
+    for row, row_ids, row_mask, row_positions in zip(rows, ids, mask, positions, strict=True):
+        attended = row_mask.bool()
+        assert row_ids[attended].tolist() == row
+        assert row_positions[attended].tolist() == list(range(len(row)))
+        assert row_ids[:shared].tolist() == rows[0][:shared]
+
+
+def _opinionated_tiny_model():
+    from trl_gtpo.testing import make_tiny_model, make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer()
+    model = make_tiny_model(tokenizer, hidden_size=64).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # large weights: what it writes depends on what it read (a fresh tiny model's barely does)
+        for weight in (p for p in model.parameters() if p.dim() > 1):
+            weight.normal_(std=0.5, generator=generator)
+    return model, tokenizer, generator
+
+
+def test_a_cached_prompt_prefix_generates_exactly_what_the_full_prompts_do(monkeypatch):
+    """Evaluation reuses the KV cache of the prompts' shared beginning (the worked examples) across rows and turns:
+    greedy tokens must be those of reading every prompt in full, with rows of different lengths padded between the
+    prefix and their own tokens."""
+    model, tokenizer, generator = _opinionated_tiny_model()
+    prefix = torch.randint(5, 400, (40,), generator=generator).tolist()
+    prompts = [prefix + torch.randint(5, 400, (n,), generator=generator).tolist() for n in (1, 7, 3, 12, 5)]
+    used = []
+    expanded = prefix_cache.PrefixCache.expanded
+    monkeypatch.setattr(prefix_cache.PrefixCache, "expanded", lambda self, *a: used.append(a[0]) or expanded(self, *a))
+    cached, _ = evaluation.transformers_generate_turn(model, tokenizer, ["```output"], batch_size=4)(prompts, 12)
+    assert used and len(used[0]) >= 40  # the cache was used, for the 40 shared tokens at least
+    full, _ = evaluation.transformers_generate_turn(model, tokenizer, ["```output"], batch_size=4, cache_prefix=False)(
+        prompts, 12
+    )
+    assert cached == full
+    assert all(len(ids) == 12 for ids in cached)  # a random model runs to the limit: every token compared
+    assert len({tuple(ids) for ids in full}) >= 3  # and the rows differ: the comparison reads each row's own tokens
+
+
+def test_a_short_shared_beginning_is_not_cached(monkeypatch):
+    """Below MIN_CACHED_PREFIX shared tokens the rows are left-padded as usual and no prefix is read."""
+    model, tokenizer, generator = _opinionated_tiny_model()
+    rows = [[3] * 5 + torch.randint(5, 400, (n,), generator=generator).tolist() for n in (2, 6)]
+    calls = []
+    monkeypatch.setattr(prefix_cache.PrefixCache, "expanded", lambda self, *a: calls.append(a) or None)
+    out = prefix_cache.generate_from_shared_prefix(
+        lambda **kw: kw, prefix_cache.PrefixCache(model), rows, width=12, pad=0
+    )
+    assert calls == [] and "past_key_values" not in out
+    assert out["input_ids"][0].tolist() == [0] * 5 + rows[0]
