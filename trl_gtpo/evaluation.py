@@ -11,7 +11,7 @@ from transformers import StoppingCriteriaList
 from ._trl_compat import stop_padding_start, stop_string_criteria
 from .interpreter.loop import CodeInterpreterLoop, Trajectory
 from .interpreter.transcript import code_blocks
-from .prefix_cache import PrefixCache, generate_from_shared_prefix, prefix_layout
+from .prefix_cache import PrefixCache, can_cache_prefix, generate_from_shared_prefix, prefix_layout
 from .turn_records import turn_spans
 
 
@@ -43,6 +43,7 @@ def transformers_generate_turn(
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
     prefixes = PrefixCache(model)
+    cache_prefix = cache_prefix and can_cache_prefix(model)
     criteria = StoppingCriteriaList([stop_string_criteria(tokenizer, stop_strings)])
 
     @torch.no_grad()

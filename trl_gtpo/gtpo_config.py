@@ -65,7 +65,8 @@ class GTPOFields:
             `stop` on vLLM) end the whole trajectory where the model writes them, as EOS does.
         cache_prompt_prefix (`bool`, *optional*, defaults to `True`):
             On the transformers backend, read the beginning every history of a rollout shares (system prompt, worked
-            examples) once per rollout and reuse its KV cache for every trajectory and turn. Same tokens as without.
+            examples) once per rollout and reuse its KV cache for every trajectory and turn. The same computation:
+            greedy tokens are the same, sampled ones up to float rounding. Full-attention decoder models only.
         max_tool_output_chars (`int`, *optional*, defaults to `1024`):
             Characters of a tool output the model sees.
         tool_timeout (`float`, *optional*, defaults to `10.0`):
@@ -190,9 +191,11 @@ class GTPOFields:
             "help": "On the transformers backend (use_vllm=False), run the beginning that every history of a rollout "
             "shares (the system prompt and worked examples) through the model once per rollout and reuse its KV "
             "cache for every trajectory and turn: each turn otherwise re-reads it for every trajectory, most of a "
-            "turn's time on a CPU. The model computes the same thing either way; False generates exactly as TRL "
-            "does. Histories with images, and a generation config with its own cache_implementation, are never "
-            "cached."
+            "turn's time on a CPU. The model computes the same thing either way (greedy tokens are the same, sampled "
+            "ones up to float rounding); False generates exactly as TRL does. Used only where that holds: "
+            "decoder-only models whose every layer attends to the whole context (no sliding-window or linear "
+            "attention), no dropout at work, text-only histories, one sequence per row, no cache_implementation, "
+            "and parameters held whole (not FSDP, not ZeRO-3 without ds3_gather_for_generation)."
         },
     )
     max_tool_output_chars: int = field(

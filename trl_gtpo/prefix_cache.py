@@ -9,8 +9,10 @@ model computes what it computes on the full prompts.
 """
 
 import copy
+import inspect
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 # Below this many shared tokens a cached prefix saves less than its bookkeeping costs.
 MIN_CACHED_PREFIX = 32
@@ -37,26 +39,90 @@ def prefix_layout(rows: list[list[int]], shared: int, width: int, pad: int):
     return input_ids, attention_mask, position_ids
 
 
+def can_cache_prefix(model, generation_config=None) -> bool:
+    """Whether `model` computes the same thing with the rows' shared beginning cached and padding after it.
+
+    Only a decoder-only model whose every layer attends to the whole context qualifies: in a sliding, chunked or
+    linear-attention layer the padding inside the window would take the place of context. Not with dropout at work
+    (one draw would serve every row), a PEFT prompt-learning adapter (it brings its own cache), or a generation config
+    that decodes several sequences per row, brings its own cache or reads n-grams of the input (they would cross the
+    padding)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return False
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if getattr(base.config, "is_encoder_decoder", False) or getattr(config, "attention_chunk_size", None):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        if any(kind != "full_attention" for kind in layer_types):
+            return False
+    elif getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    if "position_ids" not in inspect.signature(base.forward).parameters:
+        return False
+    if base.training and _dropout_at_work(base, config):
+        return False
+    for generation in (generation_config, getattr(base, "generation_config", None)):
+        if generation is None:
+            continue
+        if (
+            getattr(generation, "cache_implementation", None) is not None
+            or getattr(generation, "use_cache", True) is False
+            or (getattr(generation, "num_beams", 1) or 1) != 1
+            or (getattr(generation, "num_return_sequences", 1) or 1) != 1
+            or getattr(generation, "no_repeat_ngram_size", None)
+            or getattr(generation, "bad_words_ids", None)
+        ):
+            return False
+    return True
+
+
+def _dropout_at_work(model, config) -> bool:
+    names = ("attention_dropout", "hidden_dropout", "resid_pdrop", "attn_pdrop")
+    rates = [getattr(config, name, 0.0) for name in names]
+    modules = (m.p for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    return any(isinstance(rate, (int, float)) and rate > 0 for rate in rates) or any(p > 0 for p in modules)
+
+
 class PrefixCache:
     """The KV cache of the last shared prefix a model read (one at a time: a rollout or an evaluation reuses one
-    prompt template). Valid for one set of weights: make a new one after an optimizer step."""
+    prompt template). A longer prefix that starts with it is read from where it ends, a shorter one is cropped from
+    it. Valid for one set of weights: make a new one after an optimizer step."""
 
     def __init__(self, model):
         self.model, self.key, self.cache = model, None, None
+        self.supported = True  # False once the model's cache turned out not to be plain full attention
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @torch.no_grad()
     def expanded(self, prefix: list[int], rows: int):
         """A fresh copy of the prefix's cache for `rows` rows (generation appends to it), or None if the model's
-        cache cannot be copied and expanded."""
-        if self.key != tuple(prefix):
-            ids = torch.tensor([prefix], device=self.model.device)
-            self.cache = self.model(input_ids=ids, use_cache=True).past_key_values
-            self.key = tuple(prefix)
-        if not hasattr(self.cache, "batch_repeat_interleave"):
+        cache is not one full-attention `DynamicLayer` per layer (nothing else is copied and expanded safely)."""
+        if not self.supported:
+            return None
+        key, known = tuple(prefix), self.key or ()
+        if self.key is not None and key[: len(known)] == known:
+            if len(key) > len(known):
+                self.cache = self._read(prefix[len(known) :], self.cache)
+        elif self.key is not None and known[: len(key)] == key:
+            self.cache.crop(len(key) - len(known))  # a negative count removes that many tokens from the end
+        else:
+            self.cache = self._read(prefix, None)
+        self.key = key
+        layers = getattr(self.cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            self.supported, self.key, self.cache = False, None, None
             return None
         past = copy.deepcopy(self.cache)
         past.batch_repeat_interleave(rows)
         return past
+
+    def _read(self, ids: list[int], past):
+        options = {"logits_to_keep": 1} if self._keeps_logits else {}
+        inputs = torch.tensor([ids], device=self.model.device)
+        return self.model(input_ids=inputs, past_key_values=past, use_cache=True, **options).past_key_values
 
 
 def generate_from_shared_prefix(generate, cache: PrefixCache, rows: list[list[int]], width: int, pad: int, **kwargs):

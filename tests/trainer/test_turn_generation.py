@@ -167,15 +167,19 @@ def test_a_users_stop_string_ends_gtpo_trajectories_which_stay_trained(tiny_mode
     assert (record["mask"].sum(dim=1) == record["unmasked"].sum(dim=1)).all()  # trained, not masked as truncated
 
 
-def test_a_cached_prompt_prefix_generates_the_same_turns_in_training(tool_using_model_path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("pad_to_multiple_of", [None, 8])
+def test_a_cached_prompt_prefix_generates_the_same_turns_in_training(
+    tool_using_model_path, tmp_path, monkeypatch, pad_to_multiple_of
+):
     """The rollout's TurnGenerator reads the histories' shared beginning once (GTPOConfig.cache_prompt_prefix, on by
     default) and greedy turns are token for token those of TRL's own left-padded generate, over two turns of rows of
-    different lengths; the second turn reuses the first turn's prefix."""
+    different lengths (TRL's padding to a multiple included); the second turn reuses the first turn's prefix."""
     from trl_gtpo import prefix_cache
 
     args = GRPOConfig(
         output_dir=str(tmp_path), per_device_train_batch_size=3, num_generations=3, max_completion_length=40,
         report_to="none", use_cpu=True, bf16=False, generation_kwargs={"do_sample": False},
+        pad_to_multiple_of=pad_to_multiple_of,
     )
     trainer = GRPOTrainer(
         model=tool_using_model_path, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
@@ -198,7 +202,9 @@ def test_a_cached_prompt_prefix_generates_the_same_turns_in_training(tool_using_
 
     def counting(self, prefix, rows):
         computed.append(self.key != tuple(prefix))
-        return expanded(self, prefix, rows)
+        past = expanded(self, prefix, rows)
+        assert past is not None  # the cache is really used, not a fallback to left padding
+        return past
 
     monkeypatch.setattr(prefix_cache.PrefixCache, "expanded", counting)
     turns = {}
@@ -210,3 +216,30 @@ def test_a_cached_prompt_prefix_generates_the_same_turns_in_training(tool_using_
     assert computed == [True, False]  # read once, reused by the second turn; never with the cache off
     assert turns[True] == turns[False]
     assert len({tuple(ids) for ids in turns[True][0]}) >= 2  # rows of their own, each compared
+
+
+def test_the_rollout_hands_its_config_s_cache_setting_to_every_turn(tool_using_model_path, tmp_path, monkeypatch):
+    """CodeInterpreterRollout builds each rollout's TurnGenerator with GTPOConfig.cache_prompt_prefix."""
+    from trl_gtpo import GTPOConfig, _trl_compat
+    from trl_gtpo.interpreter.rollout import CodeInterpreterRollout
+
+    seen = []
+
+    class Recording(TurnGenerator):
+        def __init__(self, *args, cache_prompt_prefix=True, **kwargs):
+            super().__init__(*args, cache_prompt_prefix=cache_prompt_prefix, **kwargs)
+            seen.append((cache_prompt_prefix, self.prefixes is not None))
+
+    monkeypatch.setattr(_trl_compat, "TurnGenerator", Recording)
+    common = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, max_completion_length=8,
+                  report_to="none", use_cpu=True, bf16=False)
+    # Configs first: building a TrainingArguments resets the accelerator state a built trainer uses.
+    rollouts = [CodeInterpreterRollout(GTPOConfig(**common, max_turns=1, cache_prompt_prefix=c)) for c in (False, True)]
+    trainer = GRPOTrainer(
+        model=tool_using_model_path, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=GRPOConfig(**common), train_dataset=Dataset.from_dict({"prompt": ["x"] * 2}),
+    )
+    for rollout in rollouts:
+        rollout([[{"role": "user", "content": "What is 6 * 7?"}]] * 2, trainer)
+        rollout.close()
+    assert seen == [(False, False), (True, True)]  # (the setting, whether the generator caches)

@@ -28,7 +28,7 @@ def test_prefix_layout_by_hand():
         prefix_layout([[1, 2, 3]], shared=0, width=2, pad=0)
 
 
-@pytest.mark.parametrize("seed", range(200))
+@pytest.mark.parametrize("seed", range(50))
 def test_prefix_layout_keeps_every_row_and_its_positions(seed):
     """Random rows sharing a random beginning: the attended tokens of each laid-out row are the row, in order, at
     positions 0..len-1, and every row is `width` wide."""
@@ -89,3 +89,68 @@ def test_a_short_shared_beginning_is_not_cached(monkeypatch):
     )
     assert calls == [] and "past_key_values" not in out
     assert out["input_ids"][0].tolist() == [0] * 5 + rows[0]
+
+
+def _tiny(kind: str, **config):
+    """A tiny random model of another family: Llama, or Qwen2 with every layer on a 16-token sliding window."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0) | config
+    torch.manual_seed(0)
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    return Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=16, max_window_layers=0,
+                                        layer_types=["sliding_attention"] * 2)).eval()
+
+
+def test_only_models_that_compute_the_same_with_a_cached_prefix_qualify():
+    """Padding after the prefix would take the place of context in a sliding window; one dropout draw would serve
+    every row; several sequences per row or a cache of the config's own do not take an expanded cache."""
+    from transformers import GenerationConfig
+
+    llama = _tiny("llama")
+    assert prefix_cache.can_cache_prefix(llama)
+    assert not prefix_cache.can_cache_prefix(_tiny("qwen2-sliding"))
+    assert prefix_cache.can_cache_prefix(_tiny("llama", attention_dropout=0.1))  # eval mode: no dropout at work
+    assert not prefix_cache.can_cache_prefix(_tiny("llama", attention_dropout=0.1).train())
+    for bad in (dict(num_return_sequences=2, do_sample=True), dict(num_beams=2), dict(cache_implementation="static"),
+                dict(use_cache=False), dict(no_repeat_ngram_size=3)):
+        assert not prefix_cache.can_cache_prefix(llama, GenerationConfig(**bad)), bad
+    assert prefix_cache.can_cache_prefix(llama, GenerationConfig(do_sample=True, temperature=0.5, top_p=0.9))
+
+
+def test_a_cache_that_is_not_plain_full_attention_is_never_expanded():
+    """A sliding-window model's cache (its layers are not plain DynamicLayers) gives None: the rows are left-padded
+    as usual, and greedy tokens are those of the full prompts."""
+    model = _tiny("qwen2-sliding")
+    cache = prefix_cache.PrefixCache(model)
+    assert cache.expanded(list(range(5, 45)), 3) is None and not cache.supported
+    generator = torch.Generator().manual_seed(1)
+    prefix = torch.randint(5, 400, (40,), generator=generator).tolist()
+    rows = [prefix + torch.randint(5, 400, (n,), generator=generator).tolist() for n in (1, 9, 3, 14)]
+    options = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    width = max(len(r) for r in rows)
+    through = prefix_cache.generate_from_shared_prefix(model.generate, cache, rows, width, 0, **options)
+    ids, mask, _ = prefix_layout(rows, 0, width, 0)
+    assert torch.equal(through, model.generate(input_ids=ids, attention_mask=mask, **options))
+
+
+def test_a_longer_prefix_is_read_from_where_the_cached_one_ends_and_a_shorter_one_is_cropped():
+    """The cache a rollout keeps across turns: extending or cropping it gives the keys and values of reading the
+    new prefix from scratch, and only the new tokens are read."""
+    model = _tiny("llama")
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, 400, (60,), generator=generator).tolist()
+    reads = []
+    cache = prefix_cache.PrefixCache(model)
+    read = cache._read
+    cache._read = lambda new, past: reads.append(len(new)) or read(new, past)
+    for length in (40, 52, 36, 60):
+        kept = cache.expanded(ids[:length], 1)
+        fresh = prefix_cache.PrefixCache(model).expanded(ids[:length], 1)
+        for mine, theirs in zip(kept.layers, fresh.layers, strict=True):
+            assert mine.keys.shape[-2] == length
+            torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(mine.values, theirs.values, rtol=1e-5, atol=1e-5)
+    assert reads == [40, 12, 24]  # 40 read, 12 more, cropped to 36 with no read, 24 more

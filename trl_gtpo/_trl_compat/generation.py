@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteriaList
 
-from ..prefix_cache import PrefixCache, generate_from_shared_prefix
+from ..prefix_cache import PrefixCache, can_cache_prefix, generate_from_shared_prefix
 
 
 @dataclass
@@ -143,12 +143,12 @@ class TurnGenerator:
 
             def generate_with_stop_strings(*args, stopping_criteria=None, **kwargs):
                 stopping_criteria = StoppingCriteriaList([*(stopping_criteria or []), criteria])
-                if self._can_cache_prefix(args, kwargs):
+                if self._can_cache_prefix(model, args, kwargs):
                     # `_generate_single_turn` left-pads the histories; they are laid out again around their shared
                     # beginning, as wide as before, so its `[:, prompt_length:]` still cuts at the new tokens.
                     input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
                     rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
-                    prefixes = self.prefixes.setdefault(id(model), PrefixCache(model))
+                    prefixes = self.prefixes.get(id(model)) or self.prefixes.setdefault(id(model), PrefixCache(model))
                     pad = trainer._tokenizer.pad_token_id
                     return generate_from_shared_prefix(
                         generate, prefixes, rows, input_ids.shape[1], pad, stopping_criteria=stopping_criteria, **kwargs
@@ -165,16 +165,27 @@ class TurnGenerator:
                     del model.generate
                 config.max_new_tokens, config.stop_strings = saved
 
-    def _can_cache_prefix(self, args, kwargs) -> bool:
-        """Text-only histories (no image tensors beside the ids), a generation config without a cache of its own."""
-        config = kwargs.get("generation_config")
+    def _can_cache_prefix(self, model, args, kwargs) -> bool:
+        """Text-only histories (no image tensors beside the ids, not a VLM, whose position ids are its own), a model
+        and generation config that compute the same with the prefix cached (`prefix_cache.can_cache_prefix`), and
+        parameters that every process holds whole: under FSDP, or ZeRO-3 without `ds3_gather_for_generation`, a
+        forward pass is a collective, and one only some processes make would hang the others."""
+        trainer = self.trainer
         return (
             self.prefixes is not None
             and not args
             and set(kwargs) <= {"input_ids", "attention_mask", "generation_config"}
-            and getattr(config, "cache_implementation", None) is None
-            and self.trainer._tokenizer.pad_token_id is not None
+            and not getattr(trainer, "_is_vlm", False)
+            and trainer._tokenizer.pad_token_id is not None
+            and not getattr(trainer, "is_fsdp_enabled", False)
+            and not (_zero_stage(trainer) == 3 and not trainer.args.ds3_gather_for_generation)
+            and can_cache_prefix(model, kwargs.get("generation_config"))
         )
+
+
+def _zero_stage(trainer) -> int | None:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
+    return getattr(plugin, "zero_stage", None)
 
 
 def _user_stop_strings(trainer) -> list[str]:
