@@ -5,7 +5,7 @@ Each round runs one whole rollout (`CodeInterpreterRollout`: every turn generate
 sandbox) of the same prompts twice, prefix cache on and off, in alternating order, from the same torch seed. Two
 workloads, each the rollout of one training step of a job in this repository:
 
-  main_job   recipes/cpu_default.yaml: 3 prompts x 6 trajectories (one one-step and two two-step word problems,
+  main_job   recipes/cpu_default.yaml: 4 prompts x 4 trajectories (two one-step and two two-step word problems,
              the worked examples of `word_steps`), up to 3 turns and 128 tokens, temperature 0.5;
   chain      benchmarks/learning/credit_pretrained.py: 1 prompt x 8 trajectories of a 3-step chain (two worked
              examples), up to 4 turns and 160 tokens, temperature 0.3.
@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "learning"))
 
 WORKLOADS = {
-    "main_job": dict(generations=6, turns=3, tokens=128, temperature=0.5),
+    "main_job": dict(generations=4, turns=3, tokens=128, temperature=0.5),
     "chain": dict(generations=8, turns=4, tokens=160, temperature=0.3),
 }
 
@@ -42,8 +42,8 @@ def workload_prompts(task: str) -> list:
     if task == "main_job":
         from trl_gtpo.demo.data import synthetic_dataset
 
-        kinds = ["word", "word_two_step", "word_two_step"]
-        rows = synthetic_dataset(3, kinds=kinds, examples="word_steps")
+        kinds = ["word", "word_two_step", "word_units_first", "word_two_step"]
+        rows = synthetic_dataset(4, kinds=kinds, examples="word_steps")
         prompts = [row["prompt"] for row in rows]
     else:
         import word_chain
