@@ -195,7 +195,7 @@ class GTPOFields:
             "ones up to float rounding); False generates exactly as TRL does. Used only where that holds: "
             "decoder-only models whose every layer attends to the whole context (no sliding-window or linear "
             "attention), no dropout at work, text-only histories, one sequence per row, no cache_implementation, "
-            "and parameters held whole (not FSDP, not ZeRO-3 without ds3_gather_for_generation)."
+            "and parameters that are not sharded (not FSDP or DeepSpeed ZeRO-3, whose forward passes are collectives)."
         },
     )
     max_tool_output_chars: int = field(

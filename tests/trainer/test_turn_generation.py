@@ -243,3 +243,25 @@ def test_the_rollout_hands_its_config_s_cache_setting_to_every_turn(tool_using_m
         rollout([[{"role": "user", "content": "What is 6 * 7?"}]] * 2, trainer)
         rollout.close()
     assert seen == [(False, False), (True, True)]  # (the setting, whether the generator caches)
+
+
+@pytest.mark.parametrize(
+    ("sharding", "cached"), [(None, True), ("fsdp", False), ("zero3", False), ("zero2", True)]
+)
+def test_sharded_parameters_are_never_read_for_a_prefix(sharding, cached):
+    """Under FSDP or ZeRO-3 a forward pass is a collective (ZeRO-3's hooks stay on during generation), so a prefix read
+    made by only some processes would hang the others (it did, in the two-process ZeRO-3 launch test): no cache."""
+    from types import SimpleNamespace
+
+    from trl_gtpo.testing import make_tiny_model, make_tiny_tokenizer
+
+    stage = {"zero3": 3, "zero2": 2}.get(sharding)
+    trainer = SimpleNamespace(
+        use_vllm=False, _is_vlm=False, _tokenizer=SimpleNamespace(pad_token_id=0),
+        generation_config=SimpleNamespace(stop_strings=None), is_fsdp_enabled=sharding == "fsdp",
+        is_deepspeed_enabled=stage is not None,
+        accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage))),
+    )
+    model = make_tiny_model(make_tiny_tokenizer()).eval()
+    kwargs = {"input_ids": None, "attention_mask": None}
+    assert TurnGenerator(trainer, STOP_STRINGS)._can_cache_prefix(model, (), kwargs) is cached

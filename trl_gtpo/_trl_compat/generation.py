@@ -168,8 +168,9 @@ class TurnGenerator:
     def _can_cache_prefix(self, model, args, kwargs) -> bool:
         """Text-only histories (no image tensors beside the ids, not a VLM, whose position ids are its own), a model
         and generation config that compute the same with the prefix cached (`prefix_cache.can_cache_prefix`), and
-        parameters that every process holds whole: under FSDP, or ZeRO-3 without `ds3_gather_for_generation`, a
-        forward pass is a collective, and one only some processes make would hang the others."""
+        not sharded parameters: under FSDP or DeepSpeed ZeRO-3 every forward pass is a collective (ZeRO-3's hooks stay
+        on during generation even with `ds3_gather_for_generation`), and a prefix read that only some processes make
+        would hang the others."""
         trainer = self.trainer
         return (
             self.prefixes is not None
@@ -178,7 +179,7 @@ class TurnGenerator:
             and not getattr(trainer, "_is_vlm", False)
             and trainer._tokenizer.pad_token_id is not None
             and not getattr(trainer, "is_fsdp_enabled", False)
-            and not (_zero_stage(trainer) == 3 and not trainer.args.ds3_gather_for_generation)
+            and _zero_stage(trainer) != 3
             and can_cache_prefix(model, kwargs.get("generation_config"))
         )
 
