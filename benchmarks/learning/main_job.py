@@ -16,7 +16,7 @@ with `--seed S` and `--trainer gtpo|grpo`; nothing else differs:
            information, one advantage per trajectory; shaping is GTPO's own and has no counterpart here)
 
 Same starting model (the packaged SmolLM2-135M-Instruct), same problems (`synthetic_seed` 0), same prompts in the
-same order for the same seed, same 16 steps of 16 trajectories (2 prompts x 8, one one-step and one two-step problem
+same order for the same seed, same 20 steps of 16 trajectories (4 prompts x 4, two one-step and two two-step problems
 in every step), same held-out problems (64 per split, greedy).
 
 Statistics, fixed before the runs (docs/MAIN_JOB.md, "GTPO and GRPO on the main job"):
