@@ -11,7 +11,7 @@ from transformers import StoppingCriteriaList
 from ._trl_compat import stop_padding_start, stop_string_criteria
 from .interpreter.loop import CodeInterpreterLoop, Trajectory
 from .interpreter.transcript import code_blocks
-from .prefix_cache import PrefixCache, can_cache_prefix, generate_from_shared_prefix, prefix_layout
+from .prefix_cache import PrefixCache, can_cache_prefix, generate_from_shared_prefix
 from .turn_records import turn_spans
 
 
@@ -42,8 +42,7 @@ def transformers_generate_turn(
     sampling = {"do_sample": False}
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
-    prefixes = PrefixCache(model)
-    cache_prefix = cache_prefix and can_cache_prefix(model)
+    prefixes = PrefixCache(model) if cache_prefix and can_cache_prefix(model) else None
     criteria = StoppingCriteriaList([stop_string_criteria(tokenizer, stop_strings)])
 
     @torch.no_grad()
@@ -53,13 +52,9 @@ def transformers_generate_turn(
             chunk = prompt_ids[start : start + batch_size]
             width = max(len(ids) for ids in chunk)
             options = dict(max_new_tokens=max_new_tokens, stopping_criteria=criteria, pad_token_id=pad, **sampling)
-            if cache_prefix:
-                generated = generate_from_shared_prefix(model.generate, prefixes, chunk, width, pad, **options)
-            else:
-                input_ids, attention_mask, _ = prefix_layout(chunk, 0, width, pad)
-                generated = model.generate(
-                    input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **options
-                )
+            generated = generate_from_shared_prefix(
+                model.generate, chunk, width, pad, cache=prefixes, device=model.device, **options
+            )
             for history, ids in zip(chunk, generated[:, width:].tolist(), strict=True):
                 end = next((k + 1 for k, token in enumerate(ids) if token in eos), len(ids))
                 ids = ids[:end]

@@ -125,13 +125,14 @@ class PrefixCache:
         return self.model(input_ids=inputs, past_key_values=past, use_cache=True, **options).past_key_values
 
 
-def generate_from_shared_prefix(generate, cache: PrefixCache, rows: list[list[int]], width: int, pad: int, **kwargs):
-    """`generate(input_ids=..., attention_mask=..., **kwargs)` over `rows` padded to `width`, with the rows' shared
-    prefix read from `cache` when it is long enough (and the model's cache can be expanded); otherwise left-padded as
-    usual. The output has `width` columns of input before the new tokens either way."""
-    device = cache.model.device
+def generate_from_shared_prefix(
+    generate, rows: list[list[int]], width: int, pad: int, *, cache: PrefixCache | None, device, **kwargs
+):
+    """`generate(input_ids=..., attention_mask=..., **kwargs)` over `rows` padded to `width` on `device`, with the rows'
+    shared prefix read from `cache` when there is one, the prefix is long enough and the model's cache can be expanded;
+    otherwise left-padded as usual. The output has `width` columns of input before the new tokens either way."""
     shared = shared_prefix_length(rows)
-    past = cache.expanded(rows[0][:shared], len(rows)) if shared >= MIN_CACHED_PREFIX else None
+    past = cache.expanded(rows[0][:shared], len(rows)) if cache is not None and shared >= MIN_CACHED_PREFIX else None
     input_ids, attention_mask, position_ids = prefix_layout(rows, shared if past is not None else 0, width, pad)
     if past is None:
         return generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)

@@ -115,9 +115,7 @@ def arm_config(arm: str, estimator: str = ESTIMATOR) -> dict:
         return fields | dict(format_penalty=0.0, shaping_alpha=0.0)
     if arm == "gtpo-shaping":
         return fields | dict(format_penalty=0.0, shaping_alpha=0.5)
-    if arm == "gtpo-outcome":
-        return fields | dict(gamma=1.0, format_penalty=0.0, shaping_alpha=0.0)
-    if arm == "gtpo-g1":
+    if arm in ("gtpo-outcome", "gtpo-g1"):  # the same settings; gtpo-g1 keeps the turn rewards (`train`)
         return fields | dict(gamma=1.0, format_penalty=0.0, shaping_alpha=0.0)
     if arm == "gtpo-pooled":
         return dict(turn_advantage_estimator="pooled", format_penalty=0.0, shaping_alpha=0.0)

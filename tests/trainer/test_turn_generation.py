@@ -228,7 +228,7 @@ def test_the_rollout_hands_its_config_s_cache_setting_to_every_turn(tool_using_m
     class Recording(TurnGenerator):
         def __init__(self, *args, cache_prompt_prefix=True, **kwargs):
             super().__init__(*args, cache_prompt_prefix=cache_prompt_prefix, **kwargs)
-            seen.append((cache_prompt_prefix, self.prefixes is not None))
+            seen.append((cache_prompt_prefix, self.cache_prompt_prefix))
 
     monkeypatch.setattr(_trl_compat, "TurnGenerator", Recording)
     common = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, max_completion_length=8,

@@ -85,7 +85,7 @@ def test_a_short_shared_beginning_is_not_cached(monkeypatch):
     calls = []
     monkeypatch.setattr(prefix_cache.PrefixCache, "expanded", lambda self, *a: calls.append(a) or None)
     out = prefix_cache.generate_from_shared_prefix(
-        lambda **kw: kw, prefix_cache.PrefixCache(model), rows, width=12, pad=0
+        lambda **kw: kw, rows, width=12, pad=0, cache=prefix_cache.PrefixCache(model), device=model.device
     )
     assert calls == [] and "past_key_values" not in out
     assert out["input_ids"][0].tolist() == [0] * 5 + rows[0]
@@ -131,7 +131,9 @@ def test_a_cache_that_is_not_plain_full_attention_is_never_expanded():
     rows = [prefix + torch.randint(5, 400, (n,), generator=generator).tolist() for n in (1, 9, 3, 14)]
     options = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
     width = max(len(r) for r in rows)
-    through = prefix_cache.generate_from_shared_prefix(model.generate, cache, rows, width, 0, **options)
+    through = prefix_cache.generate_from_shared_prefix(
+        model.generate, rows, width, 0, cache=cache, device=model.device, **options
+    )
     ids, mask, _ = prefix_layout(rows, 0, width, 0)
     assert torch.equal(through, model.generate(input_ids=ids, attention_mask=mask, **options))
 

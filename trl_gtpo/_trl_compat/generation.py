@@ -83,8 +83,9 @@ class TurnGenerator:
         self.stop_strings = list(dict.fromkeys([*stop_strings, *_user_stop_strings(trainer)]))
         self.media = media
         # transformers only: the histories' shared beginning is read once per rollout (`trl_gtpo.prefix_cache`); one
-        # generator serves one rollout, so the weights do not change under its cache.
-        self.prefixes = None if not cache_prompt_prefix or trainer.use_vllm else {}
+        # generator serves one rollout, so the weights do not change under its cache (built at the first turn).
+        self.cache_prompt_prefix = cache_prompt_prefix and not trainer.use_vllm
+        self._prefix_cache = None
 
     def __call__(self, prompt_ids: list[list[int]], max_new_tokens: int):
         count = len(prompt_ids)
@@ -148,10 +149,11 @@ class TurnGenerator:
                     # beginning, as wide as before, so its `[:, prompt_length:]` still cuts at the new tokens.
                     input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
                     rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
-                    prefixes = self.prefixes.get(id(model)) or self.prefixes.setdefault(id(model), PrefixCache(model))
-                    pad = trainer._tokenizer.pad_token_id
+                    if self._prefix_cache is None or self._prefix_cache.model is not model:
+                        self._prefix_cache = PrefixCache(model)
                     return generate_from_shared_prefix(
-                        generate, prefixes, rows, input_ids.shape[1], pad, stopping_criteria=stopping_criteria, **kwargs
+                        generate, rows, input_ids.shape[1], trainer._tokenizer.pad_token_id, cache=self._prefix_cache,
+                        device=model.device, stopping_criteria=stopping_criteria, **kwargs
                     )
                 return generate(*args, stopping_criteria=stopping_criteria, **kwargs)
 
@@ -173,7 +175,7 @@ class TurnGenerator:
         would hang the others."""
         trainer = self.trainer
         return (
-            self.prefixes is not None
+            self.cache_prompt_prefix
             and not args
             and set(kwargs) <= {"input_ids", "attention_mask", "generation_config"}
             and not getattr(trainer, "_is_vlm", False)
