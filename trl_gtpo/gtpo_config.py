@@ -65,8 +65,11 @@ class GTPOFields:
             `stop` on vLLM) end the whole trajectory where the model writes them, as EOS does.
         cache_prompt_prefix (`bool`, *optional*, defaults to `True`):
             On the transformers backend, read the beginning every history of a rollout shares (system prompt, worked
-            examples) once per rollout and reuse its KV cache for every trajectory and turn. The same computation:
-            greedy tokens are the same, sampled ones up to float rounding. Full-attention decoder models only.
+            examples) once per rollout and reuse its KV cache for every trajectory and turn; in the loss's forward
+            passes (policy, old policy, reference), read the prompts' shared beginning once per micro-batch, with
+            its gradient. The same computation: greedy tokens are the same, sampled ones and gradients up to float
+            rounding. Full-attention decoder models only; scoring also needs one process and no gradient
+            checkpointing.
         max_tool_output_chars (`int`, *optional*, defaults to `1024`):
             Characters of a tool output the model sees.
         tool_timeout (`float`, *optional*, defaults to `10.0`):
@@ -195,7 +198,11 @@ class GTPOFields:
             "ones up to float rounding); False generates exactly as TRL does. Used only where that holds: "
             "decoder-only models whose every layer attends to the whole context (no sliding-window or linear "
             "attention), no dropout at work, text-only histories, one sequence per row, no cache_implementation, "
-            "and parameters that are not sharded (not FSDP or DeepSpeed ZeRO-3, whose forward passes are collectives)."
+            "and parameters that are not sharded (not FSDP or DeepSpeed ZeRO-3, whose forward passes are collectives). "
+            "The loss's forward passes (policy, old policy, reference model) likewise read the prompts' shared "
+            "beginning once per micro-batch, its gradient the sum of the rows' (the same log-probabilities and "
+            "gradients up to float rounding), where in addition training runs in one process without DeepSpeed and "
+            "without gradient checkpointing (which turns the cache off); False scores exactly as TRL does."
         },
     )
     max_tool_output_chars: int = field(
@@ -243,7 +250,7 @@ class GTPOFields:
         default=None,
         metadata={
             "help": "Keyword arguments (a dict or a JSON string) passed to the `tool_executor` factory, or, without "
-            "one, to the local `SandboxPool` (e.g. {\"preload\": [\"numpy\", \"sympy\"]})."
+            'one, to the local `SandboxPool` (e.g. {"preload": ["numpy", "sympy"]}).'
         },
     )
     tool_executor_errors: str = field(

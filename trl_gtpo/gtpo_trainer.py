@@ -195,6 +195,14 @@ class GTPOTrainer(GRPOTrainer):
         with trl_private.turn_level_ratio(self, inputs, turn_level_old_logps):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        # Overrides GRPOTrainer._get_per_token_logps_and_entropies, the forward pass of the loss, of the old policy and
+        # of the reference model: with `cache_prompt_prefix`, a chunk whose prompts share their beginning (the
+        # system prompt and worked examples every trajectory of a step repeats) reads it once, with its gradient.
+        # The same computation; any call it does not cover is TRL's (`_trl_compat.scoring`).
+        original, enabled = super()._get_per_token_logps_and_entropies, self.args.cache_prompt_prefix
+        return trl_private.score_from_shared_prefix(self, original, enabled, model, *args, **kwargs)
+
     @staticmethod
     def get_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold):
         # Overrides GRPOTrainer.get_off_policy_mask, which `_compute_loss` calls when `off_policy_mask_threshold` is

@@ -1,11 +1,13 @@
-"""Generation that reads the prompts' shared beginning once.
+"""Generation and scoring that read the prompts' shared beginning once.
 
 Every turn of the tool loop generates from a trajectory's whole history, and the histories of a rollout (or of an
 evaluation) begin with the same system prompt and worked examples. On the transformers backend each turn would read
 that prefix again for every row; on a CPU that prefill is most of a turn's time. Here the prefix goes through the
 model once, its KV cache is copied to every row, and each row is laid out as [shared prefix][padding][own tokens],
 with position ids that follow the attention mask, so that every token sits where it would without padding and the
-model computes what it computes on the full prompts.
+model computes what it computes on the full prompts. The loss's forward passes (policy, old policy, reference) read
+the same prefix for every trajectory of a batch: scoring reads it once too, with its gradient (the rows' gradients
+add up in the one copy, as they would in each row's).
 """
 
 import copy
@@ -37,6 +39,43 @@ def prefix_layout(rows: list[list[int]], shared: int, width: int, pad: int):
     attention_mask = torch.tensor([[1] * shared + [0] * (width - len(ids)) + [1] * (len(ids) - shared) for ids in rows])
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     return input_ids, attention_mask, position_ids
+
+
+def scoring_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int, pad: int):
+    """A scoring batch in TRL's layout ([left-padded prompt][completion], the completion the last `completion_width`
+    columns) as `(prefix, suffix_ids, attention_mask, position_ids)`: the prompts' shared beginning (a `[1, P]`
+    tensor), every row's rest laid out as [padding][own prompt tokens][completion] (`[B, S]`), the attention mask of
+    prefix and rest together (`[B, P + S]`) and the rest's position ids (counting attended tokens only). None when the
+    prompts share fewer than `MIN_CACHED_PREFIX` tokens. Each row keeps at least one prompt token of its own, so the
+    first completion token is predicted from a position the rest covers."""
+    prompt_width = input_ids.shape[1] - completion_width
+    prompts = [ids[:prompt_width][mask[:prompt_width].bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
+    shared = shared_prefix_length(prompts)
+    if shared < MIN_CACHED_PREFIX:
+        return None
+    own_width = max(len(ids) for ids in prompts) - shared
+    own_ids = torch.tensor([[pad] * (own_width + shared - len(ids)) + ids[shared:] for ids in prompts])
+    own_mask = torch.tensor([[0] * (own_width + shared - len(ids)) + [1] * (len(ids) - shared) for ids in prompts])
+    device = input_ids.device
+    suffix_ids = torch.cat([own_ids.to(device), input_ids[:, prompt_width:]], dim=1)
+    suffix_mask = torch.cat([own_mask.to(device), attention_mask[:, prompt_width:]], dim=1)
+    mask = torch.cat([attention_mask.new_ones(len(prompts), shared), suffix_mask], dim=1)
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
+    prefix = torch.tensor([prompts[0][:shared]], device=device)
+    return prefix, suffix_ids, mask, position_ids
+
+
+def read_prefix(model, prefix: torch.Tensor, rows: int):
+    """The KV cache of `prefix` (`[1, P]`) for `rows` rows, with its gradient when gradients are on (each row's
+    gradient flows back into the one read), or None when the model's cache is not one full-attention `DynamicLayer`
+    per layer."""
+    options = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    past = model(input_ids=prefix, use_cache=True, **options).past_key_values
+    layers = getattr(past, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    past.batch_repeat_interleave(rows)
+    return past
 
 
 def can_cache_prefix(model, generation_config=None) -> bool:

@@ -83,6 +83,21 @@ def arm_config(arm: str) -> dict:
     return configs[arm]
 
 
+def _prefix_once_grpo_trainer():
+    """TRL's GRPOTrainer whose loss forward passes read the prompts' shared beginning once, as GTPOTrainer's do with
+    `cache_prompt_prefix` (`trl_gtpo._trl_compat.scoring`): the same numbers, and the same step cost in every arm."""
+    from trl import GRPOTrainer
+
+    from trl_gtpo import _trl_compat
+
+    class PrefixOnceGRPOTrainer(GRPOTrainer):
+        def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+            original = super()._get_per_token_logps_and_entropies
+            return _trl_compat.score_from_shared_prefix(self, original, True, model, *args, **kwargs)
+
+    return PrefixOnceGRPOTrainer
+
+
 def summed_step_reward(completions, turns, steps, intermediates, **kwargs) -> list[float]:
     """grpo-sum's second reward: the per-step rewards of `word_chain.step_turn_reward` summed over the trajectory."""
     values = word_chain.step_turn_reward(turns=turns, steps=steps, intermediates=intermediates)
@@ -96,7 +111,7 @@ def train(arm: str, seed: int, learning_rate: float, steps: int, chain_steps: in
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     from trl_gtpo import GTPOConfig, GTPOTrainer
     from trl_gtpo.demo.models import resolve_model_name_or_path
@@ -109,7 +124,7 @@ def train(arm: str, seed: int, learning_rate: float, steps: int, chain_steps: in
         # the 8 trajectories of a step are one generation batch, trained as 2 micro-batches of 4 (the main job's
         # memory: 6.8 GiB, against 9.6 GiB for 8 at once)
         output_dir=out_dir, per_device_train_batch_size=GENERATIONS // 2, gradient_accumulation_steps=2,
-        num_generations=GENERATIONS,
+        num_generations=GENERATIONS, gradient_checkpointing=False,  # as the main job; the prefix cache needs it off
         max_completion_length=40 * chain_steps + 40, max_steps=steps, learning_rate=learning_rate,
         lr_scheduler_type="constant", temperature=TEMPERATURE, beta=0.0, loss_type="dapo", logging_steps=1,
         report_to="none", bf16=False, use_cpu=True, save_strategy="no", seed=seed, data_seed=seed, disable_tqdm=True,
@@ -119,7 +134,7 @@ def train(arm: str, seed: int, learning_rate: float, steps: int, chain_steps: in
     path = resolve_model_name_or_path(model)
     if arm == "grpo-sum":
         rollout = CodeInterpreterRollout(GTPOConfig(**common, **interpreter))
-        trainer = GRPOTrainer(model=path, reward_funcs=[word_chain.boxed_answer_reward, summed_step_reward],
+        trainer = _prefix_once_grpo_trainer()(model=path, reward_funcs=[word_chain.boxed_answer_reward, summed_step_reward],
                               args=GRPOConfig(**common), train_dataset=train_set, rollout_func=rollout,
                               callbacks=[rollout.callback()])
     else:

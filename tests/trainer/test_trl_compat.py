@@ -121,6 +121,17 @@ def test_a_generate_that_no_longer_logs_the_truncation_figures_fails_loudly(monk
         trl_private.check_trl_api()
 
 
+def test_a_scoring_pass_that_no_longer_uses_the_fused_head_fails_loudly(monkeypatch):
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False):  # scores through the full logits instead
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[:, -logits_to_keep - 1 : -1].log_softmax(-1), None, None
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", _get_per_token_logps_and_entropies)
+    with pytest.raises(RuntimeError, match=r"fused LM head.*cache_prompt_prefix=False.*_trl_compat/scoring\.py"):
+        trl_private.check_trl_api()
+
+
 class FakeLLM:
     def __init__(self):
         self.calls = []

@@ -156,3 +156,57 @@ def test_a_longer_prefix_is_read_from_where_the_cached_one_ends_and_a_shorter_on
             torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(mine.values, theirs.values, rtol=1e-5, atol=1e-5)
     assert reads == [40, 12, 24]  # 40 read, 12 more, cropped to 36 with no read, 24 more
+
+
+def test_scoring_layout_by_hand():
+    """Two prompts sharing 32 tokens (left-padded as TRL pads them), then 3 completion columns, the second row's
+    last one padding: the prefix comes out once, each rest as [padding][own prompt tokens][completion]."""
+    shared = list(range(100, 132))
+    input_ids = torch.tensor([[0, 0] + shared + [7, 6, 1, 2, 3], [0, 0, 0] + shared + [8, 4, 5, 0]])
+    attention_mask = torch.tensor([[0, 0] + [1] * 32 + [1, 1, 1, 1, 1], [0, 0, 0] + [1] * 32 + [1, 1, 1, 0]])
+    prefix, suffix_ids, mask, positions = prefix_cache.scoring_layout(input_ids, attention_mask, 3, pad=0)
+    assert prefix.tolist() == [shared]
+    assert suffix_ids.tolist() == [[7, 6, 1, 2, 3], [0, 8, 4, 5, 0]]
+    assert mask.tolist() == [[1] * 32 + [1, 1, 1, 1, 1], [1] * 32 + [0, 1, 1, 1, 0]]
+    assert positions.tolist() == [[32, 33, 34, 35, 36], [31, 32, 33, 34, 34]]
+    short = torch.tensor([[5] * 31 + [7, 1], [5] * 31 + [8, 2]])
+    assert prefix_cache.scoring_layout(short, torch.ones_like(short), 1, pad=0) is None  # 31 shared: below the minimum
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_scoring_layout_keeps_every_row_its_completion_and_its_positions(seed):
+    """Random TRL-layout batches (left-padded prompts sharing a random beginning, right-padded completions): prefix +
+    each rest's attended tokens are the row's attended tokens in order, at positions 0..n-1; the completion columns
+    are the last columns unchanged; each rest keeps a prompt token before its completion."""
+    rng = random.Random(seed)
+    common = [rng.randrange(1, 50) for _ in range(rng.randrange(30, 40))]
+    n_rows, width = rng.randrange(1, 5), rng.randrange(1, 6)
+    prompts = [
+        common + [rng.randrange(1, 50) for _ in range(rng.randrange(0 if n_rows > 1 else 1, 6))] for _ in range(n_rows)
+    ]
+    prompt_width = max(len(p) for p in prompts) + rng.randrange(0, 3)
+    completions = [[rng.randrange(1, 50) for _ in range(rng.randrange(1, width + 1))] for _ in prompts]
+    input_ids = torch.tensor(
+        [[0] * (prompt_width - len(p)) + p + c + [0] * (width - len(c)) for p, c in zip(prompts, completions)]
+    )
+    attention_mask = torch.tensor(
+        [
+            [0] * (prompt_width - len(p)) + [1] * (len(p) + len(c)) + [0] * (width - len(c))
+            for p, c in zip(prompts, completions)
+        ]
+    )
+    layout = prefix_cache.scoring_layout(input_ids, attention_mask, width, pad=0)
+    if shared_prefix_length(prompts) < prefix_cache.MIN_CACHED_PREFIX:
+        assert layout is None
+        return
+    prefix, suffix_ids, mask, positions = layout
+    shared = prefix.shape[1]
+    assert prefix[0].tolist() == common[:shared] or prefix[0].tolist() == prompts[0][:shared]
+    assert (suffix_ids[:, -width:] == input_ids[:, -width:]).all()
+    assert (mask[:, -width:] == attention_mask[:, -width:]).all()
+    for row, row_mask, rest, rest_mask, rest_positions in zip(
+        input_ids, attention_mask, suffix_ids, mask[:, shared:], positions, strict=True
+    ):
+        assert prefix[0].tolist() + rest[rest_mask.bool()].tolist() == row[row_mask.bool()].tolist()
+        assert rest_positions[rest_mask.bool()].tolist() == list(range(shared, int(row_mask.sum())))
+        assert rest_mask[:-width].sum() >= 1  # a prompt token of its own predicts the first completion token

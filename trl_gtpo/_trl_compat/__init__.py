@@ -11,6 +11,7 @@ What GTPO needs that TRL does not expose:
   `metrics`, `log_completion_column`, `append_logged_columns`, `replace_logged_advantages`);
 - two fixes of TRL's vLLM colocate generation (`vllm_sleep_once_per_rollout`, `patch_colocate_weight_sync_for_cpu`);
 - the turn-level importance ratio inside `GRPOTrainer._compute_loss` (`turn_level_ratio`);
+- the loss's forward passes with the prompts' shared beginning read once (`score_from_shared_prefix`);
 - `mask_truncated_completions` applied by GTPO, so that a trajectory that ran out of turns is not dropped
   (`truncation_masking_off`, `truncated_rows`), nor counted in `completions/clipped_ratio`
   (`recount_clipped_completions`);
@@ -35,6 +36,7 @@ from .logging import (
     without_trl_checkpointing_warning,
 )
 from .loss import turn_level_ratio
+from .scoring import score_from_shared_prefix
 from .step import StepValues, capture_step, tokenize_prompts, tokenizer, truncated_rows, truncation_masking_off
 from .vllm import patch_colocate_weight_sync_for_cpu, vllm_sleep_once_per_rollout
 
@@ -55,6 +57,7 @@ __all__ = [
     "prompt_media",
     "recount_clipped_completions",
     "replace_logged_advantages",
+    "score_from_shared_prefix",
     "stop_padding_start",
     "stop_string_criteria",
     "tokenize_prompts",

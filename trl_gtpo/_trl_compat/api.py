@@ -13,7 +13,10 @@ _PRIVATE_METHODS = {
     "_generate_single_turn": (["prompt_ids", "images", "multimodal_fields", "num_generations"], "generation.py"),
     "_tokenize_prompts": (["prompts"], "step.py and generation.py"),
     "_log_completion_extra": (["column", "values"], "logging.py"),
-    "_get_per_token_logps_and_entropies": (["model", "input_ids", "attention_mask", "logits_to_keep"], "loss.py"),
+    "_get_per_token_logps_and_entropies": (
+        ["model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy"],
+        "loss.py and scoring.py",
+    ),
     "_compute_loss": (["model", "inputs"], "loss.py"),
 }
 
@@ -28,6 +31,11 @@ _OVERRIDDEN_METHODS = {
 # `turn_level_ratio` needs `_compute_loss` to compute the current log-probs before it reads the old ones, and to read
 # the old ones from `inputs` (TRL 1.16.0, grpo_trainer.py, `_compute_loss`): these lines, in this order.
 _COMPUTE_LOSS_ORDER = ("self._get_per_token_logps_and_entropies(", 'inputs.get("old_per_token_logps")')
+
+# `score_from_shared_prefix` scores a chunk as `_get_per_token_logps_and_entropies` does (TRL 1.16.0): the fused LM
+# head's log-probabilities and entropies of the completion tokens, which the call labels.
+_SCORING_CALL = ("labels[:, :-logits_to_keep] = -100", "fused_lm_head=True", "outputs.log_probs[:, -logits_to_keep:]",
+                 "outputs.entropy[:, -logits_to_keep:]")
 
 # `truncation_masking_off` relies on `_generate_and_score_completions` reading this attribute (TRL 1.16.0).
 _TRUNCATION_MASKING_READ = "if self.mask_truncated_completions:"
@@ -95,4 +103,11 @@ def check_trl_api() -> None:
             "GRPOTrainer._compute_loss no longer computes the current log-probs before reading "
             "inputs['old_per_token_logps'], which importance_sampling_level='turn' relies on: install trl==1.16.0 or "
             "update trl_gtpo/_trl_compat/loss.py (turn_level_ratio)."
+        )
+    scoring = inspect.getsource(GRPOTrainer._get_per_token_logps_and_entropies)
+    if not all(line in scoring for line in _SCORING_CALL):
+        raise RuntimeError(
+            "GRPOTrainer._get_per_token_logps_and_entropies no longer scores the completion tokens through the fused "
+            "LM head as trl_gtpo's shared-prefix scoring does: install trl==1.16.0, set cache_prompt_prefix=False, or "
+            "update trl_gtpo/_trl_compat/scoring.py."
         )
