@@ -69,7 +69,8 @@ def read_prefix(model, prefix: torch.Tensor, rows: int):
     """The KV cache of `prefix` (`[1, P]`) for `rows` rows, with its gradient when gradients are on (each row's
     gradient flows back into the one read), or None when the model's cache is not one full-attention `DynamicLayer`
     per layer."""
-    options = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes the option through
+    options = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
     past = model(input_ids=prefix, use_cache=True, **options).past_key_values
     layers = getattr(past, "layers", None)
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):

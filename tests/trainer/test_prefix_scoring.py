@@ -12,7 +12,7 @@ from trl_gtpo import GTPOConfig, GTPOTrainer
 pytestmark = pytest.mark.slow
 
 
-def _trainer(model_path, tmp_path, **overrides):
+def _trainer(model_path, tmp_path, peft_config=None, **overrides):
     args = GTPOConfig(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
@@ -28,6 +28,7 @@ def _trainer(model_path, tmp_path, **overrides):
         reward_funcs=lambda completions, **kw: [0.0] * len(completions),
         args=args,
         train_dataset=Dataset.from_dict({"prompt": ["x"] * 4}),
+        peft_config=peft_config,
     )
 
 
@@ -72,7 +73,8 @@ def _scores_and_grads(forward, model, input_ids, attention_mask, completion_mask
     model.zero_grad()
     logps, entropies, _ = forward(model, input_ids, attention_mask, width, compute_entropy=True, **kwargs)
     (logps * completion_mask).sum().backward()
-    return logps.detach(), entropies.detach(), [p.grad.clone() for p in model.parameters()]
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    return logps.detach(), entropies.detach(), grads
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -114,6 +116,27 @@ def test_the_shared_prefix_is_read_once_and_the_loss_forward_computes_the_same(
     chunks = 2 if batch_size else 1
     assert len(prefix_reads) == chunks and all(grad for _, _, grad in prefix_reads)
     assert all(length >= 39 for length, _, _ in prefix_reads)  # a row with no tail of its own keeps its last token
+
+
+def test_a_lora_adapter_gets_the_same_gradients(tiny_model_path, tmp_path, prefix_reads):
+    """A PEFT LoRA model (TRL's fused head sits on its base model): the adapter's gradients equal TRL's pass."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    trainer = _trainer(tiny_model_path, tmp_path, peft_config=lora)
+    model = trainer.model.train()
+    input_ids, attention_mask, completion_mask = _batch(4, model.config.vocab_size, trainer._tokenizer.pad_token_id)
+    width = completion_mask.shape[1]
+    expected = _scores_and_grads(GRPOTrainer._get_per_token_logps_and_entropies.__get__(trainer), model, input_ids,
+                                 attention_mask, completion_mask, width)
+    got = _scores_and_grads(trainer._get_per_token_logps_and_entropies, model, input_ids, attention_mask,
+                            completion_mask, width)
+    torch.testing.assert_close(got[0][completion_mask.bool()], expected[0][completion_mask.bool()], atol=1e-5, rtol=1e-5)
+    trained = [(g, e) for g, e, p in zip(got[2], expected[2], model.parameters(), strict=True) if p.requires_grad]
+    assert trained and all(e.abs().sum() > 0 for _, e in trained)
+    for grad, expected_grad in trained:
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
+    assert len(prefix_reads) == 1
 
 
 def test_without_gradients_and_in_chunks_with_and_without_a_shared_prefix(tiny_model_path, tmp_path, prefix_reads):
