@@ -68,8 +68,8 @@ class GTPOFields:
             examples) once per rollout and reuse its KV cache for every trajectory and turn; in the loss's forward
             passes (policy, old policy, reference), read the prompts' shared beginning once per micro-batch, with
             its gradient. The same computation: greedy tokens are the same, sampled ones and gradients up to float
-            rounding. Full-attention decoder models only; scoring also needs one process and no gradient
-            checkpointing.
+            rounding. Full-attention decoder models only; scoring also needs rotary positions, one process and
+            no gradient checkpointing.
         max_tool_output_chars (`int`, *optional*, defaults to `1024`):
             Characters of a tool output the model sees.
         tool_timeout (`float`, *optional*, defaults to `10.0`):
@@ -201,8 +201,9 @@ class GTPOFields:
             "and parameters that are not sharded (not FSDP or DeepSpeed ZeRO-3, whose forward passes are collectives). "
             "The loss's forward passes (policy, old policy, reference model) likewise read the prompts' shared "
             "beginning once per micro-batch, its gradient the sum of the rows' (the same log-probabilities and "
-            "gradients up to float rounding), where in addition training runs in one process without DeepSpeed and "
-            "without gradient checkpointing (which turns the cache off); False scores exactly as TRL does."
+            "gradients up to float rounding), where in addition the model reads positions as differences (rotary "
+            "embeddings without dynamic scaling) and training runs in one process without DeepSpeed and without "
+            "gradient checkpointing (which turns the cache off); False scores exactly as TRL does."
         },
     )
     max_tool_output_chars: int = field(

@@ -79,6 +79,18 @@ def read_prefix(model, prefix: torch.Tensor, rows: int):
     return past
 
 
+def positions_are_relative(config) -> bool:
+    """Whether the model reads positions only as differences (rotary embeddings with fixed frequencies), so that a row
+    scored with its padding moved after the shared prefix gets TRL's numbers: TRL's scoring pass counts left padding
+    in the positions, which a learned absolute position embedding (GPT-2) would see; "dynamic" and "longrope" scaling
+    choose frequencies from the largest position of each forward pass, which differs between the prefix and the rest."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if rope is None and getattr(config, "rope_theta", None) is None:
+        return False
+    return (rope or {}).get("rope_type", (rope or {}).get("type", "default")) not in ("dynamic", "longrope")
+
+
 def can_cache_prefix(model, generation_config=None) -> bool:
     """Whether `model` computes the same thing with the rows' shared beginning cached and padding after it.
 

@@ -164,10 +164,13 @@ def test_without_gradients_and_in_chunks_with_and_without_a_shared_prefix(tiny_m
     assert prefix_reads == [(40, 2, False)]
 
 
-@pytest.mark.parametrize("case", ["setting_off", "aux_loss", "images", "gradient_checkpointing", "dropout"])
+@pytest.mark.parametrize(
+    "case", ["setting_off", "aux_loss", "images", "gradient_checkpointing", "dropout", "dynamic_rope"]
+)
 def test_calls_the_shortcut_does_not_cover_are_trl_s(tiny_model_path, tmp_path, prefix_reads, monkeypatch, case):
     """The setting off, a call that asks for more than log-probabilities and entropies or brings images, gradient
-    checkpointing (no cache), dropout at work (one draw would serve every row): TRL's forward pass, untouched."""
+    checkpointing (no cache), dropout at work (one draw would serve every row), positions not read as differences:
+    TRL's forward pass, untouched."""
     trainer = _trainer(tiny_model_path, tmp_path, cache_prompt_prefix=case != "setting_off")
     model = trainer.model.train()
     kwargs = {"aux_loss": {"compute_aux_loss": True}, "images": {"pixel_values": torch.zeros(4, 3, 8, 8)}}.get(case, {})
@@ -175,6 +178,8 @@ def test_calls_the_shortcut_does_not_cover_are_trl_s(tiny_model_path, tmp_path, 
         model.gradient_checkpointing_enable()
     if case == "dropout":
         model.config.attention_dropout = 0.1
+    if case == "dynamic_rope":  # positions read through the longest one of each pass
+        model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
     calls = []
     monkeypatch.setattr(
         GRPOTrainer,

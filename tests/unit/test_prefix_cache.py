@@ -210,3 +210,15 @@ def test_scoring_layout_keeps_every_row_its_completion_and_its_positions(seed):
         assert prefix[0].tolist() + rest[rest_mask.bool()].tolist() == row[row_mask.bool()].tolist()
         assert rest_positions[rest_mask.bool()].tolist() == list(range(shared, int(row_mask.sum())))
         assert rest_mask[:-width].sum() >= 1  # a prompt token of its own predicts the first completion token
+
+
+def test_only_models_that_read_positions_as_differences_are_scored_with_a_moved_padding():
+    """TRL's scoring pass counts left padding in the positions: rotary models with fixed frequencies give the same
+    numbers either way; a learned absolute position embedding, or rotary scaling that depends on the longest position
+    of a pass, does not."""
+    from transformers import GPT2Config, LlamaConfig
+
+    assert prefix_cache.positions_are_relative(LlamaConfig())
+    assert prefix_cache.positions_are_relative(LlamaConfig(rope_parameters={"rope_type": "linear", "factor": 2.0}))
+    assert not prefix_cache.positions_are_relative(LlamaConfig(rope_parameters={"rope_type": "dynamic", "factor": 2.0}))
+    assert not prefix_cache.positions_are_relative(GPT2Config())

@@ -5,7 +5,7 @@ import inspect
 
 import torch
 
-from ..prefix_cache import can_cache_prefix, read_prefix, scoring_layout
+from ..prefix_cache import can_cache_prefix, positions_are_relative, read_prefix, scoring_layout
 
 # TRL 1.16's `_get_per_token_logps_and_entropies` arguments this module handles; any other (images, token types,
 # `compute_aux_loss`) set to other than None or False makes the call TRL's own.
@@ -67,23 +67,28 @@ def _score_chunk(trainer, model, input_ids, attention_mask, logits_to_keep, comp
 def _applies(trainer, model, values: dict) -> bool:
     """A text-only call that asks for log-probabilities and entropies only; a pad token; one
     process with unsharded parameters (under DDP, FSDP or DeepSpeed a forward pass is part of a collective or of the
-    gradient reduction's bookkeeping, and one call here makes two); no gradient checkpointing (it turns the cache
-    off); and a model that computes the same with the prefix cached (`prefix_cache.can_cache_prefix`)."""
+    gradient reduction's bookkeeping, and one call here makes two; DataParallel would split the rows, not the cache);
+    no gradient checkpointing (it turns the cache off); positions read as differences (`positions_are_relative`);
+    and a model that computes the same with the prefix cached (`prefix_cache.can_cache_prefix`)."""
     unwrapped = trainer.accelerator.unwrap_model(model)
     return (
         all(value is None or value is False for name, value in values.items() if name not in _TEXT_ARGUMENTS)
         and not getattr(trainer, "_is_vlm", False)
         and trainer._tokenizer.pad_token_id is not None
         and trainer.accelerator.num_processes == 1
+        and getattr(trainer.args, "n_gpu", 1) <= 1  # one process on several GPUs wraps the model in DataParallel
+        and not isinstance(model, torch.nn.DataParallel)
         and not getattr(trainer, "is_fsdp_enabled", False)
         and not trainer.is_deepspeed_enabled
         and not _checkpointing(unwrapped)
+        and positions_are_relative(unwrapped.config)
         and can_cache_prefix(unwrapped)
     )
 
 
 def _checkpointing(model) -> bool:
-    # transformers 5 renamed `is_gradient_checkpointing` (deprecated: it warns on every read).
+    # transformers 5 renamed `is_gradient_checkpointing` (deprecated: it warns on every read); PEFT has neither name.
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     if hasattr(type(model), "is_activation_checkpointing"):
         return bool(model.is_activation_checkpointing)
     return bool(getattr(model, "is_gradient_checkpointing", False))
