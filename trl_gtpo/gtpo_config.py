@@ -65,10 +65,10 @@ class GTPOFields:
             `stop` on vLLM) end the whole trajectory where the model writes them, as EOS does.
         cache_prompt_prefix (`bool`, *optional*, defaults to `True`):
             On the transformers backend, read the beginning every history of a rollout shares (system prompt, worked
-            examples) once per rollout and reuse its KV cache for every trajectory and turn; in the loss's forward
-            passes (policy, old policy, reference), read the prompts' shared beginning once per micro-batch, with
-            its gradient. The same computation: greedy tokens are the same, sampled ones and gradients up to float
-            rounding. Full-attention decoder models only; scoring also needs rotary positions, one process and
+            examples) once per rollout and reuse its KV cache for every trajectory and turn; in GTPOTrainer's loss
+            forward passes (policy, old policy, reference), read the prompts' shared beginning once per micro-batch,
+            with its gradient. The same computation: greedy tokens are the same, sampled ones and gradients up to
+            float rounding. Full-attention decoder models only; scoring also needs rotary positions, one process and
             no gradient checkpointing.
         max_tool_output_chars (`int`, *optional*, defaults to `1024`):
             Characters of a tool output the model sees.
@@ -199,7 +199,7 @@ class GTPOFields:
             "decoder-only models whose every layer attends to the whole context (no sliding-window or linear "
             "attention), no dropout at work, text-only histories, one sequence per row, no cache_implementation, "
             "and parameters that are not sharded (not FSDP or DeepSpeed ZeRO-3, whose forward passes are collectives). "
-            "The loss's forward passes (policy, old policy, reference model) likewise read the prompts' shared "
+            "GTPOTrainer's loss forward passes (policy, old policy, reference model) likewise read the prompts' shared "
             "beginning once per micro-batch, its gradient the sum of the rows' (the same log-probabilities and "
             "gradients up to float rounding), where in addition the model reads positions as differences (rotary "
             "embeddings without dynamic scaling) and training runs in one process without DeepSpeed and without "
