@@ -245,3 +245,18 @@ def test_training_with_the_shared_prefix_read_once_reaches_the_same_weights(
     for cached, plain in zip(weights[True], weights[False], strict=True):
         torch.testing.assert_close(cached, plain, atol=1e-6, rtol=1e-5)
     assert max((w - p).abs().max() for w, p in zip(weights[True], initial, strict=True)) > 1e-3  # it trained
+
+
+def test_a_cache_that_cannot_be_expanded_falls_back_to_trl_s_pass(tiny_model_path, tmp_path, monkeypatch):
+    """When the model's cache is not plain full attention (`read_prefix` gives None), the chunk is TRL's pass."""
+    from trl_gtpo._trl_compat import scoring
+
+    trainer = _trainer(tiny_model_path, tmp_path)
+    model = trainer.model.eval()
+    monkeypatch.setattr(scoring, "read_prefix", lambda *args: None)
+    input_ids, attention_mask, completion_mask = _batch(2, model.config.vocab_size, trainer._tokenizer.pad_token_id)
+    width = completion_mask.shape[1]
+    with torch.no_grad():
+        expected = GRPOTrainer._get_per_token_logps_and_entropies(trainer, model, input_ids, attention_mask, width)
+        got = trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, width)
+    torch.testing.assert_close(got[0], expected[0])
