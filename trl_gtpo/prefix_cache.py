@@ -53,12 +53,10 @@ def scoring_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, comple
     shared = shared_prefix_length(prompts)
     if shared < MIN_CACHED_PREFIX:
         return None
-    own_width = max(len(ids) for ids in prompts) - shared
-    own_ids = torch.tensor([[pad] * (own_width + shared - len(ids)) + ids[shared:] for ids in prompts])
-    own_mask = torch.tensor([[0] * (own_width + shared - len(ids)) + [1] * (len(ids) - shared) for ids in prompts])
+    laid_ids, laid_mask, _ = prefix_layout(prompts, shared, max(len(ids) for ids in prompts), pad)
     device = input_ids.device
-    suffix_ids = torch.cat([own_ids.to(device), input_ids[:, prompt_width:]], dim=1)
-    suffix_mask = torch.cat([own_mask.to(device), attention_mask[:, prompt_width:]], dim=1)
+    suffix_ids = torch.cat([laid_ids[:, shared:].to(device), input_ids[:, prompt_width:]], dim=1)
+    suffix_mask = torch.cat([laid_mask[:, shared:].to(device), attention_mask[:, prompt_width:]], dim=1)
     mask = torch.cat([attention_mask.new_ones(len(prompts), shared), suffix_mask], dim=1)
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
     prefix = torch.tensor([prompts[0][:shared]], device=device)
@@ -69,14 +67,24 @@ def read_prefix(model, prefix: torch.Tensor, rows: int):
     """The KV cache of `prefix` (`[1, P]`) for `rows` rows, with its gradient when gradients are on (each row's
     gradient flows back into the one read), or None when the model's cache is not one full-attention `DynamicLayer`
     per layer."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes the option through
-    options = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
-    past = model(input_ids=prefix, use_cache=True, **options).past_key_values
-    layers = getattr(past, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+    past = _read(model, prefix, None)
+    if not _plain_full_attention(past):
         return None
     past.batch_repeat_interleave(rows)
     return past
+
+
+def _read(model, ids: torch.Tensor, past):
+    """`past` extended by `ids` (`[1, n]`; None: a new cache), asking the model for one position's logits only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes the option through
+    options = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    return model(input_ids=ids, past_key_values=past, use_cache=True, **options).past_key_values
+
+
+def _plain_full_attention(cache) -> bool:
+    """One full-attention `DynamicLayer` per layer: the only cache copied and expanded to rows safely."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def positions_are_relative(config) -> bool:
@@ -146,7 +154,6 @@ class PrefixCache:
     def __init__(self, model):
         self.model, self.key, self.cache = model, None, None
         self.supported = True  # False once the model's cache turned out not to be plain full attention
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @torch.no_grad()
     def expanded(self, prefix: list[int], rows: int):
@@ -163,8 +170,7 @@ class PrefixCache:
         else:
             self.cache = self._read(prefix, None)
         self.key = key
-        layers = getattr(self.cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        if not _plain_full_attention(self.cache):
             self.supported, self.key, self.cache = False, None, None
             return None
         past = copy.deepcopy(self.cache)
@@ -172,9 +178,7 @@ class PrefixCache:
         return past
 
     def _read(self, ids: list[int], past):
-        options = {"logits_to_keep": 1} if self._keeps_logits else {}
-        inputs = torch.tensor([ids], device=self.model.device)
-        return self.model(input_ids=inputs, past_key_values=past, use_cache=True, **options).past_key_values
+        return _read(self.model, torch.tensor([ids], device=self.model.device), past)
 
 
 def generate_from_shared_prefix(

@@ -69,12 +69,19 @@ def prefix_reads(monkeypatch):
     return reads
 
 
-def _scores_and_grads(forward, model, input_ids, attention_mask, completion_mask, width, **kwargs):
-    model.zero_grad()
-    logps, entropies, _ = forward(model, input_ids, attention_mask, width, compute_entropy=True, **kwargs)
-    (logps * completion_mask).sum().backward()
-    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-    return logps.detach(), entropies.detach(), grads
+def _scores_and_grads(trainer, model, input_ids, attention_mask, completion_mask, **kwargs):
+    """(log-probs, entropies, every parameter's gradient of the summed completion log-probs) from TRL's pass and
+    from GTPOTrainer's, in that order."""
+    width = completion_mask.shape[1]
+    results = []
+    for forward in (GRPOTrainer._get_per_token_logps_and_entropies.__get__(trainer),
+                    trainer._get_per_token_logps_and_entropies):
+        model.zero_grad()
+        logps, entropies, _ = forward(model, input_ids, attention_mask, width, compute_entropy=True, **kwargs)
+        (logps * completion_mask).sum().backward()
+        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+        results.append((logps.detach(), entropies.detach(), grads))
+    return results
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -87,26 +94,8 @@ def test_the_shared_prefix_is_read_once_and_the_loss_forward_computes_the_same(
     trainer = _trainer(tiny_model_path, tmp_path)
     model = trainer.model.train()
     input_ids, attention_mask, completion_mask = _batch(seed, model.config.vocab_size, trainer._tokenizer.pad_token_id)
-    width = completion_mask.shape[1]
     batch_size = 2 if seed % 2 else None
-    expected = _scores_and_grads(
-        GRPOTrainer._get_per_token_logps_and_entropies.__get__(trainer),
-        model,
-        input_ids,
-        attention_mask,
-        completion_mask,
-        width,
-        batch_size=batch_size,
-    )
-    got = _scores_and_grads(
-        trainer._get_per_token_logps_and_entropies,
-        model,
-        input_ids,
-        attention_mask,
-        completion_mask,
-        width,
-        batch_size=batch_size,
-    )
+    expected, got = _scores_and_grads(trainer, model, input_ids, attention_mask, completion_mask, batch_size=batch_size)
     mask = completion_mask.bool()
     torch.testing.assert_close(got[0][mask], expected[0][mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1][mask], expected[1][mask], atol=1e-5, rtol=1e-5)
@@ -126,11 +115,7 @@ def test_a_lora_adapter_gets_the_same_gradients(tiny_model_path, tmp_path, prefi
     trainer = _trainer(tiny_model_path, tmp_path, peft_config=lora)
     model = trainer.model.train()
     input_ids, attention_mask, completion_mask = _batch(4, model.config.vocab_size, trainer._tokenizer.pad_token_id)
-    width = completion_mask.shape[1]
-    expected = _scores_and_grads(GRPOTrainer._get_per_token_logps_and_entropies.__get__(trainer), model, input_ids,
-                                 attention_mask, completion_mask, width)
-    got = _scores_and_grads(trainer._get_per_token_logps_and_entropies, model, input_ids, attention_mask,
-                            completion_mask, width)
+    expected, got = _scores_and_grads(trainer, model, input_ids, attention_mask, completion_mask)
     torch.testing.assert_close(got[0][completion_mask.bool()], expected[0][completion_mask.bool()], atol=1e-5, rtol=1e-5)
     trained = [(g, e) for g, e, p in zip(got[2], expected[2], model.parameters(), strict=True) if p.requires_grad]
     assert trained and all(e.abs().sum() > 0 for _, e in trained)
