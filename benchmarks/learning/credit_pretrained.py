@@ -8,7 +8,8 @@ benchmarks/results/credit_pretrained_design.md, its rules written here before an
 The task is benchmarks/learning/word_chain.py (`--chain_steps`, 3 by default: the 4-step task's conversion had no
 room on the base model). Every run starts from the packaged SmolLM2-135M-Instruct; replicate r trains on its own
 prompt set `word_chain.problems(., seed=r)` with RL seed r, the same for every arm. Finished runs are cached in
-benchmarks/learning/.cache/credit_pretrained/, so an interrupted run resumes. Not run yet.
+benchmarks/learning/.cache/credit_pretrained/, so an interrupted run resumes. The comparison also measures the
+starting model itself (`base`), as the trained ones are.
 """
 
 import argparse
@@ -167,6 +168,18 @@ def measure(model, tokenizer, rows: list[dict], greedy: int) -> dict:
     return result
 
 
+def base_model(model: str = "default"):
+    """The packaged starting model (or `model`) and its tokenizer, untrained."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_gtpo.demo.models import resolve_model_name_or_path
+
+    torch.set_num_threads(1)
+    path = resolve_model_name_or_path(model)
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
 def run_path(kind: str, arm: str, seed: int, rate: float, steps: int, chain_steps: int) -> str:
     return os.path.join(CACHE, f"{chain_steps}steps_{steps}", kind, arm, f"{seed}_{rate:g}.json")
 
@@ -177,16 +190,19 @@ def work(jobs: list[list], steps: int, chain_steps: int) -> None:
         path = run_path(kind, arm, seed, rate, steps, chain_steps)
         if os.path.exists(path):
             continue
-        result = train(arm, seed, rate, steps, chain_steps, os.path.join(CACHE, "runs", arm))
-        model, tokenizer = result.pop("model"), result.pop("tokenizer")
+        if kind == "base":  # the starting model, measured as the trained ones are: the table's first row
+            result, (model, tokenizer) = {}, base_model()
+        else:
+            result = train(arm, seed, rate, steps, chain_steps, os.path.join(CACHE, "runs", arm))
+            model, tokenizer = result.pop("model"), result.pop("tokenizer")
         rows = validation_set(chain_steps) if kind == "sweep" else word_chain.test_problems(HELD_OUT, chain_steps)
         quick = kind == "quick"
         result["measure"] = measure(model, tokenizer, rows[:16] if quick else rows, 0 if kind == "sweep" else GREEDY)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as file:
             json.dump(result, file)
-        print(f"{kind} {arm} seed {seed} lr {rate:g}: measure {result['measure']['measure']:.4f}, "
-              f"{result['seconds_per_step']:.0f} s/step", flush=True)
+        pace = f", {result['seconds_per_step']:.0f} s/step" if "seconds_per_step" in result else ""
+        print(f"{kind} {arm} seed {seed} lr {rate:g}: measure {result['measure']['measure']:.4f}{pace}", flush=True)
 
 
 def launch(jobs: list[list], workers: int, argv: list[str]) -> None:
@@ -234,7 +250,7 @@ def main():
     else:
         with open(rates_path) as file:
             rates = json.load(file)["rates"]
-        jobs = [["compare", arm, seed, rates[arm]] for seed in REPLICATES for arm in ARMS]
+        jobs = [["compare", arm, seed, rates[arm]] for seed in REPLICATES for arm in ARMS] + [["base", "base", 0, 0.0]]
     launch(jobs, args.workers, argv)
     results = {}
     for kind, arm, seed, rate in jobs:
@@ -246,7 +262,9 @@ def main():
         report = {"steps": steps, "rates": rates, "sweep": results}
         path = rates_path
     else:
-        report = {"steps": steps, "runs": results} | ({} if args.quick else compare(results))
+        base = results.pop("base", {}).get(0)
+        report = ({"steps": steps, "runs": results} | ({} if args.quick else compare(results))
+                  | ({"base": base} if base else {}))
         path = os.path.join(RESULTS, f"credit_pretrained{'_quick' if args.quick else ''}_{args.chain_steps}steps.json")
     os.makedirs(RESULTS, exist_ok=True)
     with open(path, "w") as file:

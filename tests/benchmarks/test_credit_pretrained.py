@@ -73,3 +73,18 @@ def test_the_measure_is_the_mean_teacher_forced_step_probability_with_greedy_bes
     assert result["per_step"] == pytest.approx(per_step)
     assert result["measure"] == pytest.approx(sum(per_step) / 3)
     assert len(result["greedy"]["steps"]) == 3 and 0 <= result["greedy"]["outcome"] <= 1
+
+
+def test_the_base_row_is_the_starting_model_untrained(tmp_path):
+    import torch
+
+    from trl_gtpo.testing import make_tiny_model, make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer()
+    saved = make_tiny_model(tokenizer)
+    saved.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    model, loaded_tokenizer = credit_pretrained.base_model(str(tmp_path / "tiny"))
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    for (name, a), (_, b) in zip(saved.state_dict().items(), model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
