@@ -168,18 +168,6 @@ def measure(model, tokenizer, rows: list[dict], greedy: int) -> dict:
     return result
 
 
-def base_model(model: str = "default"):
-    """The packaged starting model (or `model`) and its tokenizer, untrained."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trl_gtpo.demo.models import resolve_model_name_or_path
-
-    torch.set_num_threads(1)
-    path = resolve_model_name_or_path(model)
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-
-
 def run_path(kind: str, arm: str, seed: int, rate: float, steps: int, chain_steps: int) -> str:
     return os.path.join(CACHE, f"{chain_steps}steps_{steps}", kind, arm, f"{seed}_{rate:g}.json")
 
@@ -191,7 +179,9 @@ def work(jobs: list[list], steps: int, chain_steps: int) -> None:
         if os.path.exists(path):
             continue
         if kind == "base":  # the starting model, measured as the trained ones are: the table's first row
-            result, (model, tokenizer) = {}, base_model()
+            from word_chain_base import starting_model
+
+            result, (model, tokenizer) = {}, starting_model()
         else:
             result = train(arm, seed, rate, steps, chain_steps, os.path.join(CACHE, "runs", arm))
             model, tokenizer = result.pop("model"), result.pop("tokenizer")

@@ -59,6 +59,18 @@ def sampled(model, tokenizer, rows, temperature: float, batch_size: int, max_com
             "transcripts": texts, "seconds": loop.seconds}
 
 
+def starting_model(model: str = "default"):
+    """The packaged starting model (or `model`) and its tokenizer, untrained, on one thread."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_gtpo.demo.models import resolve_model_name_or_path
+
+    torch.set_num_threads(1)
+    path = resolve_model_name_or_path(model)
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=32)
@@ -70,14 +82,8 @@ def main():
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trl_gtpo.demo.models import resolve_model_name_or_path
-
-    torch.set_num_threads(1)
-    path = resolve_model_name_or_path("default")
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    model, tokenizer = starting_model()
+    model.eval()
     rows = word_chain.test_problems(args.n, args.steps)
     report = {"n": args.n, "steps": args.steps, "model": "SmolLM2-135M-Instruct (packaged)"}
     if not args.no_teacher_forced:
