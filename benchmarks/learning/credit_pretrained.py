@@ -26,6 +26,7 @@ import script_env  # noqa: F401  first: offline defaults and this checkout's trl
 # isort: split
 import word_chain
 from paired_stats import holm, t_interval
+from word_chain_base import starting_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -179,8 +180,6 @@ def work(jobs: list[list], steps: int, chain_steps: int) -> None:
         if os.path.exists(path):
             continue
         if kind == "base":  # the starting model, measured as the trained ones are: the table's first row
-            from word_chain_base import starting_model
-
             result, (model, tokenizer) = {}, starting_model()
         else:
             result = train(arm, seed, rate, steps, chain_steps, os.path.join(CACHE, "runs", arm))

@@ -84,9 +84,7 @@ def test_the_base_row_is_the_starting_model_untrained(tmp_path):
     saved = make_tiny_model(tokenizer)
     saved.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    from word_chain_base import starting_model  # the comparison's `base` job loads the starting model with it
-
-    model, loaded_tokenizer = starting_model(str(tmp_path / "tiny"))
+    model, loaded_tokenizer = credit_pretrained.starting_model(str(tmp_path / "tiny"))  # what its `base` job loads
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
     for (name, a), (_, b) in zip(saved.state_dict().items(), model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
